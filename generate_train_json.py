@@ -1,0 +1,124 @@
+"""Step 2: turn an image-folder data set into training and test JSON files of questions and answers.
+
+Every image is decoded once; files that cannot be used are listed in skipped.csv with the reason.
+The split is by image (identical pictures stay together), stratified per class and seeded, so
+no test image is ever seen in training.
+"""
+import os
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from vlm_common import (UserError, class_folders, classification_question, configure, list_files, print_skipped,
+                        run_main, scan_images, write_json)
+
+DATASET_DIR = "./Faulty_solar_panel"  # image folder: one sub-folder per class
+TRAIN_RATIO = 0.8  # share of each class's images used for training; the rest is the test set
+SEED = 42  # seed of the split: same seed, same split
+TRAIN_JSON = "solar_panel_train_dataset.json"  # output: training questions and answers
+TEST_JSON = "solar_panel_test_dataset.json"  # output: held-out test images
+MAX_IMAGE_PIXELS = 40_000_000  # larger images are skipped (decompression bombs)
+MIN_TRAIN_IMAGES = 10  # warn about classes with fewer training images than this
+QUESTION_TEMPLATES = [  # descriptive questions, each answered with the class's detail sentence
+    "What is the condition of the solar panel in this image?",
+    "Describe the state of this solar panel.",
+    "Does this solar panel need attention? Explain what you see.",
+]
+CLASS_DETAILS = {  # detail sentence per class; other classes get DEFAULT_DETAIL
+    "Bird-drop": "The solar panel is soiled with bird droppings, which block light and can cause hot spots.",
+    "Clean": "The solar panel is clean, with no visible dirt, damage or obstruction.",
+    "Dusty": "The solar panel is covered with a layer of dust that reduces the light reaching the cells.",
+    "Electrical-damage": "The solar panel shows electrical damage such as burn marks or failed cells.",
+    "Physical-Damage": "The solar panel is physically damaged, with cracks or broken glass.",
+    "Snow-Covered": "The solar panel is covered with snow, which blocks the light.",
+}
+DEFAULT_DETAIL = "The image shows: {label}."  # detail sentence for classes not in CLASS_DETAILS
+
+configure(globals())
+
+
+def check_settings():
+    if not 0 < TRAIN_RATIO < 1:
+        raise UserError(f"train_ratio must be between 0 and 1, got {TRAIN_RATIO}")
+    if Path(TRAIN_JSON).resolve() == Path(TEST_JSON).resolve():
+        raise UserError(f"train_json and test_json are the same file: {TRAIN_JSON}")
+
+
+def group_duplicates(good, label_of):
+    """Images with identical pixels form one group, so they land on the same side of the split."""
+    by_hash = defaultdict(list)
+    for path, digest in good:
+        by_hash[digest].append(path)
+    groups = sorted(by_hash.values())
+    conflicts = [g for g in groups if len({label_of[p] for p in g}) > 1]
+    return groups, conflicts
+
+
+def split(groups, label_of, classes):
+    """Per class, seeded: at least one test group for every class with two or more, at least one for training."""
+    rng = random.Random(SEED)
+    by_class = defaultdict(list)
+    for group in groups:
+        by_class[label_of[group[0]]].append(group)
+    train, test = [], []
+    for name in classes:
+        members = by_class[name]
+        rng.shuffle(members)
+        n = len(members)
+        n_test = 0 if n < 2 else min(n - 1, max(1, round(n * (1 - TRAIN_RATIO))))
+        test += [p for g in members[:n_test] for p in g]
+        train += [p for g in members[n_test:] for p in g]
+    return sorted(train), sorted(test)
+
+
+def qa_pairs(label, question):
+    detail = CLASS_DETAILS.get(label, DEFAULT_DETAIL.format(label=label))
+    return [{"question": question, "answer": label}] + [{"question": q, "answer": detail} for q in QUESTION_TEMPLATES]
+
+
+def write_split(json_path, paths, label_of, classes, question, counts):
+    folder = Path(json_path).resolve().parent
+    samples = [{"image": os.path.relpath(p.resolve(), folder), "label": label_of[p],
+                "qa": qa_pairs(label_of[p], question)} for p in paths]
+    write_json(json_path, {"classes": classes, "question": question, "max_image_pixels": MAX_IMAGE_PIXELS,
+                           "counts": counts, "samples": samples})
+
+
+def main():
+    check_settings()
+    folders = class_folders(DATASET_DIR)
+    classes = [f.name for f in folders]
+    label_of = {p: f.name for f in folders for p in list_files(f)}
+    good, skipped = scan_images(sorted(label_of), MAX_IMAGE_PIXELS)
+    skipped_csv = Path(TRAIN_JSON).resolve().parent / "skipped.csv"
+    print_skipped(skipped, skipped_csv)
+    print(f"{len(good)} usable images of {len(label_of)} files")
+    usable = {label_of[p] for p, _ in good}
+    if missing := [c for c in classes if c not in usable]:
+        raise UserError(f"{DATASET_DIR}: no usable image in class folder(s) {', '.join(missing)} "
+                        f"(see {skipped_csv})")
+
+    groups, conflicts = group_duplicates(good, label_of)
+    for group in conflicts:
+        print("label conflict, identical images in different classes (kept together in one split): " +
+              ", ".join(f"{p} [{label_of[p]}]" for p in group))
+    train, test = split(groups, label_of, classes)
+    counts = {part: {c: sum(label_of[p] == c for p in paths) for c in classes}
+              for part, paths in (("train", train), ("test", test))}
+    question = classification_question(classes)
+    write_split(TRAIN_JSON, train, label_of, classes, question, counts)
+    write_split(TEST_JSON, test, label_of, classes, question, counts)
+
+    print(f"\n{'class':<24}{'train':>7}{'test':>7}")
+    for c in classes:
+        print(f"{c:<24}{counts['train'][c]:>7}{counts['test'][c]:>7}")
+        if counts["train"][c] < MIN_TRAIN_IMAGES:
+            print(f"  warning: class {c!r} has only {counts['train'][c]} training image(s); "
+                  f"too few to learn reliably")
+    print(f"{'total':<24}{len(train):>7}{len(test):>7}")
+    print(f"wrote {TRAIN_JSON} ({len(train)} images, {len(train) * (1 + len(QUESTION_TEMPLATES))} Q&A pairs) "
+          f"and {TEST_JSON} ({len(test)} images)")
+
+
+if __name__ == "__main__":
+    run_main(main)

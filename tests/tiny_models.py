@@ -1,0 +1,81 @@
+"""Tiny, randomly initialised vision-language models of real architectures, built offline.
+
+They are saved to a folder and reloaded by the scripts through the same
+`from_pretrained` path users take with the real checkpoints.
+"""
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+# The chat template shipped with HuggingFaceTB/SmolVLM-256M-Instruct.
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+# Text the byte-level BPE learns merges from, so prompts stay short; any other word still
+# tokenises, byte by byte.
+CORPUS = [
+    "Classify the image into one of these categories: . Output only the category name.",
+    "User: Assistant: What is in this image? Describe the condition of the solar panel.",
+    "red green blue yellow circle square stripes Bird-drop Clean Dusty Electrical-damage",
+    "Physical-Damage Snow-Covered functional defective possibly likely",
+]
+
+
+def _tokenizer(special_tokens, bos, eos, pad, chat_template):
+    """A byte-level BPE tokenizer trained on CORPUS, with the given special tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special_tokens,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
+                                   chat_template=chat_template)
+
+
+def build_tiny_smolvlm(folder, image_longest_edge=2048):
+    """Save a tiny Idefics3 model with SmolVLM's geometry and processor settings to `folder`.
+
+    Tiles are 512 px, patches 16 px and the pixel shuffle factor 4, so each tile becomes 64 image
+    tokens as in SmolVLM-256M; only the widths and depths are tiny.
+    """
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
+                              Idefics3Processor)
+
+    folder = Path(folder)
+    grid = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<fake_token_around_image>", "<image>",
+                "<global-img>", *grid, "<end_of_utterance>"]
+    tokenizer = _tokenizer(specials, bos="<|im_start|>", eos="<end_of_utterance>", pad="<|im_end|>",
+                           chat_template=SMOLVLM_CHAT_TEMPLATE)
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[3:]})
+    image_processor = Idefics3ImageProcessor(
+        size={"longest_edge": image_longest_edge}, max_image_size={"longest_edge": 512},
+        do_image_splitting=True, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=64,
+                                  chat_template=SMOLVLM_CHAT_TEMPLATE)
+    config = Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=512, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6),
+        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         hidden_act="silu", rms_norm_eps=1e-5, rope_theta=100000.0,
+                         max_position_embeddings=4096, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        scale_factor=4, image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    model = Idefics3ForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

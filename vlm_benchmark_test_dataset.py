@@ -1,0 +1,33 @@
+"""Step 4: accuracy of a model on the held-out test images of TEST_JSON.
+
+Prints the original's per-category lines and closing 'Total Correct' line, and writes report.json,
+predictions.csv and confusion_matrix.png next to the model (or to REPORT_DIR).
+"""
+from vlm_common import configure, evaluate_models, read_dataset_json, run_main
+
+MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to evaluate: local folder or Hub id
+TEST_JSON = "solar_panel_test_dataset.json"  # from generate_train_json.py
+PREDICTION = "score"  # "score": rank every class by likelihood; "generate": let the model write (the original)
+BATCH_SIZE = 8  # images per forward pass
+COMPARE_WITH = ""  # a second model evaluated on the same images, e.g. the base model
+REPORT_DIR = ""  # where reports go; "" = <model>/reports/test_set
+IMAGE_LONGEST_EDGE = None  # None = the resolution saved with the model
+IMAGE_SPLITTING = None  # None = as saved with the model
+DEVICE = "auto"  # auto, cuda, mps or cpu
+DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
+
+configure(globals())
+
+
+def main():
+    data = read_dataset_json(TEST_JSON)
+    samples = data["samples"]
+    evaluate_models([MODEL_PATH] + ([COMPARE_WITH] if COMPARE_WITH else []),
+                    [s["image"] for s in samples], [s["label"] for s in samples], data["classes"],
+                    data["question"], mode=PREDICTION, batch_size=BATCH_SIZE, device=DEVICE, dtype=DTYPE,
+                    image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
+                    max_pixels=data["max_image_pixels"], report_dir=REPORT_DIR, report_name="test_set")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,61 @@
+"""Step 5: accuracy of a model on every image under DATASET_DIR (one sub-folder per class).
+
+Given a folder of unlabelled images, or one image, it writes predictions only. Evaluate the base
+model and the fine-tuned one side by side with --compare_with.
+"""
+from pathlib import Path
+
+from vlm_common import (UserError, class_folders, classification_question, configure,
+                        evaluate_models, list_files, print_skipped, run_main, saved_classes, scan_images)
+
+MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # model to evaluate: local folder or Hub id
+DATASET_DIR = "./Faulty_solar_panel"  # class folders, a folder of unlabelled images, or one image
+PREDICTION = "score"  # "score": rank every class by likelihood; "generate": let the model write (the original)
+BATCH_SIZE = 8  # images per forward pass
+COMPARE_WITH = ""  # a second model evaluated on the same images, e.g. the fine-tuned one
+REPORT_DIR = ""  # where reports go; "" = <model>/reports/full_dataset
+CLASSES = []  # class names for unlabelled images; [] = those saved with the model
+MAX_IMAGE_PIXELS = 40_000_000  # larger images are skipped (decompression bombs)
+IMAGE_LONGEST_EDGE = None  # None = the resolution saved with the model
+IMAGE_SPLITTING = None  # None = as saved with the model
+DEVICE = "auto"  # auto, cuda, mps or cpu
+DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
+
+configure(globals())
+
+
+def labelled_images():
+    """(paths, labels, classes) of a class-folder data set, or (paths, None, None) for unlabelled images."""
+    root = Path(DATASET_DIR)
+    if root.is_file():
+        return [root], None, None
+    if root.is_dir() and not any(p.is_dir() for p in root.iterdir()):
+        return list_files(root), None, None
+    folders = class_folders(root)
+    labels = {p: f.name for f in folders for p in list_files(f)}
+    return sorted(labels), labels, [f.name for f in folders]
+
+
+def main():
+    paths, labels, classes = labelled_images()
+    good, skipped = scan_images(paths, MAX_IMAGE_PIXELS)
+    print_skipped(skipped)
+    paths = [p for p, _ in good]
+    if not paths:
+        raise UserError(f"{DATASET_DIR}: no usable image")
+    if classes is None:
+        saved = saved_classes(MODEL_PATH)
+        classes = CLASSES or (saved and saved["classes"])
+        if not classes:
+            raise UserError("unlabelled images: give the class names with --classes='[\"a\", \"b\"]' "
+                            f"(no classes.json saved with {MODEL_PATH})")
+    evaluate_models([MODEL_PATH] + ([COMPARE_WITH] if COMPARE_WITH else []), paths,
+                    [labels[p] for p in paths] if labels else None, classes, classification_question(classes),
+                    mode=PREDICTION, batch_size=BATCH_SIZE, device=DEVICE, dtype=DTYPE,
+                    image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
+                    max_pixels=MAX_IMAGE_PIXELS, report_dir=REPORT_DIR,
+                    report_name="full_dataset" if labels else "predictions")
+
+
+if __name__ == "__main__":
+    run_main(main)
