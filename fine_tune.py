@@ -4,11 +4,13 @@ Only the answer and its end-of-answer token are learned. Runs on CUDA (bf16, or 
 unsupported), Apple MPS or the CPU, as one process or under torchrun / accelerate launch, and
 continues an interrupted run from its last checkpoint when started again with the same command.
 """
+import re
 import shutil
 from pathlib import Path
 
 from vlm_common import (UserError, configure, conversation, end_token_ids, load_image, load_model, load_processor,
-                        pick_device, pick_dtype, read_dataset_json, run_main, set_resolution, write_json)
+                        pick_device, pick_dtype, read_dataset_json, render_example, run_main, set_resolution,
+                        write_json)
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # Hub id or local folder of the base model
 TRAIN_JSON = "solar_panel_train_dataset.json"  # from generate_train_json.py
@@ -42,6 +44,7 @@ SEED = 42  # seed for weight init of adapters and for the data order
 configure(globals())
 
 VISION_MODULES = ("vision_model", "vision_tower", "visual")  # the vision encoder's name in each family
+FINISHED_MARKER = "train_log_history.json"  # written last into OUTPUT_DIR by a run that completed
 
 
 def rows(data, only_classification=False):
@@ -66,21 +69,23 @@ class AnswerOnlyCollator:
     """TRL's vision-language collator (completion-only loss), with labels also cut after the end-of-answer token.
 
     Chat templates may add text after that token (SmolVLM adds a newline); the model should learn to
-    stop, not what follows. Padding is masked by attention mask, not by token id, so an end token that
-    doubles as the pad token keeps its label.
+    stop, not what follows. Examples are rendered here with render_example, as evaluation renders them,
+    so a template that omits the end token (llava-hf's) still teaches it. Padding is masked by attention
+    mask, not by token id, so an end token that doubles as the pad token keeps its label.
     """
 
     def __init__(self, processor, end_ids):
-        import torch
         from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
         self.inner = DataCollatorForVisionLanguageModeling(processor=processor, completion_only_loss=True)
-        self.end_ids = torch.tensor(end_ids)
+        self.processor = processor
+        self.end_ids = list(end_ids)
 
     def __call__(self, examples):
         import torch
-        batch = self.inner(examples)
+        batch = self.inner([{"images": e["images"], **render_example(self.processor, e, self.end_ids)}
+                            for e in examples])
         labels = batch["labels"]
-        is_end = torch.isin(labels, self.end_ids).int()
+        is_end = torch.isin(labels, torch.tensor(self.end_ids)).int()
         labels[(is_end.cumsum(1) - is_end) > 0] = -100
         return batch
 
@@ -102,36 +107,60 @@ def prepare_model(model):
                             target_modules=LORA_TARGET_MODULES, task_type="CAUSAL_LM",
                             exclude_modules=rf".*\.({'|'.join(VISION_MODULES)})\..*" if FREEZE_VISION else None)
         model = get_peft_model(model, config)
-        model.print_trainable_parameters()
     return model
+
+
+def last_complete_checkpoint(out):
+    """The newest checkpoint-N holding trainer_state.json, which the Trainer writes last: a run killed while
+    saving leaves a checkpoint without it, which cannot be loaded."""
+    steps = [int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")
+             if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()]
+    return str(out / f"checkpoint-{max(steps)}") if steps else None
 
 
 def checkpoint_to_resume():
     """The checkpoint to continue from, or None to start afresh; a finished run is never silently replaced."""
-    from transformers.trainer_utils import get_last_checkpoint
     out = Path(OUTPUT_DIR)
     if RESUME not in ("auto", "overwrite"):
-        if not Path(RESUME).is_dir():
-            raise UserError(f"resume: {RESUME} is not a checkpoint folder")
+        if not (Path(RESUME) / "trainer_state.json").is_file():
+            raise UserError(f"resume: {RESUME} is not a complete checkpoint folder (it has no trainer_state.json)")
         return RESUME
-    finished = (out / "train_log_history.json").exists()
     if RESUME == "overwrite" or not out.is_dir():
         return None
-    if finished:
+    if (out / FINISHED_MARKER).exists():
         raise UserError(f"{out} holds a finished run; choose another --output_dir, or --resume=overwrite "
                         "to train again from scratch")
-    last = get_last_checkpoint(str(out))
-    if last:
-        print(f"resuming from {last}")
-    return last
+    return last_complete_checkpoint(out)
+
+
+def clear_previous_run():
+    """RESUME=overwrite: old checkpoints and the finished mark go, so an interrupted new run resumes from its own."""
+    out = Path(OUTPUT_DIR)
+    for old in out.glob("checkpoint-*"):
+        shutil.rmtree(old)
+    (out / FINISHED_MARKER).unlink(missing_ok=True)
+
+
+def save_merged_lora(trainer, out):
+    """The Trainer gathers the adapters from all processes (whether DDP, FSDP or DeepSpeed holds them); the main
+    process merges them into a freshly loaded base model, as sharded weights cannot be merged in place."""
+    import torch
+    from peft import PeftModel
+    adapter = out / "lora_adapter"
+    trainer.save_model(str(adapter))
+    if trainer.is_world_process_zero():
+        merged = PeftModel.from_pretrained(load_model(MODEL_PATH, torch.float32), adapter).merge_and_unload()
+        merged.save_pretrained(out)
+        shutil.rmtree(adapter)
 
 
 def save(trainer, processor, data, device, dtype):
     """Model (LoRA merged in), processor with its resolution, class list and training log, in OUTPUT_DIR."""
     out = Path(OUTPUT_DIR)
+    if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model is gathered into one file
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     if USE_LORA:
-        if trainer.is_world_process_zero():
-            trainer.model.merge_and_unload().save_pretrained(out)
+        save_merged_lora(trainer, out)
     else:
         trainer.save_model(str(out))
     if not trainer.is_world_process_zero():
@@ -140,7 +169,7 @@ def save(trainer, processor, data, device, dtype):
     write_json(out / "classes.json", {"classes": data["classes"], "question": data["question"],
                                       "max_image_pixels": data["max_image_pixels"]})
     # Written last: its presence marks a finished run.
-    write_json(out / "train_log_history.json", trainer.state.log_history)
+    write_json(out / FINISHED_MARKER, trainer.state.log_history)
     print(f"saved the fine-tuned model to {out} ({device}, {str(dtype).replace('torch.', '')})")
 
 
@@ -181,9 +210,13 @@ def main():
         if test_data and test_data["samples"] else None,
         data_collator=AnswerOnlyCollator(processor, end_token_ids(processor, model)),
     )
-    if RESUME == "overwrite" and trainer.is_world_process_zero():
-        for old in Path(OUTPUT_DIR).glob("checkpoint-*"):
-            shutil.rmtree(old)
+    if trainer.is_world_process_zero():
+        if USE_LORA:
+            trainer.model.print_trainable_parameters()
+        if RESUME == "overwrite":
+            clear_previous_run()
+        if resume:
+            print(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
     if trainer.eval_dataset is not None:
         metrics = trainer.evaluate()

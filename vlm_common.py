@@ -271,11 +271,26 @@ def conversation(question, answer=None):
     return example
 
 
-def render(processor, question, answers):
-    """Prompt text and one completion text per answer, rendered by the processor's chat template exactly as
-    TRL renders training examples (the completion is what the full chat adds after the generation prompt)."""
+def render_example(processor, example, end_ids=None):
+    """Prompt and completion text of a conversation() example, rendered by the processor's chat template as
+    TRL renders it (the completion is what the full chat adds after the generation prompt).
+
+    A completion with none of the end tokens (end_token_ids; by default the tokenizer's eos) gets the first:
+    llava-hf's template closes the assistant turn with a space instead of </s>, and a model never shown
+    its end token never learns to stop.
+    """
     from trl.data_utils import apply_chat_template
-    rendered = [apply_chat_template(conversation(question, a), processor) for a in answers]
+    text = apply_chat_template(example, processor)
+    tokenizer = processor.tokenizer
+    ends = tokenizer.convert_ids_to_tokens(list(end_ids)) if end_ids is not None else [tokenizer.eos_token]
+    if not any(end in text["completion"] for end in ends):
+        text["completion"] = text["completion"].rstrip() + ends[0]
+    return text
+
+
+def render(processor, question, answers, end_ids=None):
+    """Prompt text and one completion text per answer, exactly as training renders them."""
+    rendered = [render_example(processor, conversation(question, a), end_ids) for a in answers]
     return rendered[0]["prompt"], [r["completion"] for r in rendered]
 
 
@@ -326,30 +341,47 @@ def end_token_ids(processor, model):
 
 def check_chat_vlm(processor, model_path):
     """Refuse a model whose processor cannot render an image into a chat prompt."""
-    if not hasattr(processor, "image_processor"):
-        raise UserError(f"{model_path}: the processor has no image support; a vision-language model is needed")
+    if getattr(processor, "image_processor", None) is None:
+        raise UserError(f"{model_path}: the processor has no image support (no image processor); a vision-language "
+                        "model is needed, such as SmolVLM, Qwen2-VL or LLaVA")
     if not getattr(processor, "chat_template", None):
-        raise UserError(f"{model_path}: the processor has no chat template, so prompts cannot be rendered")
+        raise UserError(f"{model_path}: the processor has no chat template, so prompts cannot be rendered; use an "
+                        "instruction-tuned (chat) model, or add a chat_template to its processor")
+
+
+# How each family's image processor takes image_longest_edge, by class name (backend suffix dropped).
+# Idefics3 (SmolVLM) and SmolVLM (SmolVLM2) resize the longest edge; Qwen2-VL's (also Qwen2.5-VL's) size is a
+# pixel count, so the edge becomes a budget of edge x edge pixels. Families not listed ignore the setting.
+LONGEST_EDGE_SIZE = {
+    "Idefics3ImageProcessor": lambda size, edge: {"longest_edge": edge},
+    "SmolVLMImageProcessor": lambda size, edge: {"longest_edge": edge},
+    "Qwen2VLImageProcessor": lambda size, edge: {"shortest_edge": size["shortest_edge"], "longest_edge": edge * edge},
+}
 
 
 def set_resolution(processor, longest_edge, splitting):
     """Set how large images reach the model; saved with the processor, so evaluation sees what training saw.
 
-    SmolVLM (Idefics3) resizes the longest edge to `longest_edge` and, with splitting, cuts tiles of
-    max_image_size (512) plus one global tile; without splitting every image is one tile.
+    `longest_edge` maps to each family's own setting (LONGEST_EDGE_SIZE). SmolVLM with splitting also cuts
+    tiles of max_image_size (512) plus one global tile; without splitting every image is one tile.
     """
     image_processor = processor.image_processor
-    if longest_edge is not None:
-        if hasattr(image_processor, "max_image_size"):
-            tile = image_processor.max_image_size["longest_edge"]
-            if longest_edge > tile and not (splitting if splitting is not None else image_processor.do_image_splitting):
-                print(f"note: without image splitting every image is one {tile}px tile; "
-                      f"image_longest_edge={longest_edge} has an effect only with image_splitting=true")
-            image_processor.size = {"longest_edge": int(longest_edge)}
-        else:
-            print(f"note: {type(image_processor).__name__} has no longest-edge setting; image_longest_edge ignored")
+    family = re.sub(r"(Pil|Fast)$", "", type(image_processor).__name__)
+    if longest_edge is not None and family in LONGEST_EDGE_SIZE:
+        image_processor.size = LONGEST_EDGE_SIZE[family](image_processor.size, int(longest_edge))
+    elif longest_edge is not None:
+        crop = getattr(image_processor, "crop_size", None)
+        fixed = f" (every image becomes a {crop['width']}x{crop['height']} crop)" if crop else ""
+        print(f"note: {family} has no longest-edge setting{fixed}; image_longest_edge ignored")
     if splitting is not None and hasattr(image_processor, "do_image_splitting"):
         image_processor.do_image_splitting = bool(splitting)
+    elif splitting:
+        print(f"note: {family} does not split images into tiles; image_splitting ignored")
+    if longest_edge is not None and hasattr(image_processor, "max_image_size"):
+        tile = image_processor.max_image_size["longest_edge"]
+        if longest_edge > tile and not image_processor.do_image_splitting:
+            print(f"note: without image splitting every image is one {tile}px tile; "
+                  f"image_longest_edge={longest_edge} has an effect only with image_splitting=true")
 
 
 def load_processor(model_path):
@@ -359,6 +391,9 @@ def load_processor(model_path):
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a processor from {model_path!r} (a local folder or a Hub id; "
                         f"offline, download it first): {str(e).splitlines()[0]}") from None
+    except ImportError as e:  # Qwen2-VL's and SmolVLM2's processors need torchvision for their video part
+        raise UserError(f"cannot load a processor from {model_path!r}: {str(e).strip().split('. ')[0]} "
+                        "(install the torchvision build that matches your torch)") from None
     check_chat_vlm(processor, model_path)
     return processor
 
@@ -381,14 +416,11 @@ def _encode_prompts(processor, images, prompt, device):
 
 
 def class_answer_ids(processor, model, completions):
-    """Token ids of each class's completion as the training collator tokenises it, up to its end token."""
+    """Token ids of each class's completion as the training collator tokenises it, up to its end token
+    (render puts one in every completion)."""
     ends = set(end_token_ids(processor, model))
     ids = processor(text=completions, add_special_tokens=False)["input_ids"]
-    cut = []
-    for seq in ids:
-        stop = next((i for i, t in enumerate(seq) if t in ends), None)
-        cut.append(seq[:stop + 1] if stop is not None else seq + [sorted(ends)[0]])
-    return cut
+    return [seq[:next(i for i, t in enumerate(seq) if t in ends) + 1] for seq in ids]
 
 
 def predict_scores(model, processor, images, question, classes):
@@ -398,7 +430,7 @@ def predict_scores(model, processor, images, question, classes):
     cached prompt, all classes in one batch. Returns a (len(images), len(classes)) tensor.
     """
     import torch
-    prompt, completions = render(processor, question, classes)
+    prompt, completions = render(processor, question, classes, end_token_ids(processor, model))
     answers = class_answer_ids(processor, model, completions)
     n_images, n_classes, longest = len(images), len(classes), max(len(a) for a in answers)
     pad = processor.tokenizer.pad_token_id or 0
@@ -407,13 +439,18 @@ def predict_scores(model, processor, images, question, classes):
 
     with torch.inference_mode():
         batch = _encode_prompts(processor, images, prompt, model.device)
-        out = model(**batch, use_cache=True)
+        # Positions made as generate() makes them, so the answers can continue them: a forward pass on a
+        # cache cannot infer them in every family (Qwen2-VL's M-RoPE positions depend on the image grid).
+        positions = model._prepare_position_ids_for_generation(batch["input_ids"], dict(batch))
+        out = model(**batch, position_ids=positions, use_cache=True)
         first = out.logits[:, -1].float().log_softmax(-1)  # predicts each answer's first token
         cache = out.cache
         cache.batch_repeat_interleave(n_classes)
         attention = torch.cat([batch["attention_mask"].repeat_interleave(n_classes, 0),
                                answer_mask.repeat(n_images, 1)], dim=1)
-        rest = model(input_ids=answer_ids.repeat(n_images, 1), attention_mask=attention,
+        answer_positions = positions[..., -1:].repeat_interleave(n_classes, -2) + torch.arange(
+            1, longest + 1, device=model.device)
+        rest = model(input_ids=answer_ids.repeat(n_images, 1), attention_mask=attention, position_ids=answer_positions,
                      cache=cache).logits.float().log_softmax(-1)
     per_token = torch.cat([first.repeat_interleave(n_classes, 0).unsqueeze(1), rest[:, :-1]], dim=1)
     token_logp = per_token.gather(-1, answer_ids.repeat(n_images, 1).unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,148 @@
+"""fine_tune.py as two processes under torchrun (CPU, gloo), and a killed run continued from its checkpoint."""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import ROOT, accuracy_from, run_script
+
+PROCESSES = 2
+BATCH = 4  # per process
+FAST = [f"--per_device_train_batch_size={BATCH}", "--gradient_accumulation_steps=1", "--warmup_steps=5",
+        "--gradient_checkpointing=false"]
+
+
+@pytest.fixture(scope="module")
+def colour_split(tmp_path_factory, colour_dataset):
+    """Training and test JSON of the colour images; returns (train_json, test_json, Q&A pairs in training)."""
+    folder = tmp_path_factory.mktemp("colour_split")
+    run_script("download_dataset.py", f"--source={colour_dataset}", f"--dataset_dir={folder / 'images'}", cwd=folder)
+    run_script("generate_train_json.py", f"--dataset_dir={folder / 'images'}", f"--train_json={folder / 'train.json'}",
+               f"--test_json={folder / 'test.json'}", cwd=folder)
+    pairs = sum(len(s["qa"]) for s in json.loads((folder / "train.json").read_text())["samples"])
+    return folder / "train.json", folder / "test.json", pairs
+
+
+def torchrun(*args):
+    """The command line of fine_tune.py launched as PROCESSES processes by torchrun on a free port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={PROCESSES}",
+            str(ROOT / "fine_tune.py"), *args]
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_torchrun(*args, cwd):
+    proc = subprocess.run(torchrun(*args), cwd=cwd, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def final_state(output_dir):
+    """trainer_state.json of the newest checkpoint."""
+    last = max(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return last, json.loads((last / "trainer_state.json").read_text())
+
+
+def test_two_processes_train_one_model_that_classifies(tiny_smolvlm, colour_split, tmp_path):
+    train_json, test_json, pairs = colour_split
+    epochs = 3
+    proc = run_torchrun(f"--model_path={tiny_smolvlm}", f"--train_json={train_json}", f"--test_json={test_json}",
+                        "--output_dir=out", f"--equivalent_epochs_to_train={epochs}", "--learning_rate=6e-3",
+                        *FAST, cwd=tmp_path)
+
+    # One output folder, written by the main process only; its summary lines appear once.
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert proc.stdout.count("saved the fine-tuned model to out") == 1, proc.stdout
+    assert proc.stdout.count("test loss (classification answers)") == 1, proc.stdout
+    assert (tmp_path / "out" / "classes.json").is_file() and (tmp_path / "out" / "model.safetensors").is_file()
+
+    # Both ranks took part: each saved its random state, and each step consumed a batch per process, so the
+    # epochs took half the steps one process needs.
+    checkpoint, state = final_state(tmp_path / "out")
+    assert sorted(p.name for p in checkpoint.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert state["global_step"] == state["max_steps"] == epochs * math.ceil(pairs / (BATCH * PROCESSES))
+
+    result = run_script("vlm_benchmark_test_dataset.py", "--model_path=out", f"--test_json={test_json}",
+                        cwd=tmp_path)
+    assert accuracy_from(result.stdout) >= 0.9
+
+
+def checkpoint_complete(output_dir):
+    """Whether a checkpoint's trainer_state.json, which the Trainer writes last, is there and whole."""
+    for path in Path(output_dir).glob("checkpoint-*/trainer_state.json"):
+        try:
+            json.loads(path.read_text())
+            return True
+        except json.JSONDecodeError:
+            pass
+    return False
+
+
+def wait_for_checkpoint(proc, output_dir, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not checkpoint_complete(output_dir):
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+
+
+def logged_after(state, step):
+    """(step, learning rate, loss) of each training log entry after `step`."""
+    return [(e["step"], e["learning_rate"], e["loss"]) for e in state["log_history"]
+            if "loss" in e and e["step"] > step]
+
+
+def kill_all(proc):
+    """SIGKILL a torchrun launcher and its workers (which torchrun starts in sessions of their own)."""
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    for p in workers:
+        p.kill()
+    proc.kill()
+    proc.wait()
+    psutil.wait_procs(workers, timeout=30)
+
+
+def test_killed_run_resumes_from_its_checkpoint_to_the_same_end(tiny_smolvlm, colour_split, tmp_path):
+    train_json, _, _ = colour_split
+    args = [f"--model_path={tiny_smolvlm}", f"--train_json={train_json}", "--test_json=",
+            "--equivalent_epochs_to_train=1", "--learning_rate=3e-3", "--save_steps=5", "--logging_steps=5", *FAST]
+    run_torchrun(*args, "--output_dir=uninterrupted", cwd=tmp_path)
+    _, expected = final_state(tmp_path / "uninterrupted")
+
+    # Both workers and the launcher are killed outright as soon as the first checkpoint is complete.
+    out = tmp_path / "out"
+    proc = subprocess.Popen(torchrun(*args, "--output_dir=out"), cwd=tmp_path, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_checkpoint(proc, out)
+    finally:
+        kill_all(proc)
+    assert not (out / "train_log_history.json").exists()
+    saved, _ = final_state(out)
+    # A kill while saving leaves a checkpoint without trainer_state.json; it must be passed over.
+    step = int(saved.name.split("-")[1])
+    (out / f"checkpoint-{step + 1}").mkdir()
+    (out / f"checkpoint-{step + 1}" / "config.json").write_text("{}")
+
+    proc = run_torchrun(*args, "--output_dir=out", cwd=tmp_path)
+    assert [Path(p).name for p in re.findall(r"resuming from (\S+)", proc.stdout)] == [saved.name], proc.stdout
+    _, state = final_state(out)
+    assert state["global_step"] == state["max_steps"] == expected["global_step"] == expected["max_steps"]
+    # Optimizer, schedule, weights and data order were restored: the steps after the checkpoint log what the
+    # uninterrupted run logged.
+    later, reference = logged_after(state, step), logged_after(expected, step)
+    assert later and [s for s, _, _ in later] == [s for s, _, _ in reference]
+    for (_, lr, loss), (_, lr_ref, loss_ref) in zip(later, reference):
+        assert lr == pytest.approx(lr_ref) and loss == pytest.approx(loss_ref, rel=1e-3)
+
+    # Started again once finished, the same command refuses to replace the finished run.
+    again = run_script("fine_tune.py", *args, "--output_dir=out", cwd=tmp_path, check=False)
+    assert again.returncode == 1 and "holds a finished run" in again.stderr

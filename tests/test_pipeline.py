@@ -1,0 +1,93 @@
+"""The five scripts run one after another as separate processes, as a user runs them."""
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import accuracy_from, make_colour_images, run_script
+
+TRAIN = ["--max_steps=120", "--per_device_train_batch_size=4", "--gradient_accumulation_steps=1",
+         "--learning_rate=3e-3", "--warmup_steps=5", "--logging_steps=20", "--save_steps=1000"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tiny_smolvlm):
+    """Download (from a local folder), split, evaluate the untrained model, fine-tune, evaluate again."""
+    work = tmp_path_factory.mktemp("pipeline")
+    source = make_colour_images(work / "source", per_class=20)
+    out = {"work": work, "model": work / "finetuned"}
+    out["download"] = run_script("download_dataset.py", f"--source={source}", "--dataset_dir=data", cwd=work).stdout
+    out["split"] = run_script("generate_train_json.py", "--dataset_dir=data", "--train_ratio=0.5",
+                              cwd=work).stdout
+    out["untrained"] = run_script("vlm_benchmark_test_dataset.py", f"--model_path={tiny_smolvlm}",
+                                  "--image_longest_edge=512", "--image_splitting=false",
+                                  f"--report_dir={work / 'untrained'}", cwd=work).stdout
+    out["train"] = run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", "--output_dir=finetuned", *TRAIN,
+                              cwd=work).stdout
+    out["test"] = run_script("vlm_benchmark_test_dataset.py", "--model_path=finetuned", cwd=work).stdout
+    return out
+
+
+def test_download_copies_class_folders_and_counts_them(pipeline):
+    assert "3 classes" in pipeline["download"]
+    for name in ("red", "green", "blue"):
+        assert len(list((pipeline["work"] / "data" / name).iterdir())) == 20
+        assert f"{name}" in pipeline["download"]
+
+
+def test_untrained_model_is_no_better_than_chance(pipeline):
+    assert accuracy_from(pipeline["untrained"]) <= 0.5
+
+
+def test_fine_tuned_model_classifies_held_out_images(pipeline):
+    assert accuracy_from(pipeline["test"]) >= 0.9
+    assert "Total Correct: " in pipeline["test"] and "type:red,correct_rate:" in pipeline["test"]
+
+
+def test_fine_tune_saves_model_processor_logs_and_classes(pipeline):
+    model = pipeline["model"]
+    for name in ("config.json", "model.safetensors", "processor_config.json", "train_log_history.json",
+                 "classes.json"):
+        assert (model / name).is_file(), name
+    assert list((model / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log"
+    history = json.loads((model / "train_log_history.json").read_text())
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses[-1] < losses[0] / 2
+    assert json.loads((model / "classes.json").read_text())["classes"] == ["blue", "green", "red"]
+
+
+def test_saved_processor_carries_the_training_resolution(pipeline, tiny_smolvlm):
+    from transformers import AutoProcessor
+    assert AutoProcessor.from_pretrained(tiny_smolvlm).image_processor.size["longest_edge"] == 2048
+    reloaded = AutoProcessor.from_pretrained(pipeline["model"]).image_processor
+    assert reloaded.size["longest_edge"] == 512 and reloaded.do_image_splitting is False
+    batch = AutoProcessor.from_pretrained(pipeline["model"])(
+        images=[[Image.new("RGB", (640, 480))]], text=["<image>"], return_tensors="pt")
+    assert batch["pixel_values"].shape[1] == 1  # one tile
+
+
+def test_report_files_agree_with_each_other_and_the_console(pipeline):
+    report_dir = pipeline["model"] / "reports" / "test_set"
+    report = json.loads((report_dir / "report.json").read_text())
+    rows = list(csv.DictReader(open(report_dir / "predictions.csv")))
+    correct = sum(r["true_class"] == r["predicted_class"] for r in rows)
+    assert (report["correct"], report["total"]) == (correct, len(rows)) == (correct, 30)
+    assert f"Total Correct: {correct}/{len(rows)}, Accuracy: {report['accuracy']:.4f}" in pipeline["test"]
+    matrix = report["confusion_matrix"]
+    assert sum(map(sum, matrix)) == len(rows)
+    assert sum(matrix[i][i] for i in range(3)) == correct
+    for row in rows:
+        assert 0 < float(row["probability"]) <= 1
+        assert row["predicted_class"] == row["top2"].split(" | ")[0]
+    image = Image.open(report_dir / "confusion_matrix.png")
+    assert image.size[0] > 200 and image.size[1] > 200
+
+
+def test_lora_fine_tune_reaches_the_same_bar(pipeline, tiny_smolvlm):
+    work = pipeline["work"]
+    run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", "--output_dir=lora", "--use_lora=true",
+               "--lora_r=16", "--lora_alpha=32", *TRAIN[:3], "--learning_rate=1e-2", *TRAIN[4:], cwd=work)
+    assert not list((work / "lora").glob("adapter_*")), "the LoRA result should be merged into a full model"
+    result = run_script("vlm_benchmark_test_dataset.py", "--model_path=lora", cwd=work).stdout
+    assert accuracy_from(result) >= 0.9
