@@ -33,6 +33,7 @@ LORA_R = 16  # LoRA rank
 LORA_ALPHA = 32  # LoRA scaling numerator
 LORA_DROPOUT = 0.05  # dropout on the LoRA branch
 LORA_TARGET_MODULES = "all-linear"  # peft target_modules: "all-linear" or a list of module names
+LORA_VISION = False  # also adapt the vision encoder with LoRA (more memory: backprop through 1,024 patches)
 FREEZE_VISION = False  # keep the vision encoder's weights fixed
 GRADIENT_CHECKPOINTING = True  # recompute activations in the backward pass: less memory, ~30% slower
 RESUME = "auto"  # "auto": continue from the last checkpoint; "overwrite": start afresh; or a checkpoint path
@@ -103,9 +104,12 @@ def prepare_model(model):
         find_vision_encoder(model).requires_grad_(False)
     if USE_LORA:
         from peft import LoraConfig, get_peft_model
+        # As in LLaVA's LoRA recipe, adapters go on the language model and the connector; the vision encoder
+        # stays as it is unless LORA_VISION asks for adapters there too.
+        vision_adapters = LORA_VISION and not FREEZE_VISION
         config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                             target_modules=LORA_TARGET_MODULES, task_type="CAUSAL_LM",
-                            exclude_modules=rf".*\.({'|'.join(VISION_MODULES)})\..*" if FREEZE_VISION else None)
+                            exclude_modules=None if vision_adapters else rf".*\.({'|'.join(VISION_MODULES)})\..*")
         model = get_peft_model(model, config)
     return model
 

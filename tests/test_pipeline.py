@@ -3,8 +3,10 @@ import csv
 import json
 
 import pytest
+import torch
 from PIL import Image
 
+import tiny_models
 from conftest import accuracy_from, make_colour_images, run_script
 
 TRAIN = ["--max_steps=120", "--per_device_train_batch_size=4", "--gradient_accumulation_steps=1",
@@ -84,10 +86,35 @@ def test_report_files_agree_with_each_other_and_the_console(pipeline):
     assert image.size[0] > 200 and image.size[1] > 200
 
 
-def test_lora_fine_tune_reaches_the_same_bar(pipeline, tiny_smolvlm):
+def test_lora_fine_tune_reaches_the_same_bar(pipeline):
     work = pipeline["work"]
-    run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", "--output_dir=lora", "--use_lora=true",
+    torch.manual_seed(0)
+    base = tiny_models.build_tiny_smolvlm(work / "tiny-lora-base", head_std=0.2)
+    run_script("fine_tune.py", f"--model_path={base}", "--output_dir=lora", "--use_lora=true",
                "--lora_r=16", "--lora_alpha=32", *TRAIN[:3], "--learning_rate=1e-2", *TRAIN[4:], cwd=work)
     assert not list((work / "lora").glob("adapter_*")), "the LoRA result should be merged into a full model"
     result = run_script("vlm_benchmark_test_dataset.py", "--model_path=lora", cwd=work).stdout
     assert accuracy_from(result) >= 0.9
+
+
+def test_vlm_test_scores_every_image_of_the_class_folders(pipeline):
+    out = run_script("vlm_test.py", "--model_path=finetuned", "--dataset_dir=data", cwd=pipeline["work"]).stdout
+    assert "Total Correct: " in out and "/60," in out
+    assert accuracy_from(out) >= 0.9
+    assert (pipeline["model"] / "reports" / "full_dataset" / "report.json").is_file()
+
+
+def test_vlm_test_on_unlabelled_images_writes_predictions_only(pipeline):
+    work = pipeline["work"]
+    (work / "loose").mkdir()
+    for name in ("red", "blue"):
+        (work / "loose" / f"{name}.png").write_bytes((work / "data" / name / f"{name}_00.png").read_bytes())
+    out = run_script("vlm_test.py", "--model_path=finetuned", "--dataset_dir=loose", "--report_dir=loose_report",
+                     cwd=work).stdout
+    rows = list(csv.DictReader(open(work / "loose_report" / "predictions.csv")))
+    assert {r["path"].rsplit("/", 1)[1]: r["predicted_class"] for r in rows} == {"blue.png": "blue", "red.png": "red"}
+    assert all(r["true_class"] == "" for r in rows)
+    assert not (work / "loose_report" / "report.json").exists() and "Total Correct" not in out
+    one = run_script("vlm_test.py", "--model_path=finetuned", f"--dataset_dir={work / 'loose' / 'red.png'}",
+                     "--report_dir=one", cwd=work).stdout
+    assert "red.png: red (" in one

@@ -3,9 +3,9 @@
 They are saved to a folder and reloaded by the scripts through the same
 `from_pretrained` path users take with the real checkpoints.
 """
-import json
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -40,11 +40,12 @@ def _tokenizer(special_tokens, bos, eos, pad, chat_template):
                                    chat_template=chat_template)
 
 
-def build_tiny_smolvlm(folder, image_longest_edge=2048):
+def build_tiny_smolvlm(folder, image_longest_edge=2048, head_std=None):
     """Save a tiny Idefics3 model with SmolVLM's geometry and processor settings to `folder`.
 
     Tiles are 512 px, patches 16 px and the pixel shuffle factor 4, so each tile becomes 64 image
-    tokens as in SmolVLM-256M; only the widths and depths are tiny.
+    tokens as in SmolVLM-256M; only the widths and depths are tiny. `head_std` re-initialises the output
+    head at that scale.
     """
     from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
                               Idefics3Processor)
@@ -74,6 +75,10 @@ def build_tiny_smolvlm(folder, image_longest_edge=2048):
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
     model = Idefics3ForConditionalGeneration(config)
+    if head_std is not None:
+        # LoRA leaves the output head as it is: a random head of the default std 0.02 over 64 features cannot
+        # express a confident answer, a trained model's head (this scale) can.
+        torch.nn.init.normal_(model.lm_head.weight, std=head_std)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)

@@ -1,0 +1,404 @@
+"""Benchmark: training and evaluation speed and peak memory, the original's image settings against the defaults.
+
+Builds a randomly initialised model of SmolVLM-256M-Instruct's exact architecture, saves it and reloads
+it as the scripts do, then measures at batch size 1 for each configuration and image size: seconds per
+training step (forward, backward, gradient clipping and AdamW, with fine_tune.py's gradient
+checkpointing), seconds per evaluated image in score and generate mode, and peak memory. Every
+(configuration, image size, phase) runs in a fresh process, so each peak is its own. The table goes to
+stdout and to OUTPUT.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py              # full run: ~15 min on 2 idle CPU cores
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py --tiny=true  # smoke check with the tests' tiny model
+
+On a machine that other processes load, --threads=1 avoids the stalls of two threads waiting on each other
+for a core; the CPU seconds reported next to each time are the least disturbed measure of the work.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
+
+from vlm_common import (atomic_write, classification_question, configure, conversation, end_token_ids,  # noqa: E402
+                        load_model, load_processor, pick_device, pick_dtype, predict_generate, predict_scores,
+                        run_main, set_resolution)
+
+CONFIGS = ["original", "defaults", "lora"]  # names from CONFIG_FLAGS; the first is the baseline of the ratios
+SIZES = ["300x300", "640x480"]  # image sizes, WIDTHxHEIGHT
+STEPS = 2  # timed training steps per configuration and size, mean reported (0: no training)
+WARMUP = 1  # untimed training steps, and untimed score-mode images, before timing
+IMAGES = 2  # timed images per evaluation mode (0: no evaluation)
+MAX_NEW_TOKENS = 32  # generate mode's limit, as vlm_common.predict_generate's default
+DEVICE = "auto"  # auto, cpu, cuda or mps
+THREADS = 0  # torch CPU threads in each measurement; 0: torch's default (one per core)
+TINY = False  # the tests' tiny SmolVLM instead of the full-size one: a quick check that the benchmark runs
+OUTPUT = ""  # where the table is also written; "": benchmarks/results.md (results-tiny.md with --tiny)
+SEED = 0  # seed for the random weights and images
+JOB = ""  # internal: one measurement as JSON, run by the benchmark in a fresh process
+
+configure(globals())
+
+ROOT = Path(__file__).resolve().parents[1]
+# fine_tune.py settings of each configuration, passed to it as on its command line.
+CONFIG_FLAGS = {
+    "original": {"image_longest_edge": 2048, "image_splitting": True},
+    "defaults": {},
+    "lora": {"use_lora": True},
+    "lora_vision": {"use_lora": True, "lora_vision": True},
+}
+RESOLUTION_FLAGS = ("image_longest_edge", "image_splitting")
+CLASSES = ["Bird-drop", "Clean", "Dusty", "Electrical-damage", "Physical-Damage", "Snow-Covered"]
+SMOLVLM_256M_PARAMETERS = 256_484_928
+VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              image_size=512, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+TEXT = dict(model_type="llama", vocab_size=49280, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+            num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_act="silu", rms_norm_eps=1e-5,
+            rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=False)
+GB = 1e9
+
+
+# ---------------------------------------------------------------- measuring, in the worker process
+
+def memory_gb(field):
+    """This process's resident memory from /proc (Linux): VmRSS now, or VmHWM, its peak so far."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024 / GB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_gb(torch, device):
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / GB
+    return memory_gb("VmHWM")
+
+
+def timed(torch, device, work):
+    """Wall-clock and CPU seconds (all threads of the process) that work() takes. CPU time shows the work
+    done even when other processes share the cores and stretch the wall-clock time."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def mean(pairs):
+    return [sum(column) / len(pairs) for column in zip(*pairs)]
+
+
+def import_fine_tune(flags):
+    """fine_tune.py reads its settings from the command line when imported: give it this configuration's."""
+    saved, sys.argv = sys.argv, ["fine_tune.py", *(f"--{k}={json.dumps(v)}" for k, v in flags.items())]
+    try:
+        import fine_tune
+    finally:
+        sys.argv = saved
+    return fine_tune
+
+
+def make_images(size, count):
+    import numpy as np
+    from PIL import Image
+    width, height = map(int, size.split("x"))
+    rng = np.random.default_rng(SEED)
+    return [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def train_job(job, torch, ft, device):
+    """Mean seconds of a training step, as SFTTrainer runs one, on one image with a classification answer."""
+    dtype = pick_dtype(device, ft.DTYPE)
+    processor = load_processor(job["model"])
+    set_resolution(processor, ft.IMAGE_LONGEST_EDGE, ft.IMAGE_SPLITTING)
+    model = ft.prepare_model(load_model(job["model"], torch.float32)).to(device).train()
+    if ft.GRADIENT_CHECKPOINTING:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "peft_config"):
+            model.enable_input_require_grads()  # as SFTTrainer does for PEFT models
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # Trainer's default optimizer (adamw_torch_fused) and gradient clipping (max_grad_norm 1.0).
+    optimizer = torch.optim.AdamW(trainable, lr=ft.LEARNING_RATE, weight_decay=ft.WEIGHT_DECAY, fused=True)
+    collator = ft.AnswerOnlyCollator(processor, end_token_ids(processor, model))
+    example = {"images": make_images(job["size"], 1), **conversation(classification_question(CLASSES), CLASSES[1])}
+    batch = collator([example]).to(device)
+
+    def step():
+        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(WARMUP):
+        step()
+    step_s, step_cpu = mean([timed(torch, device, step) for _ in range(STEPS)])
+    return {"step_s": step_s, "step_cpu": step_cpu, "peak_gb": peak_gb(torch, device),
+            "params": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in trainable),
+            "train_tokens": batch["input_ids"].shape[1]}
+
+
+def eval_job(job, torch, ft, device):
+    """Mean seconds per image in score and in generate mode, one image at a time, as vlm_test.py runs them."""
+    processor = load_processor(job["model"])
+    set_resolution(processor, ft.IMAGE_LONGEST_EDGE, ft.IMAGE_SPLITTING)
+    model = load_model(job["model"], pick_dtype(device), device).eval()
+    question = classification_question(CLASSES)
+    images = make_images(job["size"], WARMUP + IMAGES)
+    calls = []  # (input tokens, image tiles) of each forward: the prompt's, then one per generated token
+
+    def record(module, args, kwargs):
+        pixels = kwargs.get("pixel_values")
+        calls.append((kwargs["input_ids"].shape[1], 0 if pixels is None else pixels.shape[1]))
+    model.register_forward_pre_hook(record, with_kwargs=True)
+
+    def score(image):
+        return predict_scores(model, processor, [image], question, CLASSES)
+
+    def generate(image):
+        return predict_generate(model, processor, [image], question, MAX_NEW_TOKENS)
+
+    for image in images[:WARMUP]:
+        score(image)
+    timed_images = images[WARMUP:]
+    score_s, score_cpu = mean([timed(torch, device, lambda: score(im)) for im in timed_images])
+    prompt_tokens, tiles = calls[0]
+    calls.clear()
+    generate_s, generate_cpu = mean([timed(torch, device, lambda: generate(im)) for im in timed_images])
+    return {"score_s": score_s, "score_cpu": score_cpu, "generate_s": generate_s, "generate_cpu": generate_cpu,
+            "new_tokens": len(calls) / len(timed_images), "peak_gb": peak_gb(torch, device),
+            "tiles": tiles, "prompt_tokens": prompt_tokens}
+
+
+def run_job(job):
+    import peft  # noqa: F401  (the libraries first, so that base_gb is the process before any model)
+    import torch
+    import trl  # noqa: F401
+    base_gb = memory_gb("VmRSS")
+    if THREADS:
+        torch.set_num_threads(THREADS)
+    torch.manual_seed(SEED)
+    ft = import_fine_tune(CONFIG_FLAGS[job["config"]])
+    device = pick_device(DEVICE)
+    result = (train_job if job["phase"] == "train" else eval_job)(job, torch, ft, device)
+    result["base_gb"] = base_gb
+    result.update(threads=torch.get_num_threads(), device=device, load=os.getloadavg()[0])
+    atomic_write(job["result"], json.dumps(result))
+
+
+# ---------------------------------------------------------------- orchestrating, in the main process
+
+def build_model(folder):
+    """SmolVLM-256M's architecture with random weights, with the tests' SmolVLM tokenizer and processor.
+
+    The tokenizer is small, so the image token's id is not SmolVLM's 49190; any id inside the
+    49,280-token vocabulary costs the same.
+    """
+    import torch
+    from tiny_models import build_tiny_smolvlm
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+    torch.manual_seed(SEED)
+    build_tiny_smolvlm(folder)  # the processor, with SmolVLM's shipped settings, and the tiny model
+    if TINY:
+        return
+    tokenizer = load_processor(folder).tokenizer
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    config = Idefics3Config(vision_config=VISION, text_config={**TEXT, **ids}, scale_factor=4,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False,
+                            **ids)
+    model = Idefics3ForConditionalGeneration(config)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"built SmolVLM-256M-Instruct's architecture: {count:,} parameters")
+    if count != SMOLVLM_256M_PARAMETERS:
+        raise RuntimeError(f"{count:,} parameters, not SmolVLM-256M-Instruct's {SMOLVLM_256M_PARAMETERS:,}")
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)  # replaces the tiny model's weights and config
+
+
+def run_worker(phase, config, size, model_dir, work):
+    """One measurement in a fresh process, so that its peak memory is its own."""
+    result = Path(work) / f"{phase}-{config}-{size}.json"
+    job = {"phase": phase, "config": config, "size": size, "model": str(model_dir), "result": str(result)}
+    print(f"\n--- {phase}: {config}, {size} ---", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run([sys.executable, __file__, *sys.argv[1:], f"--job={json.dumps(job)}"], env=env, check=True)
+    return {**json.loads(result.read_text()), "job": f"{phase} {config} {size}"}
+
+
+def measure(model_dir, work):
+    """{(phase, config, size): result}. Evaluation depends only on the resolution (LoRA is merged into the
+    saved model), so configurations with the same resolution share one evaluation run."""
+    results, evaluated = {}, {}
+    for size in SIZES:
+        for config in CONFIGS:
+            if STEPS:
+                results["train", config, size] = run_worker("train", config, size, model_dir, work)
+            resolution = tuple(CONFIG_FLAGS[config].get(k) for k in RESOLUTION_FLAGS)
+            if IMAGES and resolution not in evaluated:
+                evaluated[resolution] = run_worker("eval", config, size, model_dir, work)
+            if IMAGES:
+                results["eval", config, size] = evaluated[resolution]
+        evaluated.clear()
+    return results
+
+
+def ratio(a, b):
+    return f"{a / b:.1f}x" if b else "n/a"
+
+
+def seconds(key):
+    """A time cell, wall-clock then CPU seconds, and its ratio cell in the same form."""
+    return (lambda r: f"{r[key + '_s']:.2f} ({r[key + '_cpu']:.2f})",
+            lambda a, b: f"{ratio(a[key + '_s'], b[key + '_s'])} ({ratio(a[key + '_cpu'], b[key + '_cpu'])})")
+
+
+def gigabytes(r):
+    return f"{r['peak_gb']:.2f}"
+
+
+def gigabytes_ratio(a, b):
+    return ratio(a["peak_gb"], b["peak_gb"])
+
+
+def table(results):
+    """One markdown table: each configuration side by side, then the baseline's ratio to each other one."""
+    base, others = CONFIGS[0], CONFIGS[1:]
+    rows = [  # label, phase, cell, ratio cell (None: no ratio)
+        ("tiles / tokens of the prompt", "eval", lambda r: f"{r['tiles']} / {r['prompt_tokens']}", None),
+        ("tokens of the training example", "train", lambda r: str(r["train_tokens"]), None),
+        ("train: s/step, wall (CPU)", "train", *seconds("step")),
+        ("train: peak memory GB", "train", gigabytes, gigabytes_ratio),
+        ("score: s/image, wall (CPU)", "eval", *seconds("score")),
+        ("generate: s/image, wall (CPU)", "eval", *seconds("generate")),
+        ("generate: new tokens per image", "eval", lambda r: f"{r['new_tokens']:.0f}", None),
+        ("eval peak memory GB (both modes)", "eval", gigabytes, gigabytes_ratio),
+        ("images/s: score vs generate (ratio)", "eval",
+         lambda r: f"{1 / r['score_s']:.3f} vs {1 / r['generate_s']:.3f} ({r['generate_s'] / r['score_s']:.1f}x)",
+         None),
+    ]
+    lines = ["| image | measure | " + " | ".join(CONFIGS + [f"{base} / {o}" for o in others]) + " |",
+             "|---" * (2 + len(CONFIGS) + len(others)) + "|"]
+    for size in SIZES:
+        for label, phase, cell, ratio_cell in [row for row in rows if (row[1], CONFIGS[0], size) in results]:
+            values = [cell(results[phase, c, size]) for c in CONFIGS]
+            ratios = [ratio_cell(results[phase, base, size], results[phase, o, size]) if ratio_cell else ""
+                      for o in others]
+            lines.append(f"| {size} | {label} | " + " | ".join(values + ratios) + " |")
+    return "\n".join(lines)
+
+
+def memory_table(results):
+    """Where training memory goes: the process before the model, the weights and the gradients and AdamW state
+    (4 and 3 x 4 bytes per parameter, fp32), and the rest: activations, temporaries, allocator."""
+    lines = ["| config | image | process before model | weights | trainable params | grads + AdamW state | "
+             "rest (activations etc.) | peak |", "|---" * 8 + "|"]
+    for size in SIZES:
+        for config in CONFIGS:
+            r = results["train", config, size]
+            weights, state = 4 * r["params"] / GB, 12 * r["trainable"] / GB
+            rest = r["peak_gb"] - r["base_gb"] - weights - state
+            lines.append(f"| {config} | {size} | {r['base_gb']:.2f} | {weights:.2f} | {r['trainable']:,} | "
+                         f"{state:.2f} | {rest:.2f} | {r['peak_gb']:.2f} |")
+    return "\n".join(lines)
+
+
+def targets(results):
+    """The hoped-for results that were measured, each with its numbers (time ratios: wall-clock, then CPU)."""
+    lines = []
+
+    def check(text, ok):
+        lines.append(f"- {'met' if ok else 'MISSED'}: {text}")
+
+    for size in SIZES:
+        o, d = results.get(("train", "original", size)), results.get(("train", "defaults", size))
+        if o and d:
+            check(f"{size}: training step >= 10x faster with defaults ({seconds('step')[1](o, d)})",
+                  o["step_s"] >= 10 * d["step_s"])
+            check(f"{size}: peak training memory with defaults below the original's "
+                  f"({d['peak_gb']:.2f} vs {o['peak_gb']:.2f} GB)", d["peak_gb"] < o["peak_gb"])
+        oe, de = results.get(("eval", "original", size)), results.get(("eval", "defaults", size))
+        if oe and de:
+            for mode in ("score", "generate"):
+                check(f"{size}: {mode} evaluation >= 10x faster with defaults ({seconds(mode)[1](oe, de)})",
+                      oe[mode + "_s"] >= 10 * de[mode + "_s"])
+        for lora in ("lora", "lora_vision"):
+            lo = results.get(("train", lora, size))
+            if o and lo:
+                check(f"{size}: peak training memory with {lora} at most a third of the original's "
+                      f"({lo['peak_gb']:.2f} vs {o['peak_gb'] / 3:.2f} GB)", 3 * lo["peak_gb"] <= o["peak_gb"])
+    return "\n".join(lines)
+
+
+def report(results, started, load_before, elapsed):
+    first = next(iter(results.values()))
+    threads = sorted({r["threads"] for r in results.values()})
+    loads = ", ".join(f"{r['job']} {r['load']:.1f}" for r in {r["job"]: r for r in results.values()}.values())
+    model = "the tests' tiny SmolVLM" if TINY else \
+        f"SmolVLM-256M-Instruct's architecture ({SMOLVLM_256M_PARAMETERS:,} parameters)"
+    flags = "\n".join(f"- {c}: " + (" ".join(f"--{k}={json.dumps(v)}" for k, v in CONFIG_FLAGS[c].items())
+                                    or "fine_tune.py's defaults (image_longest_edge 512, no splitting)")
+                      for c in CONFIGS)
+    memory = "" if first["device"] != "cpu" or not STEPS else f"""
+Where training memory goes (GB; weights, gradients and AdamW state computed from the parameter counts; the
+weights are memory-mapped from the saved file and count in RSS once read):
+
+{memory_table(results)}
+"""
+    return f"""# Speed and memory: the original's image settings against the project's defaults
+
+Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py {' '.join(sys.argv[1:])}`
+
+- Run {started}, {elapsed / 60:.1f} min, on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs),
+  device {first['device']}, torch threads {threads}.
+- 1-minute load average before {load_before[0]:.1f}, then at the end of each measurement (other processes
+  share the CPUs; above {os.cpu_count()} they competed for them): {loads}.
+- Model: {model}, random weights in float32 (autocast on CUDA, as fine_tune.py), batch size 1.
+- Training step: forward, backward, gradient clipping and fused AdamW with gradient checkpointing, as
+  SFTTrainer runs it; {WARMUP} warm-up + {STEPS} timed steps, mean.
+- Evaluation: vlm_common.predict_scores and predict_generate (up to {MAX_NEW_TOKENS} new tokens), one image
+  at a time; {WARMUP} warm-up + {IMAGES} timed images per mode, mean. Random weights rarely end an answer
+  early; a trained model stops after the class name. A LoRA configuration evaluates as its full-size twin
+  (fine_tune.py merges LoRA into the saved model), so that is measured once.
+- Times: wall-clock seconds, and in brackets CPU seconds of all the process's threads, which other
+  processes' load stretches less. Peak memory: the process's peak RSS (VmHWM) on CPU,
+  torch.cuda.max_memory_allocated on CUDA; each measurement runs in its own process.
+
+Configurations (fine_tune.py settings):
+{flags}
+
+{table(results)}
+{memory}
+Targets:
+{targets(results)}
+"""
+
+
+def main():
+    if JOB:
+        return run_job(json.loads(JOB))
+    unknown = [c for c in CONFIGS if c not in CONFIG_FLAGS]
+    if unknown:
+        sys.exit(f"error: unknown configuration(s) {unknown}: use {list(CONFIG_FLAGS)}")
+    started, load_before, start = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), os.getloadavg(), \
+        time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="speed-benchmark-") as work:
+        model_dir = Path(work) / "model"
+        build_model(model_dir)
+        results = measure(model_dir, work)
+    text = report(results, started, load_before, time.perf_counter() - start)
+    print("\n" + text)
+    output = OUTPUT or ROOT / "benchmarks" / ("results-tiny.md" if TINY else "results.md")
+    atomic_write(output, text)
+    print(f"written to {output}")
+
+
+if __name__ == "__main__":
+    run_main(main)
