@@ -15,9 +15,10 @@ DATASET_DIR = "./Faulty_solar_panel"  # where the class folders are placed
 ELPV_TWO_CLASSES = False  # elpv only: merge into functional (defect probability < 0.5) and defective
 OVERWRITE = False  # replace DATASET_DIR if it already holds files
 
-ELPV_CLASSES = {0.0: "functional", 1 / 3: "possibly-defective", 2 / 3: "likely-defective", 1.0: "defective"}
-
 configure(globals())
+
+# elpv's defect probabilities and the class folder each goes to.
+ELPV_CLASSES = {0.0: "functional", 1 / 3: "possibly-defective", 2 / 3: "likely-defective", 1.0: "defective"}
 
 
 def find_class_root(folder):
