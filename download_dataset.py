@@ -7,15 +7,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vlm_common import UserError, class_folders, configure, list_files, run_main
+from vlmcls.cli import OneOf, UserError, configure, existing_path, run_main
+from vlmcls.images import class_folders, list_files
 
 SOURCE = "kaggle"  # "kaggle", "elpv", or a local folder with one sub-folder per class
 KAGGLE_DATASET = "pythonafroz/solar-panel-images"  # Kaggle data set id (owner/name)
 DATASET_DIR = "./Faulty_solar_panel"  # where the class folders are placed
 ELPV_TWO_CLASSES = False  # elpv only: merge into functional (defect probability < 0.5) and defective
 OVERWRITE = False  # replace DATASET_DIR if it already holds files
-
-configure(globals())
 
 # elpv's defect probabilities and the class folder each goes to.
 ELPV_CLASSES = {0.0: "functional", 1 / 3: "possibly-defective", 2 / 3: "likely-defective", 1.0: "defective"}
@@ -90,4 +89,5 @@ def main():
 
 
 if __name__ == "__main__":
+    configure(globals(), choices={"SOURCE": OneOf("kaggle", "elpv", other=("an existing folder", existing_path))})
     run_main(main)

@@ -5,12 +5,12 @@ The split is by image (identical pictures stay together), stratified per class a
 no test image is ever seen in training.
 """
 import os
-import random
-from collections import defaultdict
 from pathlib import Path
 
-from vlm_common import (UserError, class_folders, classification_question, configure, list_files, print_skipped,
-                        run_main, scan_images, write_json)
+from vlmcls.cli import UserError, configure, run_main
+from vlmcls.files import write_json
+from vlmcls.images import class_folders, group_duplicates, list_files, print_skipped, scan_images, split_groups
+from vlmcls.prompt import classification_question
 
 DATASET_DIR = "./Faulty_solar_panel"  # image folder: one sub-folder per class
 TRAIN_RATIO = 0.8  # share of each class's images used for training; the rest is the test set
@@ -34,41 +34,12 @@ CLASS_DETAILS = {  # detail sentence per class; other classes get DEFAULT_DETAIL
 }
 DEFAULT_DETAIL = "The image shows: {label}."  # detail sentence for classes not in CLASS_DETAILS
 
-configure(globals())
-
 
 def check_settings():
     if not 0 < TRAIN_RATIO < 1:
         raise UserError(f"train_ratio must be between 0 and 1, got {TRAIN_RATIO}")
     if Path(TRAIN_JSON).resolve() == Path(TEST_JSON).resolve():
         raise UserError(f"train_json and test_json are the same file: {TRAIN_JSON}")
-
-
-def group_duplicates(good, label_of):
-    """Images with identical pixels form one group, so they land on the same side of the split."""
-    by_hash = defaultdict(list)
-    for path, digest in good:
-        by_hash[digest].append(path)
-    groups = sorted(by_hash.values())
-    conflicts = [g for g in groups if len({label_of[p] for p in g}) > 1]
-    return groups, conflicts
-
-
-def split(groups, label_of, classes):
-    """Per class, seeded: at least one test group for every class with two or more, at least one for training."""
-    rng = random.Random(SEED)
-    by_class = defaultdict(list)
-    for group in groups:
-        by_class[label_of[group[0]]].append(group)
-    train, test = [], []
-    for name in classes:
-        members = by_class[name]
-        rng.shuffle(members)
-        n = len(members)
-        n_test = 0 if n < 2 else min(n - 1, max(1, round(n * (1 - TRAIN_RATIO))))
-        test += [p for g in members[:n_test] for p in g]
-        train += [p for g in members[n_test:] for p in g]
-    return sorted(train), sorted(test)
 
 
 def qa_pairs(label, question):
@@ -102,7 +73,7 @@ def main():
     for group in conflicts:
         print("label conflict, identical images in different classes (kept together in one split): " +
               ", ".join(f"{p} [{label_of[p]}]" for p in group))
-    train, test = split(groups, label_of, classes)
+    train, test = split_groups(groups, label_of, classes, 1 - TRAIN_RATIO, SEED)
     counts = {part: {c: sum(label_of[p] == c for p in paths) for c in classes}
               for part, paths in (("train", train), ("test", test))}
     question = classification_question(classes)
@@ -121,4 +92,5 @@ def main():
 
 
 if __name__ == "__main__":
+    configure(globals())
     run_main(main)

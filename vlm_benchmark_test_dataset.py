@@ -3,7 +3,11 @@
 Prints the original's per-category lines and closing 'Total Correct' line, and writes report.json,
 predictions.csv and confusion_matrix.png next to the model (or to REPORT_DIR).
 """
-from vlm_common import configure, evaluate_models, read_dataset_json, run_main
+from vlmcls.cli import configure, run_main, settings_of
+from vlmcls.evaluation import evaluate_models
+from vlmcls.images import read_dataset_json
+from vlmcls.models import DEVICES, DTYPES
+from vlmcls.prediction import PREDICTIONS
 
 MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to evaluate: local folder or Hub id
 TEST_JSON = "solar_panel_test_dataset.json"  # from generate_train_json.py
@@ -16,8 +20,6 @@ IMAGE_SPLITTING = None  # None = as saved with the model
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 
-configure(globals())
-
 
 def main():
     data = read_dataset_json(TEST_JSON)
@@ -26,8 +28,10 @@ def main():
                     [s["image"] for s in samples], [s["label"] for s in samples], data["classes"],
                     data["question"], mode=PREDICTION, batch_size=BATCH_SIZE, device=DEVICE, dtype=DTYPE,
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
-                    max_pixels=data["max_image_pixels"], report_dir=REPORT_DIR, report_name="test_set")
+                    max_pixels=data["max_image_pixels"], report_dir=REPORT_DIR, report_name="test_set",
+                    record=settings_of(globals()))
 
 
 if __name__ == "__main__":
+    configure(globals(), choices={"PREDICTION": PREDICTIONS, "DEVICE": DEVICES, "DTYPE": DTYPES})
     run_main(main)

@@ -5,8 +5,12 @@ model and the fine-tuned one side by side with --compare_with.
 """
 from pathlib import Path
 
-from vlm_common import (UserError, class_folders, classification_question, configure,
-                        evaluate_models, list_files, print_skipped, run_main, saved_classes, scan_images)
+from vlmcls.cli import UserError, configure, run_main, settings_of
+from vlmcls.evaluation import evaluate_models
+from vlmcls.images import class_folders, list_files, print_skipped, scan_images
+from vlmcls.models import DEVICES, DTYPES, saved_classes
+from vlmcls.prediction import PREDICTIONS
+from vlmcls.prompt import classification_question
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # model to evaluate: local folder or Hub id
 DATASET_DIR = "./Faulty_solar_panel"  # class folders, a folder of unlabelled images, or one image
@@ -21,8 +25,6 @@ IMAGE_SPLITTING = None  # None = as saved with the model
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 
-configure(globals())
-
 
 def labelled_images():
     """(paths, labels, classes) of a class-folder data set, or (paths, None, None) for unlabelled images."""
@@ -36,6 +38,18 @@ def labelled_images():
     return sorted(labels), labels, [f.name for f in folders]
 
 
+def classes_for_unlabelled():
+    """Class names and question for unlabelled images: CLASSES, or those saved with the model and its question."""
+    if CLASSES:
+        return CLASSES, classification_question(CLASSES)
+    saved = saved_classes(MODEL_PATH)
+    if not saved:
+        raise UserError("unlabelled images: give the class names with --classes='[\"a\", \"b\"]' "
+                        f"(no classes.json saved with {MODEL_PATH})")
+    # The model was trained on its own question: asked it word for word, it answers as it learned to.
+    return saved["classes"], saved["question"]
+
+
 def main():
     paths, labels, classes = labelled_images()
     good, skipped = scan_images(paths, MAX_IMAGE_PIXELS)
@@ -43,19 +57,15 @@ def main():
     paths = [p for p, _ in good]
     if not paths:
         raise UserError(f"{DATASET_DIR}: no usable image")
-    if classes is None:
-        saved = saved_classes(MODEL_PATH)
-        classes = CLASSES or (saved and saved["classes"])
-        if not classes:
-            raise UserError("unlabelled images: give the class names with --classes='[\"a\", \"b\"]' "
-                            f"(no classes.json saved with {MODEL_PATH})")
+    classes, question = (classes, classification_question(classes)) if classes else classes_for_unlabelled()
     evaluate_models([MODEL_PATH] + ([COMPARE_WITH] if COMPARE_WITH else []), paths,
-                    [labels[p] for p in paths] if labels else None, classes, classification_question(classes),
+                    [labels[p] for p in paths] if labels else None, classes, question,
                     mode=PREDICTION, batch_size=BATCH_SIZE, device=DEVICE, dtype=DTYPE,
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                     max_pixels=MAX_IMAGE_PIXELS, report_dir=REPORT_DIR,
-                    report_name="full_dataset" if labels else "predictions")
+                    report_name="full_dataset" if labels else "predictions", record=settings_of(globals()))
 
 
 if __name__ == "__main__":
+    configure(globals(), choices={"PREDICTION": PREDICTIONS, "DEVICE": DEVICES, "DTYPE": DTYPES})
     run_main(main)

@@ -22,27 +22,30 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
-from vlm_common import (atomic_write, classification_question, configure, conversation, end_token_ids,  # noqa: E402
-                        load_model, load_processor, pick_device, pick_dtype, predict_generate, predict_scores,
-                        run_main, set_resolution)
+import fine_tune  # noqa: E402
+from vlmcls.cli import configure, run_main, settings_of  # noqa: E402
+from vlmcls.files import atomic_write  # noqa: E402
+from vlmcls.models import end_token_ids, load_model, load_processor, pick_device, pick_dtype, set_resolution  # noqa: E402
+from vlmcls.prediction import predict_generate, predict_scores  # noqa: E402
+from vlmcls.prompt import classification_question, conversation  # noqa: E402
+from vlmcls.training import AnswerOnlyCollator, prepare_model  # noqa: E402
 
 CONFIGS = ["original", "defaults", "lora"]  # names from CONFIG_FLAGS; the first is the baseline of the ratios
 SIZES = ["300x300", "640x480"]  # image sizes, WIDTHxHEIGHT
 STEPS = 2  # timed training steps per configuration and size, mean reported (0: no training)
 WARMUP = 1  # untimed training steps, and untimed score-mode images, before timing
 IMAGES = 2  # timed images per evaluation mode (0: no evaluation)
-MAX_NEW_TOKENS = 32  # generate mode's limit, as vlm_common.predict_generate's default
+MAX_NEW_TOKENS = 32  # generate mode's limit, as vlmcls.prediction.predict_generate's default
 DEVICE = "auto"  # auto, cpu, cuda or mps
 THREADS = 0  # torch CPU threads in each measurement; 0: torch's default (one per core)
 TINY = False  # the tests' tiny SmolVLM instead of the full-size one: a quick check that the benchmark runs
 OUTPUT = ""  # where the table is also written; "": benchmarks/results.md (results-tiny.md with --tiny)
 SEED = 0  # seed for the random weights and images
 JOB = ""  # internal: one measurement as JSON, run by the benchmark in a fresh process
-
-configure(globals())
 
 ROOT = Path(__file__).resolve().parents[1]
 # fine_tune.py settings of each configuration, passed to it as on its command line.
@@ -93,14 +96,10 @@ def mean(pairs):
     return [sum(column) / len(pairs) for column in zip(*pairs)]
 
 
-def import_fine_tune(flags):
-    """fine_tune.py reads its settings from the command line when imported: give it this configuration's."""
-    saved, sys.argv = sys.argv, ["fine_tune.py", *(f"--{k}={json.dumps(v)}" for k, v in flags.items())]
-    try:
-        import fine_tune
-    finally:
-        sys.argv = saved
-    return fine_tune
+def fine_tune_settings(flags):
+    """fine_tune.py's constants with this configuration's flags applied, as attributes in upper case."""
+    settings = {**settings_of(vars(fine_tune)), **flags}
+    return SimpleNamespace(**{name.upper(): value for name, value in settings.items()})
 
 
 def make_images(size, count):
@@ -116,7 +115,9 @@ def train_job(job, torch, ft, device):
     dtype = pick_dtype(device, ft.DTYPE)
     processor = load_processor(job["model"])
     set_resolution(processor, ft.IMAGE_LONGEST_EDGE, ft.IMAGE_SPLITTING)
-    model = ft.prepare_model(load_model(job["model"], torch.float32)).to(device).train()
+    model = prepare_model(load_model(job["model"], torch.float32), freeze_vision=ft.FREEZE_VISION,
+                          use_lora=ft.USE_LORA, lora_vision=ft.LORA_VISION, lora_r=ft.LORA_R, lora_alpha=ft.LORA_ALPHA,
+                          lora_dropout=ft.LORA_DROPOUT, lora_target_modules=ft.LORA_TARGET_MODULES).to(device).train()
     if ft.GRADIENT_CHECKPOINTING:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "peft_config"):
@@ -124,7 +125,7 @@ def train_job(job, torch, ft, device):
     trainable = [p for p in model.parameters() if p.requires_grad]
     # Trainer's default optimizer (adamw_torch_fused) and gradient clipping (max_grad_norm 1.0).
     optimizer = torch.optim.AdamW(trainable, lr=ft.LEARNING_RATE, weight_decay=ft.WEIGHT_DECAY, fused=True)
-    collator = ft.AnswerOnlyCollator(processor, end_token_ids(processor, model))
+    collator = AnswerOnlyCollator(processor, end_token_ids(processor, model))
     example = {"images": make_images(job["size"], 1), **conversation(classification_question(CLASSES), CLASSES[1])}
     batch = collator([example]).to(device)
 
@@ -184,7 +185,7 @@ def run_job(job):
     if THREADS:
         torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
-    ft = import_fine_tune(CONFIG_FLAGS[job["config"]])
+    ft = fine_tune_settings(CONFIG_FLAGS[job["config"]])
     device = pick_device(DEVICE)
     result = (train_job if job["phase"] == "train" else eval_job)(job, torch, ft, device)
     result["base_gb"] = base_gb
@@ -363,7 +364,7 @@ Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py {' '.join(sys.ar
 - Model: {model}, random weights in float32 (autocast on CUDA, as fine_tune.py), batch size 1.
 - Training step: forward, backward, gradient clipping and fused AdamW with gradient checkpointing, as
   SFTTrainer runs it; {WARMUP} warm-up + {STEPS} timed steps, mean.
-- Evaluation: vlm_common.predict_scores and predict_generate (up to {MAX_NEW_TOKENS} new tokens), one image
+- Evaluation: vlmcls.prediction's predict_scores and predict_generate (up to {MAX_NEW_TOKENS} new tokens), one image
   at a time; {WARMUP} warm-up + {IMAGES} timed images per mode, mean. Random weights rarely end an answer
   early; a trained model stops after the class name. A LoRA configuration evaluates as its full-size twin
   (fine_tune.py merges LoRA into the saved model), so that is measured once.
@@ -401,4 +402,5 @@ def main():
 
 
 if __name__ == "__main__":
+    configure(globals())
     run_main(main)

@@ -1,5 +1,5 @@
+import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +27,13 @@ def run_script(script, *args, cwd, check=True, env=None):
     return proc
 
 
-def accuracy_from(output):
-    """The accuracy the evaluation scripts print on their 'Total Correct' line."""
-    found = re.findall(r"Total Correct: (\d+)/(\d+), Accuracy: ([0-9.]+)", output)
-    assert found, output
-    return float(found[-1][2])
+def report_in(report_dir):
+    """The report.json an evaluation script wrote to report_dir."""
+    return json.loads((Path(report_dir) / "report.json").read_text())
+
+
+def accuracy_in(report_dir):
+    return report_in(report_dir)["accuracy"]
 
 
 def make_colour_images(folder, per_class=12, size=(64, 48), seed=0):
@@ -45,6 +47,32 @@ def make_colour_images(folder, per_class=12, size=(64, 48), seed=0):
     return Path(folder)
 
 
+def awkward_images(root):
+    """A data set holding every kind of bad and awkward file, and duplicates within and across classes."""
+    make_colour_images(root, per_class=6)
+    red, green, blue = root / "red", root / "green", root / "blue"
+    (red / "empty.jpg").write_bytes(b"")
+    (red / "notes.txt").write_text("not a picture")
+    whole = green / "green_00.png"
+    data = bytearray(whole.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # damaged pixel data, intact header
+    (green / "corrupt.png").write_bytes(bytes(data))
+    (green / "truncated.png").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    Image.new("L", (3000, 1000), 0).save(blue / "bomb.png")
+    Image.new("CMYK", (40, 30), (200, 0, 0, 0)).save(blue / "cmyk.jpg")
+    Image.new("RGBA", (40, 30), (0, 0, 255, 0)).save(blue / "transparent.png")
+    Image.new("P", (40, 30), 3).save(blue / "palette.gif")
+    Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)).save(blue / "sixteen.png")
+    Image.new("L", (40, 30), 90).save(blue / "grey.png")
+    rotated = Image.new("RGB", (60, 20), "blue")
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to display
+    rotated.save(blue / "rotated.jpg", exif=exif)
+    Image.open(red / "red_00.png").save(green / "same_as_red_00.bmp")  # label conflict across classes
+    (red / "red_01_copy.png").write_bytes((red / "red_01.png").read_bytes())  # duplicate within a class
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_smolvlm(tmp_path_factory):
     """A tiny SmolVLM-architecture model saved with SmolVLM's shipped processor settings."""
@@ -54,5 +82,25 @@ def tiny_smolvlm(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory):
+    import torch
+    torch.manual_seed(0)
+    return tiny_models.build_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava")
+
+
+@pytest.fixture(scope="session")
 def colour_dataset(tmp_path_factory):
     return make_colour_images(tmp_path_factory.mktemp("colours") / "images")
+
+
+def red_image(size=(64, 48)):
+    return Image.new("RGB", size, COLOURS["red"])
+
+
+def load_tiny(folder):
+    """A tiny model and its processor at the fine-tuning defaults (512 px, one tile), as the scripts load them."""
+    import torch
+    from vlmcls.models import load_model, load_processor, set_resolution
+    processor = load_processor(str(folder))
+    set_resolution(processor, 512, False)
+    return processor, load_model(str(folder), torch.float32).eval()

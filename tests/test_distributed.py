@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT, accuracy_from, run_script
+from conftest import ROOT, accuracy_in, run_script
 
 PROCESSES = 2
 BATCH = 4  # per process
@@ -70,9 +70,8 @@ def test_two_processes_train_one_model_that_classifies(tiny_smolvlm, colour_spli
     assert sorted(p.name for p in checkpoint.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
     assert state["global_step"] == state["max_steps"] == epochs * math.ceil(pairs / (BATCH * PROCESSES))
 
-    result = run_script("vlm_benchmark_test_dataset.py", "--model_path=out", f"--test_json={test_json}",
-                        cwd=tmp_path)
-    assert accuracy_from(result.stdout) >= 0.9
+    run_script("vlm_benchmark_test_dataset.py", "--model_path=out", f"--test_json={test_json}", cwd=tmp_path)
+    assert accuracy_in(tmp_path / "out" / "reports" / "test_set") >= 0.9
 
 
 def checkpoint_complete(output_dir):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import tiny_models
-from conftest import accuracy_from, make_colour_images, run_script
+from conftest import accuracy_in, make_colour_images, report_in, run_script
 
 TRAIN = ["--max_steps=120", "--per_device_train_batch_size=4", "--gradient_accumulation_steps=1",
          "--learning_rate=3e-3", "--warmup_steps=5", "--logging_steps=20", "--save_steps=1000"]
@@ -39,12 +39,19 @@ def test_download_copies_class_folders_and_counts_them(pipeline):
 
 
 def test_untrained_model_is_no_better_than_chance(pipeline):
-    assert accuracy_from(pipeline["untrained"]) <= 0.5
+    assert accuracy_in(pipeline["work"] / "untrained") <= 0.5
 
 
 def test_fine_tuned_model_classifies_held_out_images(pipeline):
-    assert accuracy_from(pipeline["test"]) >= 0.9
-    assert "Total Correct: " in pipeline["test"] and "type:red,correct_rate:" in pipeline["test"]
+    assert accuracy_in(pipeline["model"] / "reports" / "test_set") >= 0.9
+
+
+def test_evaluation_keeps_the_original_console_lines(pipeline):
+    report = report_in(pipeline["model"] / "reports" / "test_set")
+    for name, m in report["per_class"].items():
+        assert f"type:{name},correct_rate:{m['recall']:.4f} ({m['correct']}/{m['support']})" in pipeline["test"]
+    assert f"Total Correct: {report['correct']}/{report['total']}, Accuracy: {report['accuracy']:.4f}" \
+        in pipeline["test"]
 
 
 def test_fine_tune_saves_model_processor_logs_and_classes(pipeline):
@@ -93,15 +100,14 @@ def test_lora_fine_tune_reaches_the_same_bar(pipeline):
     run_script("fine_tune.py", f"--model_path={base}", "--output_dir=lora", "--use_lora=true",
                "--lora_r=16", "--lora_alpha=32", *TRAIN[:3], "--learning_rate=1e-2", *TRAIN[4:], cwd=work)
     assert not list((work / "lora").glob("adapter_*")), "the LoRA result should be merged into a full model"
-    result = run_script("vlm_benchmark_test_dataset.py", "--model_path=lora", cwd=work).stdout
-    assert accuracy_from(result) >= 0.9
+    run_script("vlm_benchmark_test_dataset.py", "--model_path=lora", cwd=work)
+    assert accuracy_in(work / "lora" / "reports" / "test_set") >= 0.9
 
 
 def test_vlm_test_scores_every_image_of_the_class_folders(pipeline):
-    out = run_script("vlm_test.py", "--model_path=finetuned", "--dataset_dir=data", cwd=pipeline["work"]).stdout
-    assert "Total Correct: " in out and "/60," in out
-    assert accuracy_from(out) >= 0.9
-    assert (pipeline["model"] / "reports" / "full_dataset" / "report.json").is_file()
+    run_script("vlm_test.py", "--model_path=finetuned", "--dataset_dir=data", cwd=pipeline["work"])
+    report = report_in(pipeline["model"] / "reports" / "full_dataset")
+    assert report["total"] == 60 and report["accuracy"] >= 0.9
 
 
 def test_vlm_test_on_unlabelled_images_writes_predictions_only(pipeline):
@@ -118,3 +124,27 @@ def test_vlm_test_on_unlabelled_images_writes_predictions_only(pipeline):
     one = run_script("vlm_test.py", "--model_path=finetuned", f"--dataset_dir={work / 'loose' / 'red.png'}",
                      "--report_dir=one", cwd=work).stdout
     assert "red.png: red (" in one
+
+
+def test_every_run_records_what_it_ran_with(pipeline):
+    config = json.loads((pipeline["model"] / "run_config.json").read_text())
+    assert config["settings"]["max_steps"] == 120 and config["settings"]["learning_rate"] == 3e-3
+    assert config["settings"]["output_dir"] == "finetuned" and config["dtype"] == "float32"
+    assert set(config["versions"]) == {"python", "torch", "transformers", "trl", "peft", "accelerate", "datasets"}
+    report = report_in(pipeline["model"] / "reports" / "test_set")
+    assert report["settings"]["model_path"] == "finetuned" and report["settings"]["prediction"] == "score"
+    assert report["versions"]["transformers"] == config["versions"]["transformers"]
+
+
+def test_vlm_test_asks_the_question_saved_with_the_model(pipeline):
+    work = pipeline["work"]
+    saved = json.loads((pipeline["model"] / "classes.json").read_text())
+    saved["question"] = "Which colour is this? " + saved["question"]
+    (pipeline["model"] / "classes.json").write_text(json.dumps(saved))
+    try:
+        out = run_script("vlm_test.py", "--model_path=finetuned", f"--dataset_dir={work / 'data' / 'red' / 'red_00.png'}",
+                         "--report_dir=asked", cwd=work).stdout
+    finally:
+        saved["question"] = saved["question"].removeprefix("Which colour is this? ")
+        (pipeline["model"] / "classes.json").write_text(json.dumps(saved))
+    assert f"question: {saved['question']}" not in out and "question: Which colour is this? Classify" in out

@@ -1,7 +1,55 @@
-"""generate_train_json.py: the split is by image, stratified, seeded, and writes what it did."""
+"""generate_train_json.py: nothing lost, bad files listed with the reason, the split by image, stratified, seeded."""
+import csv
 import json
 
-from conftest import make_colour_images, run_script
+import pytest
+
+from conftest import awkward_images, make_colour_images, run_script
+from vlmcls.images import read_dataset_json
+
+
+BAD = {"red/empty.jpg": "empty file", "red/notes.txt": "not an image", "green/corrupt.png": "corrupt",
+       "green/truncated.png": "corrupt or truncated", "blue/bomb.png": "decompression bomb"}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    work = tmp_path_factory.mktemp("awkward")
+    awkward_images(work / "images")
+    out = run_script("generate_train_json.py", "--dataset_dir=images", "--max_image_pixels=2000000",
+                     "--train_ratio=0.5", cwd=work).stdout
+    return work, out
+
+
+def test_bad_files_are_listed_with_their_reasons(generated):
+    work, out = generated
+    rows = list(csv.DictReader(open(work / "skipped.csv")))
+    listed = {r["path"].split("images/")[1]: r["reason"] for r in rows}
+    assert set(listed) == set(BAD)
+    for name, reason in BAD.items():
+        assert reason in listed[name], (name, listed[name])
+        assert name.split("/")[1] in out
+    assert f"skipped {len(BAD)} file(s)" in out
+
+
+def test_every_other_file_is_in_exactly_one_split(generated):
+    work, _ = generated
+    files = {str(p.relative_to(work)) for p in (work / "images").rglob("*") if p.is_file()}
+    used = []
+    for name in ("solar_panel_train_dataset.json", "solar_panel_test_dataset.json"):
+        used += [s["image"] for s in json.loads((work / name).read_text())["samples"]]
+    assert len(used) == len(set(used))
+    assert set(used) == files - {f"images/{b}" for b in BAD}
+
+
+def test_duplicates_stay_on_one_side_and_conflicts_are_reported(generated):
+    work, out = generated
+    test = {s["image"] for s in json.loads((work / "solar_panel_test_dataset.json").read_text())["samples"]}
+    for pair in (("images/red/red_00.png", "images/green/same_as_red_00.bmp"),
+                 ("images/red/red_01.png", "images/red/red_01_copy.png")):
+        assert (pair[0] in test) == (pair[1] in test), pair
+    assert "label conflict" in out and "same_as_red_00.bmp [green]" in out and "red_00.png [red]" in out
+    assert "red_01_copy" not in out.split("label conflict")[-1]
 
 
 def split(work, *args):
@@ -52,6 +100,5 @@ def test_question_uses_folder_names_as_spelled_and_paths_resolve_anywhere(tmp_pa
     assert data["classes"] == ["Bird-drop", "blue", "green"]
     assert "Bird-drop, blue, green" in data["question"]
     assert all(s["qa"] == [{"question": data["question"], "answer": s["label"]}] for s in data["samples"])
-    import vlm_common
-    for sample in vlm_common.read_dataset_json(tmp_path / "out" / "tr.json")["samples"]:
+    for sample in read_dataset_json(tmp_path / "out" / "tr.json")["samples"]:
         assert (tmp_path / "out" / sample["image"]).is_file()

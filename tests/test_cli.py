@@ -1,0 +1,71 @@
+"""vlmcls.cli: every constant on the command line, checked choices, one-sentence errors, imports without effects."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_script
+from vlmcls.cli import OneOf, configure, settings_of
+
+SCRIPTS = ["download_dataset.py", "generate_train_json.py", "fine_tune.py", "vlm_benchmark_test_dataset.py",
+           "vlm_test.py"]
+
+
+def test_help_lists_every_constant_with_its_comment():
+    out = subprocess.run([sys.executable, str(ROOT / "fine_tune.py"), "--help"], capture_output=True, text=True,
+                         cwd=ROOT).stdout
+    for name in ("--model_path", "--learning_rate", "--equivalent_epochs_to_train", "--use_lora",
+                 "--image_longest_edge", "--resume"):
+        assert name in out
+    assert "peak learning rate (default: 0.0003)" in " ".join(out.split())
+
+
+def test_configure_parses_types_and_both_spellings(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("A = 1  # an int\nB = 0.5\nC = True\nD = 'x'\nE = ['p']\nF = None\n")
+    ns = {"__file__": str(script)}
+    exec(script.read_text(), ns)
+    configure(ns, ["--a=3", "--b", "2e-3", "--c=false", "--d", "y", "--e=[\"q\", \"r\"]", "--f=1024"])
+    assert (ns["A"], ns["B"], ns["C"], ns["D"], ns["E"], ns["F"]) == (3, 2e-3, False, "y", ["q", "r"], 1024)
+    assert settings_of(ns) == {"a": 3, "b": 2e-3, "c": False, "d": "y", "e": ["q", "r"], "f": 1024}
+    with pytest.raises(SystemExit):
+        configure(ns, ["--a=notanumber"])
+
+
+def test_choices_are_checked_on_the_command_line_and_in_the_file(tmp_path, capsys):
+    script = tmp_path / "s.py"
+    script.write_text("MODE = 'score'\nWHERE = 'auto'\n")
+    ns = {"__file__": str(script), "MODE": "score", "WHERE": "auto"}
+    choices = {"MODE": OneOf("score", "generate"), "WHERE": OneOf("auto", other=("a folder", lambda v: v == "."))}
+    configure(ns, ["--mode=generate", "--where=."], choices)
+    assert (ns["MODE"], ns["WHERE"]) == ("generate", ".")
+    with pytest.raises(SystemExit):
+        configure(ns, ["--mode=scroe"], choices)
+    assert "'scroe' is not valid: use score, generate" in capsys.readouterr().err
+    ns["WHERE"] = "nowhere"  # as if edited in the file
+    with pytest.raises(SystemExit):
+        configure(ns, [], choices)
+    assert "--where: 'nowhere' is not valid: use auto, or a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, flag", [("vlm_benchmark_test_dataset.py", "--prediction=scroe"),
+                                          ("fine_tune.py", "--device=gpu"), ("fine_tune.py", "--dtype=fp8"),
+                                          ("fine_tune.py", "--resume=atuo"), ("download_dataset.py", "--source=kagle")])
+def test_a_mistyped_choice_fails_at_once_with_the_valid_ones(script, flag, tmp_path):
+    proc = run_script(script, flag, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "is not valid: use" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_wrong_constant_gets_one_clear_message(tmp_path):
+    proc = run_script("generate_train_json.py", "--train_ratio=1.5", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: train_ratio must be between 0 and 1, got 1.5"
+
+
+def test_scripts_import_without_reading_the_command_line():
+    code = ("import sys; sys.argv = ['x', '--no-such-flag']\n"
+            f"for name in {[s[:-3] for s in SCRIPTS]}: __import__(name)\n"
+            "import fine_tune; print(fine_tune.LEARNING_RATE)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "0.0003", proc.stderr

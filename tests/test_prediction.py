@@ -1,0 +1,48 @@
+"""vlmcls.prediction: score mode is the likelihood of each class's answer; every mode names a class or says none."""
+import pytest
+import torch
+from PIL import Image
+
+from conftest import COLOURS, load_tiny, red_image
+from vlmcls.models import end_token_ids
+from vlmcls.prediction import MODES, NO_CLASS, class_answer_ids, evaluate, predict_scores
+from vlmcls.prompt import classification_question, render
+
+QUESTION = classification_question(list(COLOURS))
+
+
+@pytest.mark.parametrize("family", ["tiny_smolvlm", "tiny_llava"])
+def test_scores_are_the_likelihood_of_the_answer_and_its_end_token(family, request):
+    """The cached-prompt shortcut of predict_scores gives what one forward pass over the whole chat gives."""
+    processor, model = load_tiny(request.getfixturevalue(family))
+    images, classes = [red_image(), red_image((40, 90))], list(COLOURS)
+    prompt, completions = render(processor, QUESTION, classes, end_token_ids(processor, model))
+    expected = torch.zeros(len(images), len(classes))
+    for i, image in enumerate(images):
+        for j, answer in enumerate(class_answer_ids(processor, model, completions)):
+            batch = processor(images=[[image]], text=[prompt], return_tensors="pt", add_special_tokens=False)
+            ids = torch.cat([batch["input_ids"], torch.tensor([answer])], dim=1)
+            with torch.no_grad():
+                logp = model(**{**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids)}).logits[0]
+            start = batch["input_ids"].shape[1]
+            expected[i, j] = sum(logp.log_softmax(-1)[start - 1 + k, t] for k, t in enumerate(answer))
+    scores = predict_scores(model, processor, images, QUESTION, classes)
+    torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_untrained_model_in_every_mode_names_a_class_or_says_none(tiny_smolvlm, tmp_path):
+    processor, model = load_tiny(tiny_smolvlm)
+    paths = []
+    for i, colour in enumerate(["red", "green", "blue", "white"]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (50, 40), colour).save(paths[-1])
+    classes = ["red", "green", "blue"]
+    scored = evaluate(model, processor, paths, "Colour?", classes, "score", 3, 10**6)
+    generated = evaluate(model, processor, paths, "Colour?", classes, "generate", 3, 10**6)
+    assert set(MODES) == {"score", "generate"}
+    assert len(scored) == len(generated) == 4
+    for r in scored:
+        assert r["pred"] in classes
+        assert sum(r["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert r["probs"][r["pred"]] == max(r["probs"].values())
+    assert all(g["pred"] in classes + [NO_CLASS] for g in generated)

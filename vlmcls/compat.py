@@ -1,0 +1,51 @@
+"""Library internals the project relies on, in one place, with the versions they were tested with."""
+from importlib import metadata
+
+from .cli import UserError
+
+# Packages whose private or unexported parts are used below, and the release series they were checked against.
+TESTED = {"transformers": "5.", "trl": "1."}
+RECORDED = ("torch", "transformers", "trl", "peft", "accelerate", "datasets")
+
+
+def library_versions():
+    """Python's and each library's installed version, for run_config.json and report.json."""
+    import platform
+    versions = {"python": platform.python_version()}
+    for name in RECORDED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _check(package, what):
+    version = metadata.version(package)
+    if not version.startswith(TESTED[package]):
+        raise UserError(f"{what} is an internal part of {package} that this project was tested with in "
+                        f"{package} {TESTED[package]}x; {package} {version} is installed: install the versions in "
+                        "requirements.txt")
+    return version
+
+
+def vision_language_collator(processor):
+    """TRL's collator for image-text examples (prompt/completion, loss on the completion only); TRL does not
+    export it from its top level."""
+    try:
+        from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+    except ImportError:
+        _check("trl", "DataCollatorForVisionLanguageModeling")
+        raise
+    return DataCollatorForVisionLanguageModeling(processor=processor, completion_only_loss=True)
+
+
+def generation_position_ids(model, batch):
+    """Position ids as generate() makes them, so that a forward pass on a cache can continue them: a cached
+    forward pass cannot infer them in every family (Qwen2-VL's M-RoPE positions depend on the image grid)."""
+    prepare = getattr(model, "_prepare_position_ids_for_generation", None)
+    if prepare is None:
+        _check("transformers", "GenerationMixin._prepare_position_ids_for_generation")
+        raise UserError(f"{type(model).__name__} has no _prepare_position_ids_for_generation; score mode needs it "
+                        "(use --prediction=generate, or the transformers version in requirements.txt)")
+    return prepare(batch["input_ids"], dict(batch))

@@ -1,0 +1,54 @@
+"""Evaluation runs: each model over the same images, with its reports and a side-by-side comparison."""
+import re
+from pathlib import Path
+
+from .compat import library_versions
+from .files import write_csv
+from .models import load_model, load_processor, pick_device, pick_dtype, set_resolution
+from .prediction import evaluate
+from .report import PREDICTION_HEADER, prediction_rows, print_accuracy, print_comparison, write_report
+
+
+def default_report_dir(model_path, name):
+    """Reports go next to a local model, or under ./reports/ for a Hub id."""
+    if Path(model_path).is_dir():
+        return Path(model_path) / "reports" / name
+    return Path("reports") / re.sub(r"[^\w.-]+", "_", model_path) / name
+
+
+def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,
+                    image_longest_edge, image_splitting, max_pixels, report_dir, report_name, record=None):
+    """Evaluate each model on the same images, print the original's lines for each and, for two or more,
+    a side-by-side table. With labels, writes report.json, predictions.csv and confusion_matrix.png;
+    without, predictions.csv only; report.json also records `record` (the script's settings) and the library
+    versions. Returns each model's metrics (None without labels)."""
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype)
+    outcomes = []
+    for model_path in model_paths:
+        print(f"\n=== {model_path} ({len(paths)} images, {mode} mode, {device}) ===\nquestion: {question}")
+        processor = load_processor(model_path)
+        set_resolution(processor, image_longest_edge, image_splitting)
+        model = load_model(model_path, dtype, device).eval()
+        results = evaluate(model, processor, paths, question, classes, mode, batch_size, max_pixels)
+        out = Path(report_dir) / Path(model_path).name if report_dir and len(model_paths) > 1 else \
+            Path(report_dir) if report_dir else default_report_dir(model_path, report_name)
+        if true is None:
+            write_csv(out / "predictions.csv", PREDICTION_HEADER, prediction_rows(paths, results))
+            for path, r in zip(paths, results):
+                prob = f" ({r['probs'][r['pred']]:.3f})" if r["probs"] else ""
+                print(f"{path}: {r['pred']}{prob}")
+            outcomes.append(None)
+        else:
+            extra = {"model": str(model_path), "prediction": mode, "classes": classes, "question": question,
+                     "settings": record or {}, "versions": library_versions()}
+            result = write_report(out, paths, results, true, classes, extra)
+            print_accuracy(result)
+            outcomes.append(result)
+        print(f"report written to {out}")
+        del model
+    if true is not None and len(model_paths) > 1:
+        print_comparison(model_paths, outcomes, classes)
+    return outcomes
+
+

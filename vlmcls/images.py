@@ -1,0 +1,154 @@
+"""Images in: decoding and validation, class folders, and the data set JSON files that list them."""
+import hashlib
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .cli import UserError
+from .files import write_csv
+
+def load_image(path, max_pixels):
+    """Open and fully decode an image as RGB with its EXIF rotation applied, or raise UserError saying why not.
+
+    Alpha is composited on white, 16-bit and float images are scaled to 8 bits, and an image over
+    `max_pixels` is refused before it is decoded (a decompression bomb would otherwise fill memory).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise UserError(f"{path}: {width}x{height} is {width * height} pixels, over the limit of "
+                                f"{max_pixels} (possible decompression bomb)")
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except UserError:
+        raise
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: not an image (Pillow cannot identify the format)") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{path}: possible decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+def _to_rgb(image):
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode != "F" else max(float(pixels.max()), 1e-12)
+        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def pixel_hash(image):
+    """Hash of the decoded pixels: the same picture saved twice, under any name or format, hashes the same."""
+    return hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
+
+
+def list_files(folder):
+    """Every file under `folder`, sorted, hidden files included (a file that is not an image is reported)."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file())
+
+
+def class_folders(dataset_dir):
+    """The class sub-folders of an image-folder data set, sorted by name; refuse a layout that cannot be used."""
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder (run download_dataset.py first, or set --dataset_dir)")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        found = sorted(p.name for p in root.iterdir())[:10]
+        raise UserError(f"{root}: no class sub-folders found (expected one folder of images per class; "
+                        f"found {found or 'nothing'})")
+    empty = [p.name for p in folders if not list_files(p)]
+    if empty:
+        raise UserError(f"{root}: class folder(s) with no images: {', '.join(empty)}")
+    return folders
+
+
+def scan_images(paths, max_pixels, progress=True):
+    """Decode each file once. Returns ([(path, pixel hash)], [(path, reason)]) for the good and the skipped."""
+    from tqdm import tqdm
+    good, skipped = [], []
+    for path in tqdm(paths, desc="checking images", unit="img", disable=not progress):
+        try:
+            good.append((path, pixel_hash(load_image(path, max_pixels))))
+        except UserError as e:
+            skipped.append((path, str(e).split(": ", 1)[1]))
+    return good, skipped
+
+
+def print_skipped(skipped, csv_path=None):
+    """One summary line, and each skipped file with its reason (also to csv_path, if given)."""
+    if csv_path is not None:
+        write_csv(csv_path, ["path", "reason"], [(str(p), r) for p, r in skipped])
+    if not skipped:
+        return
+    where = f" (listed in {csv_path})" if csv_path is not None else ""
+    print(f"skipped {len(skipped)} file(s) that cannot be used{where}:")
+    for path, reason in skipped:
+        print(f"  {path}: {reason}")
+
+
+
+def group_duplicates(good, label_of):
+    """Images with identical pixels form one group, so they land on the same side of a split.
+    `good` is [(path, pixel hash)]; returns the groups and those whose images carry different labels."""
+    by_hash = defaultdict(list)
+    for path, digest in good:
+        by_hash[digest].append(path)
+    groups = sorted(by_hash.values())
+    conflicts = [g for g in groups if len({label_of[p] for p in g}) > 1]
+    return groups, conflicts
+
+
+def split_groups(groups, label_of, classes, held_out_ratio, seed):
+    """Split groups of images per class, seeded, holding out about `held_out_ratio` of each class: at least one
+    held-out group for every class with two or more, at least one kept. Returns (kept, held out) paths, sorted."""
+    rng = random.Random(seed)
+    by_class = defaultdict(list)
+    for group in groups:
+        by_class[label_of[group[0]]].append(group)
+    kept, held_out = [], []
+    for name in classes:
+        members = by_class[name]
+        rng.shuffle(members)
+        n = len(members)
+        n_out = 0 if n < 2 else min(n - 1, max(1, round(n * held_out_ratio)))
+        held_out += [p for g in members[:n_out] for p in g]
+        kept += [p for g in members[n_out:] for p in g]
+    return sorted(kept), sorted(held_out)
+
+
+def read_dataset_json(path):
+    """A data set written by generate_train_json.py, with image paths made absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (run generate_train_json.py first, or set the path)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        classes, samples = data["classes"], data["samples"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a data set written by generate_train_json.py ({e!r})") from None
+    for i, sample in enumerate(samples):
+        if sample.get("label") not in classes:
+            raise UserError(f"{path}: sample {i} ({sample.get('image')}) has label {sample.get('label')!r}, "
+                            f"which is not one of the classes {classes}")
+        sample["image"] = str((path.parent / sample["image"]).resolve())
+    return data
+

@@ -1,0 +1,126 @@
+"""Models: device and dtype choice, loading a processor and model, image resolution, end tokens, saved classes."""
+import json
+import re
+from pathlib import Path
+
+from .cli import OneOf, UserError
+
+DEVICES = OneOf("auto", "cuda", "mps", "cpu", other=("cuda:N", lambda v: re.fullmatch(r"cuda:\d+", v)))
+DTYPES = OneOf("auto", "float32", "bfloat16", "float16")
+VISION_MODULES = ("vision_model", "vision_tower", "visual")  # the vision encoder's name in each family
+
+
+def pick_device(name="auto"):
+    """'auto' picks CUDA, then Apple MPS, then the CPU."""
+    import torch
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device, name="auto"):
+    """'auto' is bfloat16 on CUDA where the GPU supports it, else float16 there, and float32 elsewhere."""
+    import torch
+    if name != "auto":
+        if not isinstance(getattr(torch, name, None), torch.dtype):
+            raise UserError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16")
+        return getattr(torch, name)
+    if str(device).startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+
+def end_token_ids(processor, model):
+    """The token ids generation stops on: the end-of-answer tokens that training must teach."""
+    ids = model.generation_config.eos_token_id
+    if ids is None:
+        ids = processor.tokenizer.eos_token_id
+    return [ids] if isinstance(ids, int) else list(ids)
+
+
+def check_chat_vlm(processor, model_path):
+    """Refuse a model whose processor cannot render an image into a chat prompt."""
+    if getattr(processor, "image_processor", None) is None:
+        raise UserError(f"{model_path}: the processor has no image support (no image processor); a vision-language "
+                        "model is needed, such as SmolVLM, Qwen2-VL or LLaVA")
+    if not getattr(processor, "chat_template", None):
+        raise UserError(f"{model_path}: the processor has no chat template, so prompts cannot be rendered; use an "
+                        "instruction-tuned (chat) model, or add a chat_template to its processor")
+
+
+# How each family's image processor takes image_longest_edge, by class name (backend suffix dropped).
+# Idefics3 (SmolVLM) and SmolVLM (SmolVLM2) resize the longest edge; Qwen2-VL's (also Qwen2.5-VL's) size is a
+# pixel count, so the edge becomes a budget of edge x edge pixels. Families not listed ignore the setting.
+LONGEST_EDGE_SIZE = {
+    "Idefics3ImageProcessor": lambda size, edge: {"longest_edge": edge},
+    "SmolVLMImageProcessor": lambda size, edge: {"longest_edge": edge},
+    "Qwen2VLImageProcessor": lambda size, edge: {"shortest_edge": size["shortest_edge"], "longest_edge": edge * edge},
+}
+
+
+def set_resolution(processor, longest_edge, splitting):
+    """Set how large images reach the model; saved with the processor, so evaluation sees what training saw.
+
+    `longest_edge` maps to each family's own setting (LONGEST_EDGE_SIZE). SmolVLM with splitting also cuts
+    tiles of max_image_size (512) plus one global tile; without splitting every image is one tile.
+    """
+    image_processor = processor.image_processor
+    family = re.sub(r"(Pil|Fast)$", "", type(image_processor).__name__)
+    if longest_edge is not None and family in LONGEST_EDGE_SIZE:
+        image_processor.size = LONGEST_EDGE_SIZE[family](image_processor.size, int(longest_edge))
+    elif longest_edge is not None:
+        crop = getattr(image_processor, "crop_size", None)
+        fixed = f" (every image becomes a {crop['width']}x{crop['height']} crop)" if crop else ""
+        print(f"note: {family} has no longest-edge setting{fixed}; image_longest_edge ignored")
+    if splitting is not None and hasattr(image_processor, "do_image_splitting"):
+        image_processor.do_image_splitting = bool(splitting)
+    elif splitting:
+        print(f"note: {family} does not split images into tiles; image_splitting ignored")
+    if longest_edge is not None and hasattr(image_processor, "max_image_size"):
+        tile = image_processor.max_image_size["longest_edge"]
+        if longest_edge > tile and not image_processor.do_image_splitting:
+            print(f"note: without image splitting every image is one {tile}px tile; "
+                  f"image_longest_edge={longest_edge} has an effect only with image_splitting=true")
+
+
+def load_processor(model_path):
+    from transformers import AutoProcessor
+    try:
+        processor = AutoProcessor.from_pretrained(model_path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a processor from {model_path!r} (a local folder or a Hub id; "
+                        f"offline, download it first): {str(e).splitlines()[0]}") from None
+    except ImportError as e:  # Qwen2-VL's and SmolVLM2's processors need torchvision for their video part
+        raise UserError(f"cannot load a processor from {model_path!r}: {str(e).strip().split('. ')[0]} "
+                        "(install the torchvision build that matches your torch)") from None
+    check_chat_vlm(processor, model_path)
+    return processor
+
+
+def load_model(model_path, dtype, device=None):
+    from transformers import AutoModelForImageTextToText
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a vision-language model from {model_path!r}: {str(e).splitlines()[0]}") from None
+    return model.to(device) if device is not None else model
+
+
+
+def find_vision_encoder(model):
+    inner = getattr(model, "model", model)
+    for name in VISION_MODULES:
+        if hasattr(inner, name):
+            return getattr(inner, name)
+    raise UserError(f"no vision encoder named any of {VISION_MODULES} in {type(model).__name__}")
+
+
+def saved_classes(model_path):
+    """The class list and question fine_tune.py saved with a model, or None."""
+    path = Path(model_path) / "classes.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

@@ -1,0 +1,119 @@
+"""Reports: metrics, the original's console lines, predictions.csv, report.json and the confusion-matrix picture."""
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from .files import atomic_write, write_csv, write_json
+from .prediction import NO_CLASS
+
+PREDICTION_HEADER = ["path", "true_class", "predicted_class", "probability", "top2", "answer"]
+
+
+def metrics(true, pred, classes):
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix (rows: true class).
+
+    Predictions that name no class get a column of their own and count as wrong.
+    """
+    columns = classes + ([NO_CLASS] if NO_CLASS in pred else [])
+    index = {c: i for i, c in enumerate(columns)}
+    matrix = [[0] * len(columns) for _ in classes]
+    for t, p in zip(true, pred):
+        matrix[index[t]][index[p]] += 1
+    per_class = {}
+    for i, name in enumerate(classes):
+        tp = matrix[i][i]
+        support = sum(matrix[i])
+        predicted = sum(row[i] for row in matrix)
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support, "correct": tp}
+    correct = sum(matrix[i][i] for i in range(len(classes)))
+    present = [c for c in classes if per_class[c]["support"]]
+    return {"accuracy": correct / len(true) if true else 0.0, "correct": correct, "total": len(true),
+            "macro_f1": sum(per_class[c]["f1"] for c in present) / len(present) if present else 0.0,
+            "per_class": per_class, "labels": columns, "confusion_matrix": matrix}
+
+
+def print_accuracy(result):
+    """The original scripts' console lines, then a table of precision, recall and F1."""
+    print("\n--- Category Accuracy Results ---")
+    for name, m in result["per_class"].items():
+        if m["support"]:
+            print(f"type:{name},correct_rate:{m['recall']:.4f} ({m['correct']}/{m['support']})")
+    print(f"\n{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
+    for name, m in result["per_class"].items():
+        print(f"{name[:23]:<24}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{m['support']:>9}")
+    print(f"{'macro F1':<24}{'':>20}{result['macro_f1']:>10.4f}{result['total']:>9}")
+    print("\n--- Overall Accuracy ---")
+    print(f"Total Correct: {result['correct']}/{result['total']}, Accuracy: {result['accuracy']:.4f}")
+
+
+def prediction_rows(paths, results, true=None):
+    rows = []
+    for i, (path, r) in enumerate(zip(paths, results)):
+        prob = f"{r['probs'][r['pred']]:.6f}" if r["probs"] else ""
+        rows.append([str(path), true[i] if true else "", r["pred"], prob, " | ".join(r["top2"]), r["answer"]])
+    return rows
+
+
+def write_report(report_dir, paths, results, true, classes, extra):
+    """report.json, predictions.csv and confusion_matrix.png in report_dir; returns the metrics."""
+    report_dir = Path(report_dir)
+    result = metrics(true, [r["pred"] for r in results], classes)
+    write_json(report_dir / "report.json", {**extra, **result})
+    write_csv(report_dir / "predictions.csv", PREDICTION_HEADER, prediction_rows(paths, results, true))
+    buffer = io.BytesIO()
+    draw_confusion_matrix(result["confusion_matrix"], classes, result["labels"], result["accuracy"]).save(buffer, "PNG")
+    atomic_write(report_dir / "confusion_matrix.png", buffer.getvalue())
+    return result
+
+
+def _font(size):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def draw_confusion_matrix(matrix, rows, columns, accuracy):
+    """A heat-map of counts, rows the true class and columns the prediction, each row shaded by its share."""
+    from PIL import ImageDraw
+    cell, font, small = 64, _font(15), _font(13)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(int(measure.textlength(n, font=small)) for n in rows + columns) + 16
+    left, top = label_w + 24, label_w + 48
+    width, height = left + cell * len(columns) + 16, top + cell * len(rows) + 40
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 8), f"Confusion matrix (accuracy {accuracy:.4f})", fill="black", font=font)
+    for i, name in enumerate(rows):
+        total = sum(matrix[i]) or 1
+        y = top + i * cell
+        draw.text((left - 8, y + cell // 2), name, fill="black", font=small, anchor="rm")
+        for j, count in enumerate(matrix[i]):
+            share = count / total
+            shade = (int(255 - 200 * share), int(255 - 140 * share), 255)
+            x = left + j * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade, outline=(200, 200, 200))
+            draw.text((x + cell // 2, y + cell // 2), str(count), font=font, anchor="mm",
+                      fill="white" if share > 0.6 else "black")
+    for j, name in enumerate(columns):
+        label = Image.new("RGB", (label_w, 20), "white")
+        ImageDraw.Draw(label).text((label_w - 4, 10), name, fill="black", font=small, anchor="rm")
+        image.paste(label.rotate(90, expand=True), (left + j * cell + cell // 2 - 10, top - label_w - 4))
+    draw.text((left - 8, top - 8), "true \\ predicted", fill=(90, 90, 90), font=small, anchor="rb")
+    draw.text((left, height - 28), "rows: true class, columns: predicted class", fill=(90, 90, 90), font=small)
+    return image
+
+
+def print_comparison(model_paths, outcomes, classes):
+    names = [Path(p).name[:18] for p in model_paths]
+    print("\n--- Side by side (per-class recall, accuracy, macro F1) ---")
+    print(f"{'class':<24}" + "".join(f"{n:>20}" for n in names))
+    for c in classes:
+        print(f"{c[:23]:<24}" + "".join(f"{o['per_class'][c]['recall']:>20.4f}" for o in outcomes))
+    print(f"{'accuracy':<24}" + "".join(f"{o['accuracy']:>20.4f}" for o in outcomes))
+    print(f"{'macro F1':<24}" + "".join(f"{o['macro_f1']:>20.4f}" for o in outcomes))

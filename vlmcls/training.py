@@ -1,0 +1,137 @@
+"""Training: data set rows, the answer-only collator, LoRA / frozen-encoder preparation, checkpoints and saving."""
+import re
+import shutil
+from pathlib import Path
+
+from .cli import OneOf, UserError, existing_path
+from .compat import vision_language_collator
+from .files import write_json
+from .images import load_image
+from .models import VISION_MODULES, find_vision_encoder, load_model
+from .prompt import conversation, render_example
+
+RESUMES = OneOf("auto", "overwrite", other=("a checkpoint folder", existing_path))
+FINISHED_MARKER = "train_log_history.json"  # written last into the output folder by a run that completed
+
+
+def rows(data, only_classification=False):
+    """One training row per (image, question, answer)."""
+    return [{"image": s["image"], "question": qa["question"], "answer": qa["answer"]}
+            for s in data["samples"] for qa in s["qa"]
+            if not only_classification or qa["question"] == data["question"]]
+
+
+def make_dataset(data, max_pixels, only_classification=False):
+    """A datasets.Dataset that decodes images when a batch is drawn; an unreadable file stops the run."""
+    from datasets import Dataset
+
+    def to_example(batch):
+        examples = [conversation(q, a) for q, a in zip(batch["question"], batch["answer"])]
+        return {"images": [[load_image(p, max_pixels)] for p in batch["image"]],
+                "prompt": [e["prompt"] for e in examples], "completion": [e["completion"] for e in examples]}
+    return Dataset.from_list(rows(data, only_classification)).with_transform(to_example)
+
+
+class AnswerOnlyCollator:
+    """TRL's vision-language collator (completion-only loss), with labels also cut after the end-of-answer token.
+
+    Chat templates may add text after that token (SmolVLM adds a newline); the model should learn to
+    stop, not what follows. Examples are rendered here with render_example, as evaluation renders them,
+    so a template that omits the end token (llava-hf's) still teaches it. Padding is masked by attention
+    mask, not by token id, so an end token that doubles as the pad token keeps its label.
+    """
+
+    def __init__(self, processor, end_ids):
+        self.inner = vision_language_collator(processor)
+        self.processor = processor
+        self.end_ids = list(end_ids)
+
+    def __call__(self, examples):
+        import torch
+        batch = self.inner([{"images": e["images"], **render_example(self.processor, e, self.end_ids)}
+                            for e in examples])
+        labels = batch["labels"]
+        is_end = torch.isin(labels, torch.tensor(self.end_ids)).int()
+        labels[(is_end.cumsum(1) - is_end) > 0] = -100
+        return batch
+
+
+def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=False, lora_r=16, lora_alpha=32,
+                  lora_dropout=0.05, lora_target_modules="all-linear"):
+    """Freeze the vision encoder and/or wrap the model with LoRA adapters, as the settings ask."""
+    if freeze_vision:
+        find_vision_encoder(model).requires_grad_(False)
+    if use_lora:
+        from peft import LoraConfig, get_peft_model
+        # As in LLaVA's LoRA recipe, adapters go on the language model and the connector; the vision encoder
+        # stays as it is unless lora_vision asks for adapters there too.
+        vision_adapters = lora_vision and not freeze_vision
+        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                            target_modules=lora_target_modules, task_type="CAUSAL_LM",
+                            exclude_modules=None if vision_adapters else rf".*\.({'|'.join(VISION_MODULES)})\..*")
+        model = get_peft_model(model, config)
+    return model
+
+
+def last_complete_checkpoint(out):
+    """The newest checkpoint-N holding trainer_state.json, which the Trainer writes last: a run killed while
+    saving leaves a checkpoint without it, which cannot be loaded."""
+    steps = [int(p.name.split("-")[1]) for p in Path(out).glob("checkpoint-*")
+             if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()]
+    return str(Path(out) / f"checkpoint-{max(steps)}") if steps else None
+
+
+def checkpoint_to_resume(output_dir, resume):
+    """The checkpoint to continue from, or None to start afresh; a finished run is never silently replaced."""
+    out = Path(output_dir)
+    if resume not in ("auto", "overwrite"):
+        if not (Path(resume) / "trainer_state.json").is_file():
+            raise UserError(f"resume: {resume} is not a complete checkpoint folder (it has no trainer_state.json)")
+        return resume
+    if resume == "overwrite" or not out.is_dir():
+        return None
+    if (out / FINISHED_MARKER).exists():
+        raise UserError(f"{out} holds a finished run; choose another --output_dir, or --resume=overwrite "
+                        "to train again from scratch")
+    return last_complete_checkpoint(out)
+
+
+def clear_previous_run(output_dir):
+    """resume=overwrite: old checkpoints and the finished mark go, so an interrupted new run resumes from its own."""
+    out = Path(output_dir)
+    for old in out.glob("checkpoint-*"):
+        shutil.rmtree(old)
+    (out / FINISHED_MARKER).unlink(missing_ok=True)
+
+
+def save_merged_lora(trainer, out, base_model_path):
+    """The Trainer gathers the adapters from all processes (whether DDP, FSDP or DeepSpeed holds them); the main
+    process merges them into a freshly loaded base model, as sharded weights cannot be merged in place."""
+    import torch
+    from peft import PeftModel
+    adapter = Path(out) / "lora_adapter"
+    trainer.save_model(str(adapter))
+    if trainer.is_world_process_zero():
+        merged = PeftModel.from_pretrained(load_model(base_model_path, torch.float32), adapter).merge_and_unload()
+        merged.save_pretrained(out)
+        shutil.rmtree(adapter)
+
+
+def save(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config):
+    """Model (LoRA merged in), processor with its resolution, class list, run_config.json and training log."""
+    out = Path(output_dir)
+    if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model is gathered into one file
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    if merge_lora:
+        save_merged_lora(trainer, out, base_model_path)
+    else:
+        trainer.save_model(str(out))
+    if not trainer.is_world_process_zero():
+        return
+    processor.save_pretrained(out)
+    write_json(out / "classes.json", {"classes": data["classes"], "question": data["question"],
+                                      "max_image_pixels": data["max_image_pixels"]})
+    write_json(out / "run_config.json", run_config)
+    # Written last: its presence marks a finished run.
+    write_json(out / FINISHED_MARKER, trainer.state.log_history)
+    print(f"saved the fine-tuned model to {out} ({run_config['device']}, {run_config['dtype']})")
