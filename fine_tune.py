@@ -7,16 +7,17 @@ continues an interrupted run from its last checkpoint when started again with th
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.compat import library_versions
 from vlmcls.images import read_dataset_json
+from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, load_model, load_processor, pick_device, pick_dtype, \
     set_resolution
-from vlmcls.training import RESUMES, AnswerOnlyCollator, checkpoint_to_resume, clear_previous_run, make_dataset, \
-    prepare_model, save
+from vlmcls.training import QUESTION_SETS, RESUMES, answer_only_collator, chat_dataset, checkpoint_to_resume, \
+    clear_previous_run, prepare_model, rows, save
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # Hub id or local folder of the base model
 TRAIN_JSON = "solar_panel_train_dataset.json"  # from generate_train_json.py
 TEST_JSON = "solar_panel_test_dataset.json"  # held-out images; eval loss at the end ("" to skip)
 OUTPUT_DIR = "./SmolVLM-256M-Instruct-finetuned"  # fine-tuned model, processor, logs and checkpoints
-EQUIVALENT_EPOCHS_TO_TRAIN = 1.0  # passes over the training Q&A pairs (fractions allowed)
+EQUIVALENT_EPOCHS_TO_TRAIN = 1.0  # passes over the training rows: images, or Q&A pairs without MULTI_TURN
 MAX_STEPS = 0  # optimizer steps; 0 = derive from EQUIVALENT_EPOCHS_TO_TRAIN
 PER_DEVICE_TRAIN_BATCH_SIZE = 4  # images per device per step
 PER_DEVICE_EVAL_BATCH_SIZE = 4  # images per device when computing the test loss
@@ -28,6 +29,10 @@ LOGGING_STEPS = 25  # log loss and learning rate every this many steps
 SAVE_STEPS = 200  # checkpoint every this many steps (the run resumes from the last one)
 IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is SmolVLM's shipped setting
 IMAGE_SPLITTING = False  # cut large images into 512px tiles plus a global view (the original: true)
+ENLARGE_IMAGES = False  # resize smaller images up to IMAGE_LONGEST_EDGE, as the processor does (the original)
+TRAIN_QUESTIONS = "all"  # "all": every Q&A pair of the JSON (the original); "classification": its question only
+MULTI_TURN = True  # an image's Q&A pairs as one chat, the image encoded once; False: one row per pair (original)
+INPUT_CACHE_DIR = ""  # "": keep encoded images in memory; a folder: keep them there (data larger than memory)
 USE_LORA = False  # train LoRA adapters instead of all weights (merged into the saved model)
 LORA_R = 16  # LoRA rank
 LORA_ALPHA = 32  # LoRA scaling numerator
@@ -39,7 +44,7 @@ GRADIENT_CHECKPOINTING = True  # recompute activations in the backward pass: les
 RESUME = "auto"  # "auto": continue from the last checkpoint; "overwrite": start afresh; or a checkpoint path
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
-NUM_WORKERS = 0  # data-loader worker processes that decode images
+NUM_WORKERS = -1  # processes that decode and resize images; -1: one per CPU core (shared under torchrun)
 SEED = 42  # seed for weight init of adapters and for the data order
 
 
@@ -60,7 +65,13 @@ def main():
     model = prepare_model(load_model(MODEL_PATH, torch.float32), freeze_vision=FREEZE_VISION, use_lora=USE_LORA,
                           lora_vision=LORA_VISION, lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                           lora_target_modules=LORA_TARGET_MODULES)
-    max_pixels = train_data["max_image_pixels"]
+    end_ids = end_token_ids(processor, model)
+    # Workers encode the images once; batches of the encoded images in memory then need no workers of their own.
+    workers = auto_workers(NUM_WORKERS)
+    encoder = InputEncoder(processor, train_data["max_image_pixels"], enlarge=ENLARGE_IMAGES, cache_dir=INPUT_CACHE_DIR)
+    train_rows = rows(train_data, TRAIN_QUESTIONS, MULTI_TURN)
+    test_rows = rows(test_data, "classification", multi_turn=False) if test_data else []
+    encoder.prepare([image for image, _ in train_rows + test_rows], workers)
 
     args = SFTConfig(
         output_dir=OUTPUT_DIR,
@@ -73,14 +84,15 @@ def main():
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device == "cpu",
         gradient_checkpointing=GRADIENT_CHECKPOINTING, gradient_checkpointing_kwargs={"use_reentrant": False},
         max_length=None, remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
-        dataloader_num_workers=NUM_WORKERS, report_to=["tensorboard"], seed=SEED, data_seed=SEED,
+        dataloader_num_workers=workers if INPUT_CACHE_DIR else 0,
+        dataloader_persistent_workers=bool(INPUT_CACHE_DIR and workers), report_to=["tensorboard"], seed=SEED,
+        data_seed=SEED,
     )
     trainer = SFTTrainer(
         model=model, args=args, processing_class=processor,
-        train_dataset=make_dataset(train_data, max_pixels),
-        eval_dataset=make_dataset(test_data, max_pixels, only_classification=True)
-        if test_data and test_data["samples"] else None,
-        data_collator=AnswerOnlyCollator(processor, end_token_ids(processor, model)),
+        train_dataset=chat_dataset(train_rows, encoder, processor, end_ids),
+        eval_dataset=chat_dataset(test_rows, encoder, processor, end_ids) if test_rows else None,
+        data_collator=answer_only_collator(processor),
     )
     if trainer.is_world_process_zero():
         if USE_LORA:
@@ -100,5 +112,6 @@ def main():
 
 
 if __name__ == "__main__":
-    configure(globals(), choices={"DEVICE": DEVICES, "DTYPE": DTYPES, "RESUME": RESUMES})
+    configure(globals(), choices={"DEVICE": DEVICES, "DTYPE": DTYPES, "RESUME": RESUMES,
+                                "TRAIN_QUESTIONS": QUESTION_SETS})
     run_main(main)

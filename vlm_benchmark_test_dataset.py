@@ -17,6 +17,8 @@ COMPARE_WITH = ""  # a second model evaluated on the same images, e.g. the base 
 REPORT_DIR = ""  # where reports go; "" = <model>/reports/test_set
 IMAGE_LONGEST_EDGE = None  # None = the resolution saved with the model
 IMAGE_SPLITTING = None  # None = as saved with the model
+ENLARGE_IMAGES = False  # resize smaller images up to the longest edge, as the processor does (the original)
+NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1: one per CPU core
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 
@@ -28,6 +30,7 @@ def main():
                     [s["image"] for s in samples], [s["label"] for s in samples], data["classes"],
                     data["question"], mode=PREDICTION, batch_size=BATCH_SIZE, device=DEVICE, dtype=DTYPE,
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
+                    enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,
                     max_pixels=data["max_image_pixels"], report_dir=REPORT_DIR, report_name="test_set",
                     record=settings_of(globals()))
 

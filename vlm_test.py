@@ -22,6 +22,8 @@ CLASSES = []  # class names for unlabelled images; [] = those saved with the mod
 MAX_IMAGE_PIXELS = 40_000_000  # larger images are skipped (decompression bombs)
 IMAGE_LONGEST_EDGE = None  # None = the resolution saved with the model
 IMAGE_SPLITTING = None  # None = as saved with the model
+ENLARGE_IMAGES = False  # resize smaller images up to the longest edge, as the processor does (the original)
+NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1: one per CPU core
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 
@@ -62,6 +64,7 @@ def main():
                     [labels[p] for p in paths] if labels else None, classes, question,
                     mode=PREDICTION, batch_size=BATCH_SIZE, device=DEVICE, dtype=DTYPE,
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
+                    enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,
                     max_pixels=MAX_IMAGE_PIXELS, report_dir=REPORT_DIR,
                     report_name="full_dataset" if labels else "predictions", record=settings_of(globals()))
 

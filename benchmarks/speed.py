@@ -29,10 +29,11 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in 
 import fine_tune  # noqa: E402
 from vlmcls.cli import configure, run_main, settings_of  # noqa: E402
 from vlmcls.files import atomic_write  # noqa: E402
+from vlmcls.inputs import InputEncoder  # noqa: E402
 from vlmcls.models import end_token_ids, load_model, load_processor, pick_device, pick_dtype, set_resolution  # noqa: E402
-from vlmcls.prediction import predict_generate, predict_scores  # noqa: E402
-from vlmcls.prompt import classification_question, conversation  # noqa: E402
-from vlmcls.training import AnswerOnlyCollator, prepare_model  # noqa: E402
+from vlmcls.prediction import PromptBatches, predict_generate, predict_scores  # noqa: E402
+from vlmcls.prompt import classification_question, render_segments  # noqa: E402
+from vlmcls.training import answer_only_collator, prepare_model  # noqa: E402
 
 CONFIGS = ["original", "defaults", "lora"]  # names from CONFIG_FLAGS; the first is the baseline of the ratios
 SIZES = ["300x300", "640x480"]  # image sizes, WIDTHxHEIGHT
@@ -44,18 +45,27 @@ DEVICE = "auto"  # auto, cpu, cuda or mps
 THREADS = 0  # torch CPU threads in each measurement; 0: torch's default (one per core)
 TINY = False  # the tests' tiny SmolVLM instead of the full-size one: a quick check that the benchmark runs
 OUTPUT = ""  # where the table is also written; "": benchmarks/results.md (results-tiny.md with --tiny)
+INPUT_IMAGES = 40  # 800x600 JPEGs whose Q&A pairs the training input path turns into batches (0: skip)
+EPOCHS = 3  # epochs of that input-path run
+EVAL_IMAGES = 64  # 800x600 JPEGs that vlm_benchmark_test_dataset.py evaluates with the tiny model (0: skip)
+BASELINE = "ea2cf45"  # the commit whose input path and evaluation script are the "before" of those comparisons
 SEED = 0  # seed for the random weights and images
 JOB = ""  # internal: one measurement as JSON, run by the benchmark in a fresh process
 
 ROOT = Path(__file__).resolve().parents[1]
-# fine_tune.py settings of each configuration, passed to it as on its command line.
+# fine_tune.py settings of each configuration, passed to it as on its command line; skip_frozen_backward=False is
+# the behaviour before the frozen vision encoder ran without autograd (vlmcls.training.prepare_model).
 CONFIG_FLAGS = {
-    "original": {"image_longest_edge": 2048, "image_splitting": True},
+    "original": {"image_longest_edge": 2048, "image_splitting": True, "enlarge_images": True},
+    "shipped": {"image_longest_edge": 2048, "image_splitting": True},
     "defaults": {},
     "lora": {"use_lora": True},
+    "lora_before": {"use_lora": True, "skip_frozen_backward": False},
+    "freeze_vision": {"freeze_vision": True},
+    "freeze_vision_before": {"freeze_vision": True, "skip_frozen_backward": False},
     "lora_vision": {"use_lora": True, "lora_vision": True},
 }
-RESOLUTION_FLAGS = ("image_longest_edge", "image_splitting")
+RESOLUTION_FLAGS = ("image_longest_edge", "image_splitting", "enlarge_images")
 CLASSES = ["Bird-drop", "Clean", "Dusty", "Electrical-damage", "Physical-Damage", "Snow-Covered"]
 SMOLVLM_256M_PARAMETERS = 256_484_928
 VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -117,7 +127,8 @@ def train_job(job, torch, ft, device):
     set_resolution(processor, ft.IMAGE_LONGEST_EDGE, ft.IMAGE_SPLITTING)
     model = prepare_model(load_model(job["model"], torch.float32), freeze_vision=ft.FREEZE_VISION,
                           use_lora=ft.USE_LORA, lora_vision=ft.LORA_VISION, lora_r=ft.LORA_R, lora_alpha=ft.LORA_ALPHA,
-                          lora_dropout=ft.LORA_DROPOUT, lora_target_modules=ft.LORA_TARGET_MODULES).to(device).train()
+                          lora_dropout=ft.LORA_DROPOUT, lora_target_modules=ft.LORA_TARGET_MODULES,
+                          skip_frozen_backward=getattr(ft, "SKIP_FROZEN_BACKWARD", True)).to(device).train()
     if ft.GRADIENT_CHECKPOINTING:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "peft_config"):
@@ -125,9 +136,13 @@ def train_job(job, torch, ft, device):
     trainable = [p for p in model.parameters() if p.requires_grad]
     # Trainer's default optimizer (adamw_torch_fused) and gradient clipping (max_grad_norm 1.0).
     optimizer = torch.optim.AdamW(trainable, lr=ft.LEARNING_RATE, weight_decay=ft.WEIGHT_DECAY, fused=True)
-    collator = AnswerOnlyCollator(processor, end_token_ids(processor, model))
-    example = {"images": make_images(job["size"], 1), **conversation(classification_question(CLASSES), CLASSES[1])}
-    batch = collator([example]).to(device)
+    path = Path(job["result"]).with_suffix(".png")
+    make_images(job["size"], 1)[0].save(path)
+    segments = render_segments(processor, [(classification_question(CLASSES), CLASSES[1])],
+                               end_token_ids(processor, model))
+    example = InputEncoder(processor, 10**9, enlarge=ft.ENLARGE_IMAGES).example(path, segments,
+                                                                                end_token_ids(processor, model))
+    batch = {k: v.to(device) for k, v in answer_only_collator(processor)([example]).items()}
 
     def step():
         with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
@@ -159,11 +174,13 @@ def eval_job(job, torch, ft, device):
         calls.append((kwargs["input_ids"].shape[1], 0 if pixels is None else pixels.shape[1]))
     model.register_forward_pre_hook(record, with_kwargs=True)
 
+    prompts = PromptBatches(processor, question, 10**9, ft.ENLARGE_IMAGES)
+
     def score(image):
-        return predict_scores(model, processor, [image], question, CLASSES)
+        return predict_scores(model, processor, prompts([image]), question, CLASSES)
 
     def generate(image):
-        return predict_generate(model, processor, [image], question, MAX_NEW_TOKENS)
+        return predict_generate(model, processor, prompts([image]), MAX_NEW_TOKENS)
 
     for image in images[:WARMUP]:
         score(image)
@@ -382,6 +399,80 @@ Targets:
 """
 
 
+def baseline_tree(work):
+    """The BASELINE commit's files, for the "before" side of the input-path and evaluation comparisons."""
+    tree = Path(work) / "baseline"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def jpeg_data_set(work, train_count, test_count):
+    """800x600 JPEGs in two class folders, split by generate_train_json.py: (train JSON, test JSON)."""
+    folder = Path(work) / "jpegs"
+    for i, image in enumerate(make_images("800x600", train_count + test_count)):
+        (folder / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        image.save(folder / "ab"[i % 2] / f"{i}.jpg", quality=90)
+    train, test = Path(work) / "train.json", Path(work) / "test.json"
+    subprocess.run([sys.executable, str(ROOT / "generate_train_json.py"), f"--dataset_dir={folder}",
+                    f"--train_json={train}", f"--test_json={test}",
+                    f"--train_ratio={train_count / (train_count + test_count)}"], check=True,
+                   capture_output=True)
+    return train, test
+
+
+def children_cpu():
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def input_comparisons(work):
+    """Before and now, in one run: the training input path over EPOCHS epochs (Q&A pairs per CPU-second), and
+    vlm_benchmark_test_dataset.py end to end with the tests' tiny model, which costs almost nothing."""
+    from tiny_models import build_tiny_smolvlm
+    trees = {"before": baseline_tree(work), "now": ROOT}
+    model = build_tiny_smolvlm(Path(work) / "tiny", image_longest_edge=512)
+    train, test = jpeg_data_set(work, INPUT_IMAGES, EVAL_IMAGES)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    results = {}
+    for name, tree in trees.items():
+        if INPUT_IMAGES:
+            print(f"\n--- training input path: {name} ---", flush=True)
+            out = Path(work) / f"input-{name}.json"
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "input_path.py"), str(tree), str(train),
+                            str(model), str(EPOCHS), str(out)], env=env, check=True)
+            results["input", name] = json.loads(out.read_text())
+        if EVAL_IMAGES:
+            print(f"\n--- evaluation script: {name} ---", flush=True)
+            wall, cpu = time.perf_counter(), children_cpu()
+            subprocess.run([sys.executable, str(Path(tree) / "vlm_benchmark_test_dataset.py"), f"--model_path={model}",
+                            f"--test_json={test}", f"--report_dir={Path(work) / ('report-' + name)}"], env=env,
+                           check=True, cwd=work)
+            images = len(json.loads(test.read_text())["samples"])
+            results["eval", name] = {"wall_s": (time.perf_counter() - wall) / images,
+                                     "cpu_s": (children_cpu() - cpu) / images, "images": images}
+    return results
+
+
+def input_table(results):
+    lines = [f"| measure | before ({BASELINE}) | now | now / before |", "|---|---|---|---|"]
+    if ("input", "now") in results:
+        b, n = results["input", "before"], results["input", "now"]
+        lines += [f"| training input, {INPUT_IMAGES} 800x600 JPEGs x 4 Q&A pairs, {EPOCHS} epochs: Q&A pairs per "
+                  f"CPU-second | {b['pairs'] / b['cpu_s']:.1f} | {n['pairs'] / n['cpu_s']:.1f} | "
+                  f"{ratio(n['pairs'] / n['cpu_s'], b['pairs'] / b['cpu_s'])} |",
+                  f"| same: wall seconds (CPU seconds, all processes) | {b['wall_s']:.1f} ({b['cpu_s']:.1f}) | "
+                  f"{n['wall_s']:.1f} ({n['cpu_s']:.1f}) | {ratio(b['wall_s'], n['wall_s'])} faster |"]
+    if ("eval", "now") in results:
+        b, n = results["eval", "before"], results["eval", "now"]
+        lines.append(f"| vlm_benchmark_test_dataset.py end to end, tiny model, {n['images']} 800x600 JPEGs: s/image, "
+                     f"wall (CPU) | {b['wall_s']:.3f} ({b['cpu_s']:.3f}) | {n['wall_s']:.3f} ({n['cpu_s']:.3f}) | "
+                     f"{ratio(b['wall_s'], n['wall_s'])} faster |")
+    return "\n".join(lines)
+
+
 def main():
     if JOB:
         return run_job(json.loads(JOB))
@@ -391,10 +482,17 @@ def main():
     started, load_before, start = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), os.getloadavg(), \
         time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="speed-benchmark-") as work:
-        model_dir = Path(work) / "model"
-        build_model(model_dir)
-        results = measure(model_dir, work)
-    text = report(results, started, load_before, time.perf_counter() - start)
+        inputs = input_comparisons(work) if INPUT_IMAGES or EVAL_IMAGES else {}
+        results = {}
+        if STEPS or IMAGES:
+            model_dir = Path(work) / "model"
+            build_model(model_dir)
+            results = measure(model_dir, work)
+    text = (report(results, started, load_before, time.perf_counter() - start) if results else
+            f"# Input path and evaluation: before and now\n\nCommand: `HF_HUB_OFFLINE=1 .venv/bin/python "
+            f"benchmarks/speed.py {' '.join(sys.argv[1:])}`\n") + \
+        (f"\n## Input path and evaluation end to end, before and now (run {started})\n\n{input_table(inputs)}\n"
+         if inputs else "")
     print("\n" + text)
     output = OUTPUT or ROOT / "benchmarks" / ("results-tiny.md" if TINY else "results.md")
     atomic_write(output, text)

@@ -5,7 +5,7 @@ from PIL import Image
 
 from conftest import COLOURS, load_tiny, red_image
 from vlmcls.models import end_token_ids
-from vlmcls.prediction import MODES, NO_CLASS, class_answer_ids, evaluate, predict_scores
+from vlmcls.prediction import MODES, NO_CLASS, PromptBatches, class_answer_ids, evaluate, predict_scores
 from vlmcls.prompt import classification_question, render
 
 QUESTION = classification_question(list(COLOURS))
@@ -26,7 +26,8 @@ def test_scores_are_the_likelihood_of_the_answer_and_its_end_token(family, reque
                 logp = model(**{**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids)}).logits[0]
             start = batch["input_ids"].shape[1]
             expected[i, j] = sum(logp.log_softmax(-1)[start - 1 + k, t] for k, t in enumerate(answer))
-    scores = predict_scores(model, processor, images, QUESTION, classes)
+    batch = PromptBatches(processor, QUESTION, 10**6, enlarge=True)(images)
+    scores = predict_scores(model, processor, batch, QUESTION, classes)
     torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -46,3 +47,14 @@ def test_untrained_model_in_every_mode_names_a_class_or_says_none(tiny_smolvlm, 
         assert sum(r["probs"].values()) == pytest.approx(1.0, abs=1e-5)
         assert r["probs"][r["pred"]] == max(r["probs"].values())
     assert all(g["pred"] in classes + [NO_CLASS] for g in generated)
+
+
+def test_a_file_that_is_not_an_image_stops_evaluation_with_its_name(tiny_smolvlm, tmp_path):
+    from vlmcls.cli import UserError
+    processor, model = load_tiny(tiny_smolvlm)
+    paths = [tmp_path / f"{i}.png" for i in range(4)]
+    for path in paths:
+        Image.new("RGB", (50, 40), "red").save(path)
+    paths[2].write_text("not an image")
+    with pytest.raises(UserError, match="2.png: not an image"):
+        evaluate(model, processor, paths, "Colour?", ["red", "green"], "score", 1, 10**6, workers=2)

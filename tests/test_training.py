@@ -1,10 +1,12 @@
 """vlmcls.training: which tokens carry labels, LoRA and freezing, resuming."""
 import pytest
+import torch
 
 from conftest import COLOURS, load_tiny, red_image
+from vlmcls.inputs import InputEncoder
 from vlmcls.models import end_token_ids
-from vlmcls.prompt import classification_question, conversation
-from vlmcls.training import AnswerOnlyCollator, checkpoint_to_resume, prepare_model
+from vlmcls.prompt import classification_question
+from vlmcls.training import answer_only_collator, chat_dataset, checkpoint_to_resume, prepare_model, rows
 
 QUESTION = classification_question(list(COLOURS))
 ANSWERS = ["red", "Physical-Damage"]  # one short and one multi-token answer, so the batch has padding
@@ -13,15 +15,52 @@ ANSWERS = ["red", "Physical-Damage"]  # one short and one multi-token answer, so
 FAMILIES = {"tiny_smolvlm": " {}<end_of_utterance>", "tiny_llava": " {}</s>"}
 
 
+def labelled_spans(labels):
+    """The unbroken runs of labelled positions in one row of labels."""
+    spans, start = [], None
+    for i, label in enumerate(labels.tolist() + [-100]):
+        if label != -100 and start is None:
+            start = i
+        elif label == -100 and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def training_batch(folder, samples, **row_settings):
+    processor, model = load_tiny(folder)
+    data = {"question": QUESTION, "samples": samples}
+    examples = chat_dataset(rows(data, **row_settings), InputEncoder(processor, 10**6), processor,
+                            end_token_ids(processor, model))
+    return processor, answer_only_collator(processor)([examples[i] for i in range(len(examples))])
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_only_the_answer_and_its_end_token_carry_labels(family, request):
-    processor, model = load_tiny(request.getfixturevalue(family))
-    collator = AnswerOnlyCollator(processor, end_token_ids(processor, model))
-    batch = collator([{"images": [red_image()], **conversation(QUESTION, a)} for a in ANSWERS])
+def test_only_the_answer_and_its_end_token_carry_labels(family, request, tmp_path):
+    red_image().save(tmp_path / "red.png")
+    samples = [{"image": str(tmp_path / "red.png"), "qa": [{"question": QUESTION, "answer": a}]} for a in ANSWERS]
+    processor, batch = training_batch(request.getfixturevalue(family), samples, multi_turn=False)
     for labels, answer in zip(batch["labels"], ANSWERS):
-        positions = (labels != -100).nonzero().flatten()
-        assert positions.tolist() == list(range(positions[0], positions[-1] + 1))  # one unbroken span
-        assert processor.tokenizer.decode(labels[positions].tolist()) == FAMILIES[family].format(answer)
+        (start, end), = labelled_spans(labels)
+        assert processor.tokenizer.decode(labels[start:end].tolist()) == FAMILIES[family].format(answer)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_multi_turn_chat_labels_every_answer_and_its_end_token_and_nothing_else(family, request, tmp_path):
+    red_image().save(tmp_path / "red.png")
+    qa = [{"question": QUESTION, "answer": "red"}, {"question": "Describe it.", "answer": "A red panel."},
+          {"question": "What is wrong?", "answer": "Nothing."}]
+    samples = [{"image": str(tmp_path / "red.png"), "qa": qa}]
+    processor, batch = training_batch(request.getfixturevalue(family), samples)
+    _, only = training_batch(request.getfixturevalue(family), samples, train_questions="classification")
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    assert len(batch["input_ids"]) == 1  # one row, with the image's tokens once for all its answers
+    assert (batch["input_ids"][0] == image_id).sum() == (only["input_ids"][0] == image_id).sum() > 0
+
+    def answers(labels):
+        return [processor.tokenizer.decode(labels[a:b].tolist()) for a, b in labelled_spans(labels)]
+    assert answers(batch["labels"][0]) == [FAMILIES[family].format(q["answer"]) for q in qa]
+    assert answers(only["labels"][0]) == [FAMILIES[family].format("red")]
 
 
 @pytest.mark.parametrize("settings, vision_trained, others_trained", [
@@ -50,3 +89,38 @@ def test_a_finished_run_is_not_replaced_and_a_bad_checkpoint_is_refused(tmp_path
     assert checkpoint_to_resume(tmp_path / "out", "overwrite") is None
     with pytest.raises(UserError, match="not a complete checkpoint folder"):
         checkpoint_to_resume(tmp_path / "out", str(tmp_path))
+
+
+def lora_gradients(folder, batch, settings, checkpointing, skip):
+    """The trainable parameters' gradients after one backward pass, and whether the encoder's output needed grad."""
+    from vlmcls.models import find_vision_encoder
+    _, model = load_tiny(folder)
+    model.train()
+    encoder = find_vision_encoder(model)
+    torch.manual_seed(0)  # the same LoRA initialisation for both runs
+    model = prepare_model(model, **settings, skip_frozen_backward=skip)
+    if checkpointing:  # as the Trainer sets it up, input-gradient hook included
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    outputs = []
+    encoder.register_forward_hook(lambda module, args, out: outputs.append(out.last_hidden_state.requires_grad))
+    model(**batch).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, outputs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("settings", [{"use_lora": True}, {"freeze_vision": True}])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_frozen_vision_encoder_is_not_differentiated(family, settings, checkpointing, request, tmp_path):
+    red_image().save(tmp_path / "red.png")
+    samples = [{"image": str(tmp_path / "red.png"), "qa": [{"question": QUESTION, "answer": "red"}]}]
+    folder = request.getfixturevalue(family)
+    _, batch = training_batch(folder, samples)
+    before, before_out = lora_gradients(folder, batch, settings, checkpointing, skip=False)
+    after, after_out = lora_gradients(folder, batch, settings, checkpointing, skip=True)
+    assert after_out == [False]
+    if checkpointing:  # what the input-gradient hook did before: the whole encoder was differentiated
+        assert before_out == [True]
+    assert before.keys() == after.keys() and before
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=1e-5, atol=1e-7)

@@ -4,7 +4,7 @@ from importlib import metadata
 from .cli import UserError
 
 # Packages whose private or unexported parts are used below, and the release series they were checked against.
-TESTED = {"transformers": "5.", "trl": "1."}
+TESTED = {"transformers": "5."}
 RECORDED = ("torch", "transformers", "trl", "peft", "accelerate", "datasets")
 
 
@@ -27,17 +27,6 @@ def _check(package, what):
                         f"{package} {TESTED[package]}x; {package} {version} is installed: install the versions in "
                         "requirements.txt")
     return version
-
-
-def vision_language_collator(processor):
-    """TRL's collator for image-text examples (prompt/completion, loss on the completion only); TRL does not
-    export it from its top level."""
-    try:
-        from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
-    except ImportError:
-        _check("trl", "DataCollatorForVisionLanguageModeling")
-        raise
-    return DataCollatorForVisionLanguageModeling(processor=processor, completion_only_loss=True)
 
 
 def generation_position_ids(model, batch):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from .compat import library_versions
 from .files import write_csv
+from .inputs import auto_workers
 from .models import load_model, load_processor, pick_device, pick_dtype, set_resolution
 from .prediction import evaluate
 from .report import PREDICTION_HEADER, prediction_rows, print_accuracy, print_comparison, write_report
@@ -17,7 +18,8 @@ def default_report_dir(model_path, name):
 
 
 def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,
-                    image_longest_edge, image_splitting, max_pixels, report_dir, report_name, record=None):
+                    image_longest_edge, image_splitting, enlarge_images, num_workers, max_pixels, report_dir,
+                    report_name, record=None):
     """Evaluate each model on the same images, print the original's lines for each and, for two or more,
     a side-by-side table. With labels, writes report.json, predictions.csv and confusion_matrix.png;
     without, predictions.csv only; report.json also records `record` (the script's settings) and the library
@@ -30,7 +32,8 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
         processor = load_processor(model_path)
         set_resolution(processor, image_longest_edge, image_splitting)
         model = load_model(model_path, dtype, device).eval()
-        results = evaluate(model, processor, paths, question, classes, mode, batch_size, max_pixels)
+        results = evaluate(model, processor, paths, question, classes, mode, batch_size, max_pixels,
+                           enlarge=enlarge_images, workers=auto_workers(num_workers))
         out = Path(report_dir) / Path(model_path).name if report_dir and len(model_paths) > 1 else \
             Path(report_dir) if report_dir else default_report_dir(model_path, report_name)
         if true is None:

@@ -63,6 +63,20 @@ LONGEST_EDGE_SIZE = {
 }
 
 
+def longest_edge_for(image_processor, image, enlarge=False):
+    """Image-processor keyword arguments that keep `image` from being enlarged: its longest edge becomes the smaller
+    of the setting and its own, and with splitting its tiles follow its own size. {} where the family has no
+    longest-edge setting, or where `enlarge` asks for the processor's own behaviour (every image resized up to
+    the setting: a 300x300 photo at SmolVLM's shipped 2048 px becomes 17 tiles)."""
+    family = re.sub(r"(Pil|Fast)$", "", type(image_processor).__name__)
+    size = image_processor.size
+    # Qwen2-VL's pixel budget is a ceiling: it never enlarges an image beyond its own size anyway.
+    if enlarge or family not in LONGEST_EDGE_SIZE or family.startswith("Qwen2VL"):
+        return {}
+    own = max(image.size)
+    return {"size": LONGEST_EDGE_SIZE[family](size, own)} if own < size["longest_edge"] else {}
+
+
 def set_resolution(processor, longest_edge, splitting):
     """Set how large images reach the model; saved with the processor, so evaluation sees what training saw.
 

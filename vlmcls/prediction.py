@@ -1,17 +1,29 @@
 """Prediction: a class for each image, by scoring every class's answer or by letting the model write one."""
 from .cli import OneOf, UserError
 from .compat import generation_position_ids
-from .images import load_image
+from .inputs import InputEncoder, collate
 from .models import end_token_ids
-from .prompt import match_answer, render
+from .prompt import match_answer, render, render_segments
 
 NO_CLASS = "(no class)"  # what an answer that names no class is reported as
 
 
-def _encode_prompts(processor, images, prompt, device):
-    batch = processor(images=[[im] for im in images], text=[prompt] * len(images), padding=True,
-                      padding_side="left", return_tensors="pt", add_special_tokens=False)
-    return batch.to(device)
+class PromptBatches:
+    """Left-padded batches of the question's prompt with each image, as the processor makes them (run in data-loader
+    workers; a file that cannot be used comes back as its message, to be raised in the main process)."""
+
+    def __init__(self, processor, question, max_pixels, enlarge):
+        self.encoder = InputEncoder(processor, max_pixels, enlarge=enlarge, cache=False)
+        self.segments = render_segments(processor, [(question, None)])
+        self.pad = processor.tokenizer.pad_token_id or 0
+
+    def __call__(self, images):
+        try:
+            batch = collate([self.encoder.example(image, self.segments) for image in images], self.pad, "left")
+        except UserError as e:
+            return str(e)
+        del batch["labels"]
+        return batch
 
 
 def class_answer_ids(processor, model, completions):
@@ -23,22 +35,22 @@ def class_answer_ids(processor, model, completions):
 
 
 
-def predict_scores(model, processor, images, question, classes):
-    """Log-likelihood of every class's answer (its tokens and its end token) for each image.
+def predict_scores(model, processor, batch, question, classes):
+    """Log-likelihood of every class's answer (its tokens and its end token) for each image of a PromptBatches batch.
 
     The image and question are encoded once; the class answers then continue from a copy of the
-    cached prompt, all classes in one batch. Returns a (len(images), len(classes)) tensor.
+    cached prompt, all classes in one batch. Returns a (number of images, len(classes)) tensor.
     """
     import torch
-    prompt, completions = render(processor, question, classes, end_token_ids(processor, model))
+    _, completions = render(processor, question, classes, end_token_ids(processor, model))
     answers = class_answer_ids(processor, model, completions)
-    n_images, n_classes, longest = len(images), len(classes), max(len(a) for a in answers)
+    n_images, n_classes, longest = len(batch["input_ids"]), len(classes), max(len(a) for a in answers)
     pad = processor.tokenizer.pad_token_id or 0
     answer_ids = torch.tensor([a + [pad] * (longest - len(a)) for a in answers], device=model.device)
     answer_mask = torch.tensor([[1] * len(a) + [0] * (longest - len(a)) for a in answers], device=model.device)
 
     with torch.inference_mode():
-        batch = _encode_prompts(processor, images, prompt, model.device)
+        batch = {k: v.to(model.device) for k, v in batch.items()}
         positions = generation_position_ids(model, batch)
         out = model(**batch, position_ids=positions, use_cache=True)
         first = out.logits[:, -1].float().log_softmax(-1)  # predicts each answer's first token
@@ -56,30 +68,29 @@ def predict_scores(model, processor, images, question, classes):
     return scores.view(n_images, n_classes).cpu()
 
 
-def predict_generate(model, processor, images, question, max_new_tokens=32):
-    """The original's way: let the model write an answer, then decode it."""
+def predict_generate(model, processor, batch, max_new_tokens=32):
+    """The original's way: let the model write an answer to each prompt of a PromptBatches batch, then decode it."""
     import torch
-    prompt, _ = render(processor, question, [""])
     with torch.inference_mode():
-        batch = _encode_prompts(processor, images, prompt, model.device)
+        batch = {k: v.to(model.device) for k, v in batch.items()}
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def score_mode(model, processor, images, question, classes):
+def score_mode(model, processor, batch, question, classes):
     """Every class ranked by the likelihood of its answer; the result is always a class."""
     results = []
-    for row in predict_scores(model, processor, images, question, classes).softmax(-1).tolist():
+    for row in predict_scores(model, processor, batch, question, classes).softmax(-1).tolist():
         order = sorted(range(len(classes)), key=lambda i: -row[i])
         results.append({"answer": classes[order[0]], "pred": classes[order[0]],
                         "probs": dict(zip(classes, row)), "top2": [classes[i] for i in order[:2]]})
     return results
 
 
-def generate_mode(model, processor, images, question, classes):
+def generate_mode(model, processor, batch, question, classes):
     """The original's way: the answer the model writes, matched to a class exactly after normalising."""
     results = []
-    for text in predict_generate(model, processor, images, question):
+    for text in predict_generate(model, processor, batch):
         pred = match_answer(text, classes) or NO_CLASS
         results.append({"answer": text.strip(), "pred": pred, "probs": None, "top2": [pred]})
     return results
@@ -90,16 +101,22 @@ MODES = {"score": score_mode, "generate": generate_mode}
 PREDICTIONS = OneOf(*MODES)
 
 
-def evaluate(model, processor, paths, question, classes, mode, batch_size, max_pixels, desc="evaluating"):
-    """Predict every image in batches. Returns one dict per image: answer, predicted class, class probabilities."""
+def evaluate(model, processor, images, question, classes, mode, batch_size, max_pixels, *, enlarge=False,
+             workers=0, desc="evaluating"):
+    """Predict every image (file paths, or decoded images) in batches, the next batches prepared by `workers`
+    processes while the model runs. Returns one dict per image: answer, predicted class, class probabilities."""
+    from torch.utils.data import DataLoader
     from tqdm import tqdm
     if mode not in MODES:
         raise UserError(f"prediction mode {mode!r}: use {' or '.join(MODES)}")
     predict = MODES[mode]
+    batches = DataLoader(list(images), batch_size=batch_size, num_workers=workers if len(images) > batch_size else 0,
+                         collate_fn=PromptBatches(processor, question, max_pixels, enlarge))
     results = []
-    with tqdm(total=len(paths), desc=desc, unit="img") as bar:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            results += predict(model, processor, [load_image(p, max_pixels) for p in chunk], question, classes)
-            bar.update(len(chunk))
+    with tqdm(total=len(images), desc=desc, unit="img") as bar:
+        for batch in batches:
+            if isinstance(batch, str):
+                raise UserError(batch)
+            results += predict(model, processor, batch, question, classes)
+            bar.update(len(batch["input_ids"]))
     return results

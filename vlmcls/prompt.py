@@ -2,6 +2,8 @@
 import re
 import string
 
+from .cli import UserError
+
 
 def classification_question(classes):
     """The fixed classification question, built from the class names exactly as the folders spell them."""
@@ -9,35 +11,51 @@ def classification_question(classes):
             "Output only the category name.")
 
 
-def conversation(question, answer=None):
-    """The one place the chat is built, for training and evaluation alike: a user turn with the image first."""
-    example = {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]}
-    if answer is not None:
-        example["completion"] = [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
-    return example
+def conversation(pairs):
+    """The one place the chat is built, for training and evaluation alike: the image first in the first user
+    turn, then each (question, answer) pair as a user and an assistant turn; an answer of None is left for
+    the model to write."""
+    messages = []
+    for i, (question, answer) in enumerate(pairs):
+        content = [{"type": "image"}] if i == 0 else []
+        messages.append({"role": "user", "content": content + [{"type": "text", "text": question}]})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
 
 
-def render_example(processor, example, end_ids=None):
-    """Prompt and completion text of a conversation() example, rendered by the processor's chat template as
-    TRL renders it (the completion is what the full chat adds after the generation prompt).
+def render_segments(processor, pairs, end_ids=None):
+    """A chat of one image and its (question, answer) pairs as text segments [(text, is_answer)], rendered by the
+    processor's chat template; joined, they are the whole chat. Each answer is what the chat gains from the
+    generation prompt to the end of the assistant turn, as TRL renders a completion; a final answer of None
+    leaves the chat at the generation prompt.
 
-    A completion with none of the end tokens (end_token_ids; by default the tokenizer's eos) gets the first:
+    An answer with none of the end tokens (end_token_ids; by default the tokenizer's eos) gets the first:
     llava-hf's template closes the assistant turn with a space instead of </s>, and a model never shown
     its end token never learns to stop.
     """
-    from trl.data_utils import apply_chat_template
-    text = apply_chat_template(example, processor)
     tokenizer = processor.tokenizer
     ends = tokenizer.convert_ids_to_tokens(list(end_ids)) if end_ids is not None else [tokenizer.eos_token]
-    if not any(end in text["completion"] for end in ends):
-        text["completion"] = text["completion"].rstrip() + ends[0]
-    return text
+    messages = conversation(pairs)
+    segments, done = [], ""
+    for turn in range(1, len(messages) + 1):
+        is_answer = messages[turn - 1]["role"] == "assistant"
+        text = processor.apply_chat_template(messages[:turn], tokenize=False, add_generation_prompt=not is_answer)
+        if not text.startswith(done):
+            raise UserError("the chat template renders a conversation differently from its first turns, so "
+                            "answers cannot be told apart; use train_questions=classification")
+        piece = text[len(done):]
+        if is_answer and not any(end in piece for end in ends):
+            piece = piece.rstrip() + ends[0]
+        segments.append((piece, is_answer))
+        done = text
+    return segments
 
 
 def render(processor, question, answers, end_ids=None):
     """Prompt text and one completion text per answer, exactly as training renders them."""
-    rendered = [render_example(processor, conversation(question, a), end_ids) for a in answers]
-    return rendered[0]["prompt"], [r["completion"] for r in rendered]
+    prompt = render_segments(processor, [(question, None)], end_ids)[0][0]
+    return prompt, [render_segments(processor, [(question, a)], end_ids)[1][0] for a in answers]
 
 
 def normalise(text):

@@ -1,66 +1,66 @@
-"""Training: data set rows, the answer-only collator, LoRA / frozen-encoder preparation, checkpoints and saving."""
+"""Training: rows and chats, the answer-only collator, LoRA / frozen-encoder preparation, checkpoints and saving."""
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 
 from .cli import OneOf, UserError, existing_path
-from .compat import vision_language_collator
 from .files import write_json
-from .images import load_image
+from .inputs import collate
 from .models import VISION_MODULES, find_vision_encoder, load_model
-from .prompt import conversation, render_example
+from .prompt import render_segments
 
 RESUMES = OneOf("auto", "overwrite", other=("a checkpoint folder", existing_path))
+QUESTION_SETS = OneOf("all", "classification")  # the values of fine_tune.py's TRAIN_QUESTIONS
 FINISHED_MARKER = "train_log_history.json"  # written last into the output folder by a run that completed
 
 
-def rows(data, only_classification=False):
-    """One training row per (image, question, answer)."""
-    return [{"image": s["image"], "question": qa["question"], "answer": qa["answer"]}
-            for s in data["samples"] for qa in s["qa"]
-            if not only_classification or qa["question"] == data["question"]]
+def rows(data, train_questions="all", multi_turn=True):
+    """Training rows [(image path, [(question, answer), ...])]: each image's chosen Q&A pairs as one multi-turn
+    chat, so the image is encoded once for all of them, or (multi_turn=False, the original) one row per pair."""
+    out = []
+    for sample in data["samples"]:
+        pairs = [(qa["question"], qa["answer"]) for qa in sample["qa"]
+                 if train_questions == "all" or qa["question"] == data["question"]]
+        out += [(sample["image"], pairs)] if multi_turn else [(sample["image"], [pair]) for pair in pairs]
+    return out
 
 
-def make_dataset(data, max_pixels, only_classification=False):
-    """A datasets.Dataset that decodes images when a batch is drawn; an unreadable file stops the run."""
+def chat_dataset(rows, encoder, processor, end_ids):
+    """Training rows as a datasets.Dataset of model inputs (InputEncoder.example), each distinct chat rendered once
+    and each image taken from the encoder's cache when a batch is drawn."""
     from datasets import Dataset
+    rendered = {}
+    for _, pairs in rows:
+        if tuple(pairs) not in rendered:
+            rendered[tuple(pairs)] = render_segments(processor, pairs, end_ids)
+    items = [(image, rendered[tuple(pairs)]) for image, pairs in rows]
+    end_ids = list(end_ids)
 
-    def to_example(batch):
-        examples = [conversation(q, a) for q, a in zip(batch["question"], batch["answer"])]
-        return {"images": [[load_image(p, max_pixels)] for p in batch["image"]],
-                "prompt": [e["prompt"] for e in examples], "completion": [e["completion"] for e in examples]}
-    return Dataset.from_list(rows(data, only_classification)).with_transform(to_example)
+    def to_inputs(batch):
+        examples = [encoder.example(*items[i], end_ids) for i in batch["row"]]
+        return {key: [e[key] for e in examples] for key in examples[0]}
+    return Dataset.from_dict({"row": list(range(len(items)))}).with_transform(to_inputs)
 
 
-class AnswerOnlyCollator:
-    """TRL's vision-language collator (completion-only loss), with labels also cut after the end-of-answer token.
-
-    Chat templates may add text after that token (SmolVLM adds a newline); the model should learn to
-    stop, not what follows. Examples are rendered here with render_example, as evaluation renders them,
-    so a template that omits the end token (llava-hf's) still teaches it. Padding is masked by attention
-    mask, not by token id, so an end token that doubles as the pad token keeps its label.
-    """
-
-    def __init__(self, processor, end_ids):
-        self.inner = vision_language_collator(processor)
-        self.processor = processor
-        self.end_ids = list(end_ids)
-
-    def __call__(self, examples):
-        import torch
-        batch = self.inner([{"images": e["images"], **render_example(self.processor, e, self.end_ids)}
-                            for e in examples])
-        labels = batch["labels"]
-        is_end = torch.isin(labels, torch.tensor(self.end_ids)).int()
-        labels[(is_end.cumsum(1) - is_end) > 0] = -100
-        return batch
+def answer_only_collator(processor):
+    """Right-padded training batches; labels on the answers and their end tokens only (InputEncoder.example)."""
+    pad = processor.tokenizer.pad_token_id
+    return partial(collate, pad_id=pad if pad is not None else 0, padding_side="right")
 
 
 def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=False, lora_r=16, lora_alpha=32,
-                  lora_dropout=0.05, lora_target_modules="all-linear"):
-    """Freeze the vision encoder and/or wrap the model with LoRA adapters, as the settings ask."""
+                  lora_dropout=0.05, lora_target_modules="all-linear", skip_frozen_backward=True):
+    """Freeze the vision encoder and/or wrap the model with LoRA adapters, as the settings ask.
+
+    A vision encoder left with no trainable weight runs without autograd (skip_frozen_backward=False keeps the
+    old behaviour, for comparison): nothing before it is trained either, so no gradient needs it, yet the
+    input-gradient hook of gradient checkpointing would make every step back-propagate through all its layers.
+    """
+    import torch
+    encoder = find_vision_encoder(model)
     if freeze_vision:
-        find_vision_encoder(model).requires_grad_(False)
+        encoder.requires_grad_(False)
     if use_lora:
         from peft import LoraConfig, get_peft_model
         # As in LLaVA's LoRA recipe, adapters go on the language model and the connector; the vision encoder
@@ -70,6 +70,8 @@ def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=Fal
                             target_modules=lora_target_modules, task_type="CAUSAL_LM",
                             exclude_modules=None if vision_adapters else rf".*\.({'|'.join(VISION_MODULES)})\..*")
         model = get_peft_model(model, config)
+    if skip_frozen_backward and not any(p.requires_grad for p in encoder.parameters()):
+        encoder.forward = torch.no_grad()(encoder.forward)
     return model
 
 
