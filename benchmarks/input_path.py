@@ -39,26 +39,29 @@ def loader_now(data, processor, end_ids):
     train_rows = rows(data)
     encoder.prepare([image for image, _ in train_rows], workers)
     dataset = chat_dataset(train_rows, encoder, processor, end_ids)
-    return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, collate_fn=answer_only_collator(processor),
-                      num_workers=workers), sum(len(pairs) for _, pairs in train_rows)
+    # As fine_tune.py: batches of images encoded in memory need no loader workers.
+    return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, collate_fn=answer_only_collator(processor)), \
+        sum(len(pairs) for _, pairs in train_rows)
 
 
 def main():
     tree, train_json, model, epochs, result_file = sys.argv[1:6]
     sys.path.insert(0, tree)
     import torch
-    torch.set_num_threads(1)  # per core: and a shared machine stalls multi-threaded copies    from vlmcls.images import read_dataset_json
+    torch.set_num_threads(1)  # per core; also, on a shared machine multi-threaded copies stall
+    from vlmcls.images import read_dataset_json
     from vlmcls.models import end_token_ids, load_model, load_processor, set_resolution
     data = read_dataset_json(train_json)
     processor = load_processor(model)
     set_resolution(processor, 512, False)  # fine_tune.py's defaults
     end_ids = end_token_ids(processor, load_model(model, None))
-    wall, cpu = time.perf_counter(), cpu_seconds()
+    import datasets  # noqa: F401  (imported before timing: loading a library is no part of the input path)
     try:
         import vlmcls.inputs  # noqa: F401
         make = loader_now
     except ImportError:
         make = loader_before
+    wall, cpu = time.perf_counter(), cpu_seconds()
     loader, pairs_per_epoch = make(data, processor, end_ids)
     for _ in range(int(epochs)):
         for _ in loader:

@@ -347,6 +347,15 @@ def targets(results):
             for mode in ("score", "generate"):
                 check(f"{size}: {mode} evaluation >= 10x faster with defaults ({seconds(mode)[1](oe, de)})",
                       oe[mode + "_s"] >= 10 * de[mode + "_s"])
+        for before, now in (("lora_before", "lora"), ("freeze_vision_before", "freeze_vision")):
+            b, n = results.get(("train", before, size)), results.get(("train", now, size))
+            if b and n:
+                check(f"{size}: {now} training step >= 2x faster than before the frozen encoder ran without "
+                      f"autograd ({seconds('step')[1](b, n)})", b["step_s"] >= 2 * n["step_s"])
+        oe, se = results.get(("eval", "original", size)), results.get(("eval", "shipped", size))
+        if oe and se and size == "300x300":
+            check(f"{size}: base model at its shipped settings, score evaluation >= 8x faster without enlarging "
+                  f"({seconds('score')[1](oe, se)})", oe["score_s"] >= 8 * se["score_s"])
         for lora in ("lora", "lora_vision"):
             lo = results.get(("train", lora, size))
             if o and lo:
@@ -434,7 +443,7 @@ def input_comparisons(work):
     from tiny_models import build_tiny_smolvlm
     trees = {"before": baseline_tree(work), "now": ROOT}
     model = build_tiny_smolvlm(Path(work) / "tiny", image_longest_edge=512)
-    train, test = jpeg_data_set(work, INPUT_IMAGES, EVAL_IMAGES)
+    train, test = jpeg_data_set(work, max(INPUT_IMAGES, 2), max(EVAL_IMAGES, 2))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = {}
     for name, tree in trees.items():

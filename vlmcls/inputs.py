@@ -51,6 +51,10 @@ class InputEncoder:
         self.folder = Path(cache_dir).expanduser() / self._settings_key() if cache and cache_dir else None
         self.texts = {}
 
+    def __getstate__(self):
+        # A pickled copy (the data set's fingerprint, a spawned worker) leaves the cache behind: it can be gigabytes.
+        return {**self.__dict__, "memory": {} if self.memory is not None else None}
+
     def _settings_key(self):
         from transformers import __version__
         settings = [self.processor.image_processor.to_dict(), self.processor.tokenizer.name_or_path,
