@@ -50,7 +50,8 @@ def test_choices_are_checked_on_the_command_line_and_in_the_file(tmp_path, capsy
 
 @pytest.mark.parametrize("script, flag", [("vlm_benchmark_test_dataset.py", "--prediction=scroe"),
                                           ("fine_tune.py", "--device=gpu"), ("fine_tune.py", "--dtype=fp8"),
-                                          ("fine_tune.py", "--resume=atuo"), ("download_dataset.py", "--source=kagle")])
+                                          ("fine_tune.py", "--resume=atuo"), ("fine_tune.py", "--train_questions=one"),
+                                          ("download_dataset.py", "--source=kagle")])
 def test_a_mistyped_choice_fails_at_once_with_the_valid_ones(script, flag, tmp_path):
     proc = run_script(script, flag, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "is not valid: use" in proc.stderr, proc.stderr
