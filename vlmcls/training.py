@@ -1,6 +1,8 @@
 """Training: data set rows, the answer-only collator, LoRA / frozen-encoder preparation, checkpoints and saving."""
+import random
 import re
 import shutil
+from collections import defaultdict
 from pathlib import Path
 
 from .cli import OneOf, UserError, existing_path
@@ -11,6 +13,7 @@ from .models import VISION_MODULES, find_vision_encoder, load_model
 from .prompt import conversation, render_example
 
 RESUMES = OneOf("auto", "overwrite", other=("a checkpoint folder", existing_path))
+CLASS_BALANCES = OneOf("none", "oversample")
 FINISHED_MARKER = "train_log_history.json"  # written last into the output folder by a run that completed
 
 
@@ -19,6 +22,25 @@ def rows(data, only_classification=False):
     return [{"image": s["image"], "question": qa["question"], "answer": qa["answer"]}
             for s in data["samples"] for qa in s["qa"]
             if not only_classification or qa["question"] == data["question"]]
+
+
+def oversample(data, seed):
+    """The data with each class's images repeated until every class has as many as the largest: all of a class's
+    images as many times as they fit, then a seeded choice of the remainder. Every epoch then draws each class
+    equally often, and no image is left out. The list is the same on every run with the seed, so the Trainer's
+    seeded shuffle, and with it a resumed run's data order, is too."""
+    rng = random.Random(seed)
+    by_class = defaultdict(list)
+    for sample in data["samples"]:
+        by_class[sample["label"]].append(sample)
+    target = max(map(len, by_class.values()), default=0)
+    samples = []
+    for name in data["classes"]:
+        members = by_class[name]
+        if members:
+            whole, remainder = divmod(target, len(members))
+            samples += members * whole + rng.sample(members, remainder)
+    return {**data, "samples": samples}
 
 
 def make_dataset(data, max_pixels, only_classification=False):
