@@ -105,6 +105,7 @@ def main():
         print(f"best checkpoint: {trainer.state.best_model_checkpoint} (validation {METRIC_FOR_BEST_MODEL} "
               f"{trainer.state.best_metric:.4f}), the model saved")
     if test_data and test_data["samples"]:
+        trainer.remove_callback(EarlyStoppingCallback)  # the test loss is no validation score to stop on
         metrics = trainer.evaluate(make_dataset(test_data, max_pixels, only_classification=True),
                                    metric_key_prefix="test")
         if trainer.is_world_process_zero():

@@ -1,5 +1,6 @@
 """Validation while training (best checkpoint, early stopping) and class balance, through fine_tune.py."""
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -102,3 +103,23 @@ def test_bad_validation_settings_are_refused_with_the_reason(tiny_smolvlm, colou
     mismatch = run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", *data_args(colour_jsons)[:1],
                           f"--val_json={tmp_path / 'val.json'}", cwd=tmp_path, check=False)
     assert mismatch.returncode == 1 and "val.json: its classes or question differ" in mismatch.stderr
+
+
+def test_a_resumed_run_keeps_the_best_checkpoint_so_far(tiny_smolvlm, colour_jsons, tmp_path):
+    args = [f"--model_path={tiny_smolvlm}", *data_args(colour_jsons), "--test_json=", "--output_dir=out",
+            "--max_steps=10", "--eval_steps=5", "--early_stopping_patience=5", *FAST]
+    run_script("fine_tune.py", *args, cwd=tmp_path)
+    out = tmp_path / "out"
+    expected = eval_entries(json.loads((out / "train_log_history.json").read_text()))
+    # As if killed before its last checkpoint: the run continues from checkpoint-5, which knows the best so far.
+    (out / "train_log_history.json").unlink()
+    shutil.rmtree(out / "checkpoint-10")
+    proc = run_script("fine_tune.py", *args, cwd=tmp_path)
+    assert "resuming from out/checkpoint-5" in proc.stdout
+    history = json.loads((out / "train_log_history.json").read_text())
+    scores = [e["eval_macro_f1"] for e in eval_entries(history)]
+    assert [e["step"] for e in eval_entries(history)] == [5, 10]
+    assert scores == pytest.approx([e["eval_macro_f1"] for e in expected])
+    best_step = 5 if scores[0] >= scores[1] else 10
+    saved, best = (load_file(out / p / "model.safetensors") for p in (".", f"checkpoint-{best_step}"))
+    assert all((saved[k] == best[k]).all() for k in saved)
