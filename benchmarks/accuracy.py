@@ -41,11 +41,11 @@ ROWS = {  # recipe name -> fine_tune.py settings; the first is the baseline the 
     "defaults": {},
 }
 SEEDS = 3  # seeds 0..SEEDS-1: model initialisation and fine_tune.py's --seed
-STEPS = 500  # optimizer steps of every run: the compute budget is STEPS x BATCH encoded training images
+STEPS = 300  # optimizer steps of every run: the compute budget is STEPS x BATCH encoded training images
 BATCH = 8  # training images per step (one process, no gradient accumulation)
 LEARNING_RATE = 2e-3  # peak learning rate of every run (a model trained from scratch takes a high one)
 WARMUP_STEPS = 25  # linear warm-up
-EVAL_STEPS = 50  # validation interval of the rows that validate
+EVAL_STEPS = 100  # validation interval of the rows that validate (and one at the end)
 IMAGE_SIZE = 64  # pixels: the tiny model's tile and fine_tune.py's --image_longest_edge
 PATCH_SIZE = 8  # vision patch size: (IMAGE_SIZE / PATCH_SIZE)^2 patches per image
 SCALE_FACTOR = 2  # pixel shuffle: image tokens = patches / SCALE_FACTOR^2
@@ -54,7 +54,7 @@ VISION_LAYERS = 2  # its layers
 TEXT_WIDTH = 64  # hidden size of the tiny language model
 TEXT_LAYERS = 2  # its layers
 EVAL_BATCH = 32  # images per forward pass when validating and testing
-THREADS = 0  # torch threads of each script (OMP_NUM_THREADS); 0: torch's default
+THREADS = 1  # torch threads per script (OMP_NUM_THREADS): a tiny model's threads only wait on each other; 0: default
 WORK_DIR = ""  # data, models and runs; "": a temporary folder, removed at the end
 OUTPUT = ""  # where the table is also written; "": benchmarks/results-accuracy.md
 
@@ -148,8 +148,8 @@ def train_and_test(task_dir, row, seed, model):
     validating = settings.get("val_json", None) != ""
     split = task_dir / ("split" if validating else "split_no_val")
     out.mkdir(parents=True, exist_ok=True)
-    data = [f"--train_json={split / 'train.json'}", "--test_json="] + \
-        ([f"--val_json={split / 'val.json'}"] if validating else [])
+    data = [f"--train_json={split / 'train.json'}", f"--val_json={split / 'val.json' if validating else ''}",
+            "--test_json="]
     train_s = run("fine_tune.py", f"--model_path={model}", f"--output_dir={out / 'model'}", "--resume=overwrite",
                   *data, f"--max_steps={STEPS}", f"--per_device_train_batch_size={BATCH}",
                   "--gradient_accumulation_steps=1", f"--learning_rate={LEARNING_RATE}",
