@@ -139,24 +139,25 @@ def flag(name, value):
 
 
 def train_and_test(task_dir, row, seed, model):
-    """One run: fine_tune.py with the row's settings, then vlm_benchmark_test_dataset.py; returns its numbers."""
+    """One run: fine_tune.py with the row's settings, then vlm_benchmark_test_dataset.py; returns its numbers.
+    A run already finished with the same model and settings is not repeated."""
     out = task_dir / "runs" / f"{row}-seed{seed}"
-    result_file = out / "result.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
     settings = ROWS[row]
     validating = settings.get("val_json", None) != ""
     split = task_dir / ("split" if validating else "split_no_val")
+    args = [f"--model_path={model}", f"--output_dir={out / 'model'}", "--resume=overwrite",
+            f"--train_json={split / 'train.json'}", f"--val_json={split / 'val.json' if validating else ''}",
+            "--test_json=", f"--max_steps={STEPS}", f"--per_device_train_batch_size={BATCH}",
+            "--gradient_accumulation_steps=1", f"--learning_rate={LEARNING_RATE}", f"--warmup_steps={WARMUP_STEPS}",
+            "--logging_steps=25", f"--save_steps={STEPS}", f"--eval_steps={EVAL_STEPS}",
+            f"--per_device_eval_batch_size={EVAL_BATCH}", f"--image_longest_edge={IMAGE_SIZE}",
+            "--gradient_checkpointing=false", f"--seed={seed}",
+            *[flag(k, v) for k, v in settings.items() if k != "val_json"]]
+    result_file = out / "result.json"
+    if result_file.is_file() and json.loads(result_file.read_text())["args"] == args:
+        return json.loads(result_file.read_text())
     out.mkdir(parents=True, exist_ok=True)
-    data = [f"--train_json={split / 'train.json'}", f"--val_json={split / 'val.json' if validating else ''}",
-            "--test_json="]
-    train_s = run("fine_tune.py", f"--model_path={model}", f"--output_dir={out / 'model'}", "--resume=overwrite",
-                  *data, f"--max_steps={STEPS}", f"--per_device_train_batch_size={BATCH}",
-                  "--gradient_accumulation_steps=1", f"--learning_rate={LEARNING_RATE}",
-                  f"--warmup_steps={WARMUP_STEPS}", "--logging_steps=25", f"--save_steps={STEPS}",
-                  f"--eval_steps={EVAL_STEPS}", f"--per_device_eval_batch_size={EVAL_BATCH}",
-                  f"--image_longest_edge={IMAGE_SIZE}", "--gradient_checkpointing=false", f"--seed={seed}",
-                  *[flag(k, v) for k, v in settings.items() if k != "val_json"], cwd=out, log=out / "train.log")
+    train_s = run("fine_tune.py", *args, cwd=out, log=out / "train.log")
     test_s = run("vlm_benchmark_test_dataset.py", f"--model_path={out / 'model'}",
                  f"--test_json={task_dir / 'split' / 'test.json'}", f"--report_dir={out / 'report'}",
                  f"--batch_size={EVAL_BATCH}", cwd=out, log=out / "test.log")
@@ -164,7 +165,7 @@ def train_and_test(task_dir, row, seed, model):
     history = json.loads((out / "model" / "train_log_history.json").read_text())
     steps = max(e["step"] for e in history)
     result = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "images": steps * BATCH,
-              "train_s": train_s, "test_s": test_s,
+              "train_s": train_s, "test_s": test_s, "args": args,
               "recall": {c: m["recall"] for c, m in report["per_class"].items()}}
     write_json(result_file, result)
     return result
@@ -261,7 +262,8 @@ def main():
             task_dir = prepare_task(task, work)
             results[task] = {row: [] for row in ROWS}
             for seed in range(SEEDS):
-                model = build_model(work / f"model-seed{seed}", seed)
+                model = build_model(work / (f"model-{IMAGE_SIZE}px-p{PATCH_SIZE}s{SCALE_FACTOR}-v{VISION_WIDTH}x"
+                                            f"{VISION_LAYERS}-t{TEXT_WIDTH}x{TEXT_LAYERS}-seed{seed}"), seed)
                 for row in ROWS:
                     r = train_and_test(task_dir, row, seed, model)
                     results[task][row].append(r)
