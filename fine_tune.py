@@ -1,8 +1,11 @@
 """Step 3: fine-tune a vision-language model on the training JSON with TRL's SFTTrainer.
 
-Only the answer and its end-of-answer token are learned. Runs on CUDA (bf16, or fp16 where bf16 is
-unsupported), Apple MPS or the CPU, as one process or under torchrun / accelerate launch, and
-continues an interrupted run from its last checkpoint when started again with the same command.
+Only the answer and its end-of-answer token are learned. With a validation set, the images of VAL_JSON are
+classified every EVAL_STEPS steps as the evaluation scripts classify them; the best checkpoint by
+METRIC_FOR_BEST_MODEL is the model saved, and a run that stops improving can end early. Runs on CUDA
+(bf16, or fp16 where bf16 is unsupported), Apple MPS or the CPU, as one process or under torchrun /
+accelerate launch, and continues an interrupted run from its last checkpoint when started again with
+the same command.
 """
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.compat import library_versions
@@ -10,23 +13,29 @@ from vlmcls.images import read_dataset_json
 from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, load_model, load_processor, pick_device, pick_dtype, \
     set_resolution
-from vlmcls.training import QUESTION_SETS, RESUMES, answer_only_collator, chat_dataset, checkpoint_to_resume, \
-    clear_previous_run, prepare_model, rows, save
+from vlmcls.training import CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_only_collator, chat_dataset, \
+    checkpoint_to_resume, clear_previous_run, oversample, prepare_model, rows, save
+from vlmcls.validation import BEST_METRICS, read_validation, validating_trainer, validation_arguments
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # Hub id or local folder of the base model
 TRAIN_JSON = "solar_panel_train_dataset.json"  # from generate_train_json.py
+VAL_JSON = "solar_panel_val_dataset.json"  # validation images measured while training ("" or missing: none)
 TEST_JSON = "solar_panel_test_dataset.json"  # held-out images; eval loss at the end ("" to skip)
 OUTPUT_DIR = "./SmolVLM-256M-Instruct-finetuned"  # fine-tuned model, processor, logs and checkpoints
 EQUIVALENT_EPOCHS_TO_TRAIN = 1.0  # passes over the training rows: images, or Q&A pairs without MULTI_TURN
 MAX_STEPS = 0  # optimizer steps; 0 = derive from EQUIVALENT_EPOCHS_TO_TRAIN
 PER_DEVICE_TRAIN_BATCH_SIZE = 4  # images per device per step
-PER_DEVICE_EVAL_BATCH_SIZE = 4  # images per device when computing the test loss
+PER_DEVICE_EVAL_BATCH_SIZE = 4  # images per device when validating and computing the test loss
 GRADIENT_ACCUMULATION_STEPS = 4  # effective batch = this x batch size x number of processes
 WARMUP_STEPS = 50  # linear learning-rate warm-up
 LEARNING_RATE = 3e-4  # peak learning rate
 WEIGHT_DECAY = 0.01  # AdamW weight decay
 LOGGING_STEPS = 25  # log loss and learning rate every this many steps
-SAVE_STEPS = 200  # checkpoint every this many steps (the run resumes from the last one)
+SAVE_STEPS = 200  # checkpoint every this many steps without validation (with it: at every evaluation)
+EVAL_STEPS = 50  # measure accuracy and macro-F1 on the validation images every this many steps
+METRIC_FOR_BEST_MODEL = "macro_f1"  # "macro_f1" or "accuracy": the best checkpoint by it is the model saved
+EARLY_STOPPING_PATIENCE = 5  # end the run after this many evaluations without improvement (0 = never)
+CLASS_BALANCE = "none"  # "none", or "oversample": repeat rarer classes' images so each epoch draws all equally
 IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is SmolVLM's shipped setting
 IMAGE_SPLITTING = False  # cut large images into 512px tiles plus a global view (the original: true)
 ENLARGE_IMAGES = False  # resize smaller images up to IMAGE_LONGEST_EDGE, as the processor does (the original)
@@ -50,9 +59,11 @@ SEED = 42  # seed for weight init of adapters and for the data order
 
 def main():
     import torch
-    from trl import SFTConfig, SFTTrainer
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig
 
     train_data = read_dataset_json(TRAIN_JSON)
+    val_data = read_validation(VAL_JSON, train_data)
     test_data = read_dataset_json(TEST_JSON) if TEST_JSON else None
     resume = checkpoint_to_resume(OUTPUT_DIR, RESUME)
     device = pick_device(DEVICE)
@@ -69,9 +80,11 @@ def main():
     # Workers encode the images once; batches of the encoded images in memory then need no workers of their own.
     workers = auto_workers(NUM_WORKERS)
     encoder = InputEncoder(processor, train_data["max_image_pixels"], enlarge=ENLARGE_IMAGES, cache_dir=INPUT_CACHE_DIR)
-    train_rows = rows(train_data, TRAIN_QUESTIONS, MULTI_TURN)
+    train_rows = rows(oversample(train_data, SEED) if CLASS_BALANCE == "oversample" else train_data, TRAIN_QUESTIONS,
+                      MULTI_TURN)
     test_rows = rows(test_data, "classification", multi_turn=False) if test_data else []
-    encoder.prepare([image for image, _ in train_rows + test_rows], workers)
+    val_images = [s["image"] for s in val_data["samples"]] if val_data else []
+    encoder.prepare([image for image, _ in train_rows + test_rows] + val_images, workers)
 
     args = SFTConfig(
         output_dir=OUTPUT_DIR,
@@ -79,8 +92,8 @@ def main():
         per_device_train_batch_size=PER_DEVICE_TRAIN_BATCH_SIZE,
         per_device_eval_batch_size=PER_DEVICE_EVAL_BATCH_SIZE,
         gradient_accumulation_steps=GRADIENT_ACCUMULATION_STEPS, warmup_steps=WARMUP_STEPS,
-        learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, logging_steps=LOGGING_STEPS,
-        save_strategy="steps", save_steps=SAVE_STEPS, save_total_limit=2,
+        learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, logging_steps=LOGGING_STEPS, save_total_limit=2,
+        **validation_arguments(val_data is not None, EVAL_STEPS, SAVE_STEPS, METRIC_FOR_BEST_MODEL),
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device == "cpu",
         gradient_checkpointing=GRADIENT_CHECKPOINTING, gradient_checkpointing_kwargs={"use_reentrant": False},
         max_length=None, remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
@@ -88,10 +101,10 @@ def main():
         dataloader_persistent_workers=bool(INPUT_CACHE_DIR and workers), report_to=["tensorboard"], seed=SEED,
         data_seed=SEED,
     )
-    trainer = SFTTrainer(
-        model=model, args=args, processing_class=processor,
+    stopping = [EarlyStoppingCallback(EARLY_STOPPING_PATIENCE)] if val_data and EARLY_STOPPING_PATIENCE > 0 else []
+    trainer = validating_trainer(
+        val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, stopping, model=model, args=args, processing_class=processor,
         train_dataset=chat_dataset(train_rows, encoder, processor, end_ids),
-        eval_dataset=chat_dataset(test_rows, encoder, processor, end_ids) if test_rows else None,
         data_collator=answer_only_collator(processor),
     )
     if trainer.is_world_process_zero():
@@ -102,10 +115,14 @@ def main():
         if resume:
             print(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
-    if trainer.eval_dataset is not None:
-        metrics = trainer.evaluate()
+    if trainer.is_world_process_zero() and trainer.state.best_model_checkpoint:
+        print(f"best checkpoint: {trainer.state.best_model_checkpoint} (validation {METRIC_FOR_BEST_MODEL} "
+              f"{trainer.state.best_metric:.4f}), the model saved")
+    if test_rows:
+        trainer.remove_callback(EarlyStoppingCallback)  # the test loss is no validation score to stop on
+        metrics = trainer.evaluate(chat_dataset(test_rows, encoder, processor, end_ids), metric_key_prefix="test")
         if trainer.is_world_process_zero():
-            print(f"test loss (classification answers): {metrics['eval_loss']:.4f}")
+            print(f"test loss (classification answers): {metrics['test_loss']:.4f}")
     save(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
          run_config={"settings": settings_of(globals()), "device": device, "dtype": str(dtype).replace("torch.", ""),
                      "versions": library_versions()})
@@ -113,5 +130,6 @@ def main():
 
 if __name__ == "__main__":
     configure(globals(), choices={"DEVICE": DEVICES, "DTYPE": DTYPES, "RESUME": RESUMES,
-                                "TRAIN_QUESTIONS": QUESTION_SETS})
+                                  "METRIC_FOR_BEST_MODEL": BEST_METRICS, "CLASS_BALANCE": CLASS_BALANCES,
+                                  "TRAIN_QUESTIONS": QUESTION_SETS})
     run_main(main)

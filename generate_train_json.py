@@ -1,8 +1,9 @@
-"""Step 2: turn an image-folder data set into training and test JSON files of questions and answers.
+"""Step 2: turn an image-folder data set into training, validation and test JSON files of questions and answers.
 
 Every image is decoded once; files that cannot be used are listed in skipped.csv with the reason.
 The split is by image (identical pictures stay together), stratified per class and seeded, so
-no test image is ever seen in training.
+no test image is ever seen in training. The validation images, which fine_tune.py measures while it
+trains, are taken from the training side by the same rules; the test split does not depend on them.
 """
 import os
 from pathlib import Path
@@ -13,9 +14,11 @@ from vlmcls.images import class_folders, group_duplicates, list_files, print_ski
 from vlmcls.prompt import classification_question
 
 DATASET_DIR = "./Faulty_solar_panel"  # image folder: one sub-folder per class
-TRAIN_RATIO = 0.8  # share of each class's images used for training; the rest is the test set
+TRAIN_RATIO = 0.8  # share of each class's images used for training and validation; the rest is the test set
+VAL_RATIO = 0.1  # share of each class's images taken from the training side for validation (0: none)
 SEED = 42  # seed of the split: same seed, same split
 TRAIN_JSON = "solar_panel_train_dataset.json"  # output: training questions and answers
+VAL_JSON = "solar_panel_val_dataset.json"  # output: validation images ("" = not written)
 TEST_JSON = "solar_panel_test_dataset.json"  # output: held-out test images
 MAX_IMAGE_PIXELS = 40_000_000  # larger images are skipped (decompression bombs)
 MIN_TRAIN_IMAGES = 10  # warn about classes with fewer training images than this
@@ -38,8 +41,12 @@ DEFAULT_DETAIL = "The image shows: {label}."  # detail sentence for classes not 
 def check_settings():
     if not 0 < TRAIN_RATIO < 1:
         raise UserError(f"train_ratio must be between 0 and 1, got {TRAIN_RATIO}")
-    if Path(TRAIN_JSON).resolve() == Path(TEST_JSON).resolve():
-        raise UserError(f"train_json and test_json are the same file: {TRAIN_JSON}")
+    if not 0 <= VAL_RATIO < TRAIN_RATIO:
+        raise UserError(f"val_ratio must be at least 0 and below train_ratio ({TRAIN_RATIO}), got {VAL_RATIO}")
+    outputs = [Path(p).resolve() for p in (TRAIN_JSON, VAL_JSON, TEST_JSON) if p]
+    if len(set(outputs)) < len(outputs):
+        raise UserError(f"train_json, val_json and test_json must be different files: {TRAIN_JSON}, {VAL_JSON}, "
+                        f"{TEST_JSON}")
 
 
 def qa_pairs(label, question):
@@ -53,6 +60,15 @@ def write_split(json_path, paths, label_of, classes, question, counts):
                 "qa": qa_pairs(label_of[p], question)} for p in paths]
     write_json(json_path, {"classes": classes, "question": question, "max_image_pixels": MAX_IMAGE_PIXELS,
                            "counts": counts, "samples": samples})
+
+
+def split_validation(groups, train, label_of, classes):
+    """The validation images, held out of the training side by the rules of the test split: VAL_RATIO of each
+    class's images in all, so VAL_RATIO / TRAIN_RATIO of its training images. Returns (train, val)."""
+    if VAL_RATIO == 0:
+        return train, []
+    training = set(train)
+    return split_groups([g for g in groups if g[0] in training], label_of, classes, VAL_RATIO / TRAIN_RATIO, SEED)
 
 
 def main():
@@ -74,21 +90,24 @@ def main():
         print("label conflict, identical images in different classes (kept together in one split): " +
               ", ".join(f"{p} [{label_of[p]}]" for p in group))
     train, test = split_groups(groups, label_of, classes, 1 - TRAIN_RATIO, SEED)
-    counts = {part: {c: sum(label_of[p] == c for p in paths) for c in classes}
-              for part, paths in (("train", train), ("test", test))}
+    train, val = split_validation(groups, train, label_of, classes)
+    parts = {"train": train, "val": val, "test": test}
+    counts = {part: {c: sum(label_of[p] == c for p in paths) for c in classes} for part, paths in parts.items()}
     question = classification_question(classes)
-    write_split(TRAIN_JSON, train, label_of, classes, question, counts)
-    write_split(TEST_JSON, test, label_of, classes, question, counts)
+    for part, json_path in (("train", TRAIN_JSON), ("val", VAL_JSON), ("test", TEST_JSON)):
+        if json_path:
+            write_split(json_path, parts[part], label_of, classes, question, counts)
 
-    print(f"\n{'class':<24}{'train':>7}{'test':>7}")
+    print(f"\n{'class':<24}{'train':>7}{'val':>7}{'test':>7}")
     for c in classes:
-        print(f"{c:<24}{counts['train'][c]:>7}{counts['test'][c]:>7}")
+        print(f"{c:<24}" + "".join(f"{counts[part][c]:>7}" for part in parts))
         if counts["train"][c] < MIN_TRAIN_IMAGES:
             print(f"  warning: class {c!r} has only {counts['train'][c]} training image(s); "
                   f"too few to learn reliably")
-    print(f"{'total':<24}{len(train):>7}{len(test):>7}")
-    print(f"wrote {TRAIN_JSON} ({len(train)} images, {len(train) * (1 + len(QUESTION_TEMPLATES))} Q&A pairs) "
-          f"and {TEST_JSON} ({len(test)} images)")
+    print(f"{'total':<24}" + "".join(f"{len(paths):>7}" for paths in parts.values()))
+    written = f", {VAL_JSON} ({len(val)} images)" if VAL_JSON else ""
+    print(f"wrote {TRAIN_JSON} ({len(train)} images, {len(train) * (1 + len(QUESTION_TEMPLATES))} Q&A pairs)"
+          f"{written} and {TEST_JSON} ({len(test)} images)")
 
 
 if __name__ == "__main__":

@@ -145,3 +145,34 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_same_end(tiny_smolvlm, co
     # Started again once finished, the same command refuses to replace the finished run.
     again = run_script("fine_tune.py", *args, "--output_dir=out", cwd=tmp_path, check=False)
     assert again.returncode == 1 and "holds a finished run" in again.stderr
+
+
+def test_two_processes_share_the_validation_and_report_what_one_process_measures(tiny_smolvlm, tmp_path):
+    from conftest import load_tiny, make_colour_images
+    from vlmcls.images import read_dataset_json
+    from vlmcls.validation import measure
+
+    make_colour_images(tmp_path / "images", per_class=10)
+    run_script("generate_train_json.py", "--dataset_dir=images", "--question_templates=[]", cwd=tmp_path)
+    val = read_dataset_json(tmp_path / "solar_panel_val_dataset.json")
+    images = len(val["samples"])
+    assert images % PROCESSES, "an uneven count, so that one share is padded"
+    steps = 8
+    proc = run_torchrun(f"--model_path={tiny_smolvlm}", "--output_dir=out", f"--max_steps={steps}",
+                        f"--eval_steps={steps}", "--learning_rate=3e-3", "--per_device_eval_batch_size=2", *FAST,
+                        cwd=tmp_path)
+    # Each process classified its half (one image repeated to even the shares up), not every image.
+    for rank in range(PROCESSES):
+        shares = re.findall(rf"validation, process {rank}: 100%\S* (\d+)/(\d+)", proc.stderr)
+        assert shares and all(int(n) == math.ceil(images / PROCESSES) for n, _ in shares), proc.stderr[-3000:]
+    history = json.loads((tmp_path / "out" / "train_log_history.json").read_text())
+    logged = [e for e in history if "eval_macro_f1" in e]
+    assert [e["step"] for e in logged] == [steps]
+    assert proc.stdout.count("validation accuracy") == 1
+
+    # The saved model (the one evaluated) measured by one process gives the numbers logged.
+    processor, model = load_tiny(tmp_path / "out")
+    single = measure(model, processor, val, batch_size=3)
+    assert single["total"] == images
+    assert (logged[0]["eval_accuracy"], logged[0]["eval_macro_f1"]) == \
+        (pytest.approx(single["accuracy"]), pytest.approx(single["macro_f1"]))

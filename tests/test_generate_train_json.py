@@ -3,6 +3,7 @@ import csv
 import json
 
 import pytest
+from PIL import Image
 
 from conftest import awkward_images, make_colour_images, run_script
 from vlmcls.images import read_dataset_json
@@ -36,7 +37,7 @@ def test_every_other_file_is_in_exactly_one_split(generated):
     work, _ = generated
     files = {str(p.relative_to(work)) for p in (work / "images").rglob("*") if p.is_file()}
     used = []
-    for name in ("solar_panel_train_dataset.json", "solar_panel_test_dataset.json"):
+    for name in ("solar_panel_train_dataset.json", "solar_panel_val_dataset.json", "solar_panel_test_dataset.json"):
         used += [s["image"] for s in json.loads((work / name).read_text())["samples"]]
     assert len(used) == len(set(used))
     assert set(used) == files - {f"images/{b}" for b in BAD}
@@ -44,38 +45,41 @@ def test_every_other_file_is_in_exactly_one_split(generated):
 
 def test_duplicates_stay_on_one_side_and_conflicts_are_reported(generated):
     work, out = generated
-    test = {s["image"] for s in json.loads((work / "solar_panel_test_dataset.json").read_text())["samples"]}
-    for pair in (("images/red/red_00.png", "images/green/same_as_red_00.bmp"),
-                 ("images/red/red_01.png", "images/red/red_01_copy.png")):
-        assert (pair[0] in test) == (pair[1] in test), pair
+    for part in ("test", "val"):
+        held_out = {s["image"] for s in json.loads((work / f"solar_panel_{part}_dataset.json").read_text())["samples"]}
+        for pair in (("images/red/red_00.png", "images/green/same_as_red_00.bmp"),
+                     ("images/red/red_01.png", "images/red/red_01_copy.png")):
+            assert (pair[0] in held_out) == (pair[1] in held_out), (part, pair)
     assert "label conflict" in out and "same_as_red_00.bmp [green]" in out and "red_00.png [red]" in out
     assert "red_01_copy" not in out.split("label conflict")[-1]
 
 
 def split(work, *args):
+    """(train, validation, test) data of a generate_train_json.py run in `work`."""
     run_script("generate_train_json.py", "--dataset_dir=images", *args, cwd=work)
-    load = lambda name: json.loads((work / name).read_text())
-    return load("solar_panel_train_dataset.json"), load("solar_panel_test_dataset.json")
+    load = lambda part: json.loads((work / f"solar_panel_{part}_dataset.json").read_text())
+    return load("train"), load("val"), load("test")
 
 
 def images_of(data):
     return [s["image"] for s in data["samples"]]
 
 
-def test_no_image_in_both_files_and_every_class_in_both(tmp_path):
+def test_no_image_in_two_files_and_every_class_in_each(tmp_path):
     make_colour_images(tmp_path / "images", per_class=7)
-    train, test = split(tmp_path)
+    train, val, test = split(tmp_path)
     assert not set(images_of(train)) & set(images_of(test))
-    assert len(images_of(train)) + len(images_of(test)) == 21
-    for data in (train, test):
+    assert len(images_of(train)) + len(images_of(val)) + len(images_of(test)) == 21
+    for data in (train, val, test):
         assert {s["label"] for s in data["samples"]} == {"red", "green", "blue"}
     assert train["counts"]["test"] == {"blue": 1, "green": 1, "red": 1}
-    assert train["counts"]["train"] == {"blue": 6, "green": 6, "red": 6}
+    assert train["counts"]["val"] == {"blue": 1, "green": 1, "red": 1}
+    assert train["counts"]["train"] == {"blue": 5, "green": 5, "red": 5}
 
 
 def test_two_images_per_class_still_give_one_test_image_each(tmp_path):
     make_colour_images(tmp_path / "images", per_class=2)
-    train, test = split(tmp_path, "--train_ratio=0.9")
+    train, _, test = split(tmp_path, "--train_ratio=0.9")
     assert sorted(s["label"] for s in test["samples"]) == ["blue", "green", "red"]
     assert sorted(s["label"] for s in train["samples"]) == ["blue", "green", "red"]
 
@@ -86,7 +90,7 @@ def test_same_seed_same_bytes_other_seed_other_split(tmp_path):
     first = (tmp_path / "solar_panel_test_dataset.json").read_bytes()
     split(tmp_path)
     assert (tmp_path / "solar_panel_test_dataset.json").read_bytes() == first
-    _, other = split(tmp_path, "--seed=7")
+    _, _, other = split(tmp_path, "--seed=7")
     assert json.dumps(other).encode() != first and set(images_of(other)) != set(images_of(json.loads(first)))
 
 
@@ -102,3 +106,41 @@ def test_question_uses_folder_names_as_spelled_and_paths_resolve_anywhere(tmp_pa
     assert all(s["qa"] == [{"question": data["question"], "answer": s["label"]}] for s in data["samples"])
     for sample in read_dataset_json(tmp_path / "out" / "tr.json")["samples"]:
         assert (tmp_path / "out" / sample["image"]).is_file()
+
+
+def labels_of(data):
+    return sorted(s["label"] for s in data["samples"])
+
+
+def test_validation_images_come_from_the_training_side_stratified_and_seeded(tmp_path):
+    make_colour_images(tmp_path / "images", per_class=20)
+    Image.open(tmp_path / "images" / "red" / "red_03.png").save(tmp_path / "images" / "red" / "red_03_again.bmp")
+    train, val, test = split(tmp_path, "--val_ratio=0.2")
+    parts = [set(images_of(d)) for d in (train, val, test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert sum(map(len, parts)) == 61
+    # 20% of each class's images in all, as the test set takes its 20%; the copy of red_03 stays with it.
+    assert labels_of(test) == ["blue"] * 4 + ["green"] * 4 + ["red"] * 4
+    assert labels_of(val) in (["blue"] * 4 + ["green"] * 4 + ["red"] * 4, ["blue"] * 4 + ["green"] * 4 + ["red"] * 5)
+    together = [i for i, p in enumerate(parts) if "images/red/red_03.png" in p]
+    assert together == [i for i, p in enumerate(parts) if "images/red/red_03_again.bmp" in p]
+    assert val["classes"] == train["classes"] and val["question"] == train["question"]
+    assert val["max_image_pixels"] == train["max_image_pixels"] and val["samples"][0]["qa"]
+    # The test split is the one a run without validation makes; the same seed gives the same validation set.
+    _, none, test_without = split(tmp_path, "--val_ratio=0")
+    assert test_without["samples"] == test["samples"] and none["samples"] == []
+    assert split(tmp_path, "--val_ratio=0.2")[1]["samples"] == val["samples"]
+    assert set(images_of(split(tmp_path, "--val_ratio=0.2", "--seed=7")[1])) != set(images_of(val))
+
+
+def test_validation_json_can_be_left_out_and_must_be_its_own_file(tmp_path):
+    make_colour_images(tmp_path / "images", per_class=5)
+    run_script("generate_train_json.py", "--dataset_dir=images", "--val_json=", cwd=tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["solar_panel_test_dataset.json",
+                                                               "solar_panel_train_dataset.json"]
+    same = run_script("generate_train_json.py", "--dataset_dir=images", "--val_json=solar_panel_test_dataset.json",
+                      cwd=tmp_path, check=False)
+    assert same.returncode == 1 and "must be different files" in same.stderr
+    too_big = run_script("generate_train_json.py", "--dataset_dir=images", "--val_ratio=0.8", cwd=tmp_path,
+                         check=False)
+    assert too_big.returncode == 1 and "val_ratio must be" in too_big.stderr

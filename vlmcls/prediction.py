@@ -12,8 +12,8 @@ class PromptBatches:
     """Left-padded batches of the question's prompt with each image, as the processor makes them (run in data-loader
     workers; a file that cannot be used comes back as its message, to be raised in the main process)."""
 
-    def __init__(self, processor, question, max_pixels, enlarge):
-        self.encoder = InputEncoder(processor, max_pixels, enlarge=enlarge, cache=False)
+    def __init__(self, processor, question, max_pixels, enlarge, encoder=None):
+        self.encoder = encoder or InputEncoder(processor, max_pixels, enlarge=enlarge, cache=False)
         self.segments = render_segments(processor, [(question, None)])
         self.pad = processor.tokenizer.pad_token_id or 0
 
@@ -102,16 +102,17 @@ PREDICTIONS = OneOf(*MODES)
 
 
 def evaluate(model, processor, images, question, classes, mode, batch_size, max_pixels, *, enlarge=False,
-             workers=0, desc="evaluating"):
+             workers=0, encoder=None, desc="evaluating"):
     """Predict every image (file paths, or decoded images) in batches, the next batches prepared by `workers`
-    processes while the model runs. Returns one dict per image: answer, predicted class, class probabilities."""
+    processes while the model runs, or taken from `encoder`'s cache. Returns one dict per image: answer,
+    predicted class, class probabilities."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
     if mode not in MODES:
         raise UserError(f"prediction mode {mode!r}: use {' or '.join(MODES)}")
     predict = MODES[mode]
     batches = DataLoader(list(images), batch_size=batch_size, num_workers=workers if len(images) > batch_size else 0,
-                         collate_fn=PromptBatches(processor, question, max_pixels, enlarge))
+                         collate_fn=PromptBatches(processor, question, max_pixels, enlarge, encoder))
     results = []
     with tqdm(total=len(images), desc=desc, unit="img") as bar:
         for batch in batches:

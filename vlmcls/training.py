@@ -1,6 +1,9 @@
-"""Training: rows and chats, the answer-only collator, LoRA / frozen-encoder preparation, checkpoints and saving."""
+"""Training: rows and chats, class balance, the answer-only collator, LoRA / frozen-encoder preparation,
+checkpoints and saving."""
+import random
 import re
 import shutil
+from collections import defaultdict
 from functools import partial
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from .prompt import render_segments
 
 RESUMES = OneOf("auto", "overwrite", other=("a checkpoint folder", existing_path))
 QUESTION_SETS = OneOf("all", "classification")  # the values of fine_tune.py's TRAIN_QUESTIONS
+CLASS_BALANCES = OneOf("none", "oversample")
 FINISHED_MARKER = "train_log_history.json"  # written last into the output folder by a run that completed
 
 
@@ -24,6 +28,25 @@ def rows(data, train_questions="all", multi_turn=True):
                  if train_questions == "all" or qa["question"] == data["question"]]
         out += [(sample["image"], pairs)] if multi_turn else [(sample["image"], [pair]) for pair in pairs]
     return out
+
+
+def oversample(data, seed):
+    """The data with each class's images repeated until every class has as many as the largest: all of a class's
+    images as many times as they fit, then a seeded choice of the remainder. Every epoch then draws each class
+    equally often, and no image is left out. The list is the same on every run with the seed, so the Trainer's
+    seeded shuffle, and with it a resumed run's data order, is too."""
+    rng = random.Random(seed)
+    by_class = defaultdict(list)
+    for sample in data["samples"]:
+        by_class[sample["label"]].append(sample)
+    target = max(map(len, by_class.values()), default=0)
+    samples = []
+    for name in data["classes"]:
+        members = by_class[name]
+        if members:
+            whole, remainder = divmod(target, len(members))
+            samples += members * whole + rng.sample(members, remainder)
+    return {**data, "samples": samples}
 
 
 def chat_dataset(rows, encoder, processor, end_ids):

@@ -1,0 +1,92 @@
+"""Validation while training: score-mode accuracy and macro-F1 on held-out images, for picking the best checkpoint."""
+import math
+import time
+from pathlib import Path
+
+from .cli import OneOf, UserError
+from .images import read_dataset_json
+from .prediction import evaluate
+from .report import metrics
+
+BEST_METRICS = OneOf("macro_f1", "accuracy")  # what the evaluation scripts report, as METRIC_FOR_BEST_MODEL
+
+
+def read_validation(path, train_data):
+    """The validation data set, or None, with a note, where there is none (the run then trains as before)."""
+    if not path or not Path(path).is_file():
+        why = "val_json is empty" if not path else f"{path} does not exist"
+        print(f"note: {why}, so training runs without validation: the last checkpoint is saved and no run stops "
+              "early (generate_train_json.py writes the validation images with VAL_RATIO > 0)")
+        return None
+    data = read_dataset_json(path)
+    if data["classes"] != train_data["classes"] or data["question"] != train_data["question"]:
+        raise UserError(f"{path}: its classes or question differ from the training data's ({data['classes']} vs "
+                        f"{train_data['classes']}); write both with one run of generate_train_json.py")
+    if not data["samples"]:
+        print(f"note: {path} holds no images (VAL_RATIO was 0), so training runs without validation")
+        return None
+    return data
+
+
+def validation_arguments(validating, eval_steps, save_steps, metric):
+    """Trainer settings for validation: evaluate every eval_steps and checkpoint at each evaluation, so that the
+    best checkpoint exists to be reloaded at the end; save_total_limit keeps it beside the newest."""
+    if not validating:
+        return {"eval_strategy": "no", "save_strategy": "steps", "save_steps": save_steps}
+    if eval_steps < 1:
+        raise UserError(f"eval_steps must be at least 1, got {eval_steps}")
+    return {"eval_strategy": "steps", "eval_steps": eval_steps, "save_strategy": "steps", "save_steps": eval_steps,
+            "load_best_model_at_end": True, "metric_for_best_model": metric, "greater_is_better": True,
+            # the early-stopping count continues on resume, as best_metric does in trainer_state.json
+            "restore_callback_states_from_checkpoint": True}
+
+
+def share(items, rank, world):
+    """This process's consecutive share of items. Every share has the same length (the last ones are padded with
+    the first item), so every process runs the same batches: a sharded model (FSDP) needs all of them in each."""
+    size = math.ceil(len(items) / world)
+    part = items[rank * size:(rank + 1) * size]
+    return part + items[:1] * (size - len(part))
+
+
+def measure(model, processor, data, batch_size, rank=0, world=1, encoder=None):
+    """Score-mode metrics (vlmcls.report.metrics) on every image of `data`, each process predicting its share;
+    the predictions are gathered in order, so every process gets the numbers one process would. With `encoder`
+    (the training's InputEncoder) the images come from its cache."""
+    from accelerate.utils import gather_object
+    paths = [s["image"] for s in data["samples"]]
+    mine = share(paths, rank, world)
+    desc = "validation" if world == 1 else f"validation, process {rank}"
+    results = evaluate(model, processor, mine, data["question"], data["classes"], "score", batch_size,
+                       data["max_image_pixels"], encoder=encoder, desc=desc)
+    predicted = gather_object([r["pred"] for r in results])[:len(paths)]
+    return metrics([s["label"] for s in data["samples"]], predicted, data["classes"])
+
+
+def validating_trainer(validation, batch_size, encoder, callbacks, **kwargs):
+    """An SFTTrainer whose evaluation (at every eval_steps, and trainer.evaluate() with no data set) is measure()
+    on the validation data; trainer.evaluate(dataset) still computes that data set's loss."""
+    from trl import SFTTrainer
+
+    class ValidatingSFTTrainer(SFTTrainer):
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            if validation is None or eval_dataset is not None:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            start, training = time.time(), self.model.training
+            self.model.eval()
+            with self.accelerator.autocast():
+                result = measure(self.model, self.processing_class, validation, batch_size,
+                                 self.accelerator.process_index, self.accelerator.num_processes, encoder)
+            self.model.train(training)
+            scores = {f"{metric_key_prefix}_{k}": result[k] for k in ("accuracy", "macro_f1")}
+            if self.is_world_process_zero():
+                print(f"step {self.state.global_step}: validation accuracy {result['accuracy']:.4f}, "
+                      f"macro-F1 {result['macro_f1']:.4f} ({result['total']} images)")
+            scores[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
+            self.log(scores)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, scores)
+            return scores
+
+    # The Trainer refuses to evaluate without an eval_dataset; the validation samples are that data set.
+    return ValidatingSFTTrainer(eval_dataset=validation["samples"] if validation else None, callbacks=callbacks,
+                                **kwargs)
