@@ -35,11 +35,11 @@ SAVE_STEPS = 200  # checkpoint every this many steps without validation (with it
 EVAL_STEPS = 50  # measure accuracy and macro-F1 on the validation images every this many steps
 METRIC_FOR_BEST_MODEL = "macro_f1"  # "macro_f1" or "accuracy": the best checkpoint by it is the model saved
 EARLY_STOPPING_PATIENCE = 5  # end the run after this many evaluations without improvement (0 = never)
-CLASS_BALANCE = "none"  # "none", or "oversample": repeat rarer classes' images so each epoch draws all equally
+CLASS_BALANCE = "oversample"  # "oversample": repeat rarer classes' images so each epoch draws all equally; or "none"
 IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is SmolVLM's shipped setting
 IMAGE_SPLITTING = False  # cut large images into 512px tiles plus a global view (the original: true)
 ENLARGE_IMAGES = False  # resize smaller images up to IMAGE_LONGEST_EDGE, as the processor does (the original)
-TRAIN_QUESTIONS = "all"  # "all": every Q&A pair of the JSON (the original); "classification": its question only
+TRAIN_QUESTIONS = "classification"  # "classification": only the JSON's classification question; "all" (original)
 MULTI_TURN = True  # an image's Q&A pairs as one chat, the image encoded once; False: one row per pair (original)
 INPUT_CACHE_DIR = ""  # "": keep encoded images in memory; a folder: keep them there (data larger than memory)
 USE_LORA = False  # train LoRA adapters instead of all weights (merged into the saved model)
