@@ -21,13 +21,13 @@ FAST = [f"--per_device_train_batch_size={BATCH}", "--gradient_accumulation_steps
 
 @pytest.fixture(scope="module")
 def colour_split(tmp_path_factory, colour_dataset):
-    """Training and test JSON of the colour images; returns (train_json, test_json, Q&A pairs in training)."""
+    """Training and test JSON of the colour images; returns (train_json, test_json, training images)."""
     folder = tmp_path_factory.mktemp("colour_split")
     run_script("download_dataset.py", f"--source={colour_dataset}", f"--dataset_dir={folder / 'images'}", cwd=folder)
     run_script("generate_train_json.py", f"--dataset_dir={folder / 'images'}", f"--train_json={folder / 'train.json'}",
                f"--test_json={folder / 'test.json'}", cwd=folder)
-    pairs = sum(len(s["qa"]) for s in json.loads((folder / "train.json").read_text())["samples"])
-    return folder / "train.json", folder / "test.json", pairs
+    images = len(json.loads((folder / "train.json").read_text())["samples"])
+    return folder / "train.json", folder / "test.json", images
 
 
 def torchrun(*args):
@@ -52,11 +52,11 @@ def final_state(output_dir):
 
 
 def test_two_processes_train_one_model_that_classifies(tiny_smolvlm, colour_split, tmp_path):
-    train_json, test_json, pairs = colour_split
-    epochs = 3
+    train_json, test_json, images = colour_split
+    epochs = 12
     proc = run_torchrun(f"--model_path={tiny_smolvlm}", f"--train_json={train_json}", f"--test_json={test_json}",
                         "--output_dir=out", f"--equivalent_epochs_to_train={epochs}", "--learning_rate=6e-3",
-                        *FAST, cwd=tmp_path)
+                        "--class_balance=none", *FAST, cwd=tmp_path)
 
     # One output folder, written by the main process only; its summary lines appear once.
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
@@ -65,10 +65,10 @@ def test_two_processes_train_one_model_that_classifies(tiny_smolvlm, colour_spli
     assert (tmp_path / "out" / "classes.json").is_file() and (tmp_path / "out" / "model.safetensors").is_file()
 
     # Both ranks took part: each saved its random state, and each step consumed a batch per process, so the
-    # epochs took half the steps one process needs.
+    # epochs (one training row per image: the classification question) took half the steps one process needs.
     checkpoint, state = final_state(tmp_path / "out")
     assert sorted(p.name for p in checkpoint.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
-    assert state["global_step"] == state["max_steps"] == epochs * math.ceil(pairs / (BATCH * PROCESSES))
+    assert state["global_step"] == state["max_steps"] == epochs * math.ceil(images / (BATCH * PROCESSES))
 
     run_script("vlm_benchmark_test_dataset.py", "--model_path=out", f"--test_json={test_json}", cwd=tmp_path)
     assert accuracy_in(tmp_path / "out" / "reports" / "test_set") >= 0.9
@@ -112,7 +112,7 @@ def kill_all(proc):
 def test_killed_run_resumes_from_its_checkpoint_to_the_same_end(tiny_smolvlm, colour_split, tmp_path):
     train_json, _, _ = colour_split
     args = [f"--model_path={tiny_smolvlm}", f"--train_json={train_json}", "--test_json=",
-            "--equivalent_epochs_to_train=1", "--learning_rate=3e-3", "--save_steps=5", "--logging_steps=5", *FAST]
+            "--equivalent_epochs_to_train=4", "--learning_rate=3e-3", "--save_steps=5", "--logging_steps=5", *FAST]
     run_torchrun(*args, "--output_dir=uninterrupted", cwd=tmp_path)
     _, expected = final_state(tmp_path / "uninterrupted")
 
