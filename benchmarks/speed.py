@@ -456,9 +456,10 @@ def input_comparisons(work):
         if EVAL_IMAGES:
             print(f"\n--- evaluation script: {name} ---", flush=True)
             wall, cpu = time.perf_counter(), children_cpu()
+            # The tiny model on one thread: on a shared machine two threads stall on each other for every small op.
             subprocess.run([sys.executable, str(Path(tree) / "vlm_benchmark_test_dataset.py"), f"--model_path={model}",
-                            f"--test_json={test}", f"--report_dir={Path(work) / ('report-' + name)}"], env=env,
-                           check=True, cwd=work)
+                            f"--test_json={test}", f"--report_dir={Path(work) / ('report-' + name)}"],
+                           env={**env, "OMP_NUM_THREADS": "1"}, check=True, cwd=work)
             images = len(json.loads(test.read_text())["samples"])
             results["eval", name] = {"wall_s": (time.perf_counter() - wall) / images,
                                      "cpu_s": (children_cpu() - cpu) / images, "images": images}
