@@ -87,8 +87,8 @@ def page_rows(browser):
     """The results table's rows as shown: [image, class, probability]."""
     from selenium.webdriver.common.by import By
     rows = []
-    for tr in browser.find_elements(By.CSS_SELECTOR, "#results tbody tr"):
-        cells = [td.text.strip() for td in tr.find_elements(By.TAG_NAME, "td")]
+    for row in browser.find_elements(By.CSS_SELECTOR, "#results [role=row]"):
+        cells = [cell.text.strip() for cell in row.find_elements(By.CSS_SELECTOR, "[role=gridcell]")]
         if len(cells) == 3 and all(cells):
             rows.append(cells)
     return rows
@@ -126,13 +126,15 @@ def test_page_in_a_browser_shows_what_vlm_test_prints(app, fine_tuned_smolvlm, t
         browser.get(app)
         upload(fake)
         wait.until(lambda b: "fake.png: not an image" in b.find_element(By.ID, "messages").text)
+        browser.save_screenshot(str(ARTIFACTS / "app-page-not-an-image.png"))
+        browser.get(app)
         upload(notes)  # refused by the page itself, before it reaches the app
         wait.until(lambda b: "notes.txt" in " ".join(t.text for t in b.find_elements(By.CSS_SELECTOR, ".toast-body")))
-        browser.save_screenshot(str(ARTIFACTS / "app-page-bad-files.png"))
 
         browser.get(app)  # the app still answers; an example is one click away
         example = wait.until(lambda b: b.find_elements(By.XPATH, "//button[contains(., 'red_')]"))[0]
-        wait.until(lambda b: (r := page_rows(example.click() or b)) and r[0][0] == example.text.strip())
+        example.click()
+        wait.until(lambda b: (r := page_rows(b)) and r[0][0] == example.text.strip())
         assert page_rows(browser)[0][1] == "red"
     finally:
         browser.quit()
@@ -148,7 +150,7 @@ def test_api_endpoint_gives_the_numbers_of_vlm_test(app, fine_tuned_smolvlm, tmp
                                            api_name="/classify")
     top = table["data"][0]
     assert top[:2] == [image.name, name] and top[2] == pytest.approx(probability, abs=1e-6)
-    assert messages == "" and Image.open(seen[0]["image"]).size == (512, 384)
+    assert messages == "" and Image.open(seen[0]["image"]).size == (512, 512)
 
     table, seen, messages = client.predict([{"image": handle_file(str(p)), "caption": None}
                                             for p in (image, fake, other)], "", api_name="/classify")
@@ -156,16 +158,19 @@ def test_api_endpoint_gives_the_numbers_of_vlm_test(app, fine_tuned_smolvlm, tmp
     assert len(seen) == 2 and "fake.png: not an image" in messages
 
 
-def test_model_view_is_the_image_resized_as_the_model_gets_it(fine_tuned_smolvlm, tiny_smolvlm):
-    image = Image.fromarray(np.full((48, 64, 3), COLOURS["red"], dtype=np.uint8))
+def test_model_view_is_the_image_as_the_model_gets_it(fine_tuned_smolvlm, tiny_smolvlm):
+    """SmolVLM squeezes an image without tiles into one 512 px square; with tiles, the last is the whole image."""
+    pixels = np.zeros((48, 64, 3), dtype=np.uint8)
+    pixels[:, :32], pixels[:, 32:] = COLOURS["red"], COLOURS["blue"]
     processor, _ = load_tiny(fine_tuned_smolvlm / "finetuned")
-    view = model_view(processor, image)
-    assert view.size == (512, 384)
-    assert np.abs(np.asarray(view, dtype=float).mean((0, 1)) - COLOURS["red"]).max() < 2
-    shipped, _ = load_tiny(tiny_smolvlm)  # SmolVLM's shipped setting: tiles plus a global view
-    shipped.image_processor.do_image_splitting = True
-    shipped.image_processor.size = {"longest_edge": 2048}
-    assert model_view(shipped, Image.new("RGB", (1600, 1200), "blue")).size == (512, 384)
+    view = np.asarray(model_view(processor, Image.fromarray(pixels)), dtype=float)
+    assert view.shape == (512, 512, 3)
+    assert np.abs(view[:, :200].mean((0, 1)) - COLOURS["red"]).max() < 2
+    assert np.abs(view[:, -200:].mean((0, 1)) - COLOURS["blue"]).max() < 2
+    tiled, _ = load_tiny(tiny_smolvlm)
+    tiled.image_processor.do_image_splitting, tiled.image_processor.size = True, {"longest_edge": 2048}
+    view = np.asarray(model_view(tiled, Image.fromarray(np.repeat(np.repeat(pixels, 25, 0), 25, 1))), dtype=float)
+    assert view.shape == (512, 512, 3) and np.abs(view[:, -200:].mean((0, 1)) - COLOURS["blue"]).max() < 2
 
 
 def test_examples_are_the_recorded_test_images_from_every_class(fine_tuned_smolvlm, monkeypatch, tmp_path):

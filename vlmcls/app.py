@@ -15,19 +15,14 @@ MONO_FONTS = ["ui-monospace", "monospace"]
 
 
 def model_view(processor, image):
-    """The image as the model receives it: resized by the processor's image processor, its padding cut away,
-    its normalisation undone. With tiling, the last tile, which is the global view of the whole image."""
+    """The image as the model receives it: resized (SmolVLM without tiles: squeezed into one square tile) by the
+    processor's image processor, its normalisation undone. With tiles, the last, the view of the whole image."""
     import numpy as np
     from PIL import Image
     image_processor = processor.image_processor
     batch = image_processor(images=[image], return_tensors="pt")
     pixels = batch["pixel_values"].float().numpy()
     tile = pixels.reshape(-1, *pixels.shape[-3:])[-1]
-    if "pixel_attention_mask" in batch:
-        mask = batch["pixel_attention_mask"].numpy()
-        mask = mask.reshape(-1, *mask.shape[-2:])[-1]
-        rows, columns = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        tile = tile[:, rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
     if image_processor.do_normalize:
         tile = tile * np.array(image_processor.image_std)[:, None, None] + \
             np.array(image_processor.image_mean)[:, None, None]
@@ -109,11 +104,14 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
                                   interactive=False, format="png", elem_id="seen")
         outputs = [table, seen, messages]
         button.click(classify, [images, class_names], outputs, api_name="classify", concurrency_id="model")
-        # A change of the images (an upload, a paste, a click on an example) classifies them at once.
-        images.change(classify, [images, class_names], outputs, api_visibility="private", concurrency_id="model")
+        # New images (an upload, a paste, a click on an example) are classified at once.
+        images.upload(classify, [images, class_names], outputs, api_visibility="private", concurrency_id="model")
         if examples:
-            gr.Examples([[[path]] for path in examples], inputs=[images], label="Test images: click one to classify it",
-                        examples_per_page=len(examples), example_labels=[Path(path).name for path in examples])
+            shown = gr.Examples([[[path]] for path in examples], inputs=[images], examples_per_page=len(examples),
+                                label="Test images: click one to classify it",
+                                example_labels=[Path(path).name for path in examples])
+            shown.load_input_event.then(classify, [images, class_names], outputs, api_visibility="private",
+                                        concurrency_id="model")
     return page
 
 
