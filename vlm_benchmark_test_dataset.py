@@ -6,7 +6,7 @@ predictions.csv and confusion_matrix.png next to the model (or to REPORT_DIR).
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.evaluation import evaluate_models
 from vlmcls.images import read_dataset_json
-from vlmcls.models import DEVICES, DTYPES
+from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
 from vlmcls.prediction import PREDICTIONS
 
 MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to evaluate: local folder or Hub id
@@ -21,6 +21,7 @@ ENLARGE_IMAGES = False  # resize smaller images up to the longest edge, as the p
 NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1: one per CPU core
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
+QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved
 
 
 def main():
@@ -32,9 +33,10 @@ def main():
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                     enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,
                     max_pixels=data["max_image_pixels"], report_dir=REPORT_DIR, report_name="test_set",
-                    record=settings_of(globals()))
+                    quantize=QUANTIZE, record=settings_of(globals()))
 
 
 if __name__ == "__main__":
-    configure(globals(), choices={"PREDICTION": PREDICTIONS, "DEVICE": DEVICES, "DTYPE": DTYPES})
+    configure(globals(), choices={"PREDICTION": PREDICTIONS, "DEVICE": DEVICES, "DTYPE": DTYPES,
+                                  "QUANTIZE": QUANTIZATIONS})
     run_main(main)

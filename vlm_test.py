@@ -8,7 +8,7 @@ from pathlib import Path
 from vlmcls.cli import UserError, configure, run_main, settings_of
 from vlmcls.evaluation import evaluate_models
 from vlmcls.images import class_folders, list_files, print_skipped, scan_images
-from vlmcls.models import DEVICES, DTYPES, saved_classes
+from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS, classes_and_question
 from vlmcls.prediction import PREDICTIONS
 from vlmcls.prompt import classification_question
 
@@ -26,6 +26,7 @@ ENLARGE_IMAGES = False  # resize smaller images up to the longest edge, as the p
 NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1: one per CPU core
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
+QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved
 
 
 def labelled_images():
@@ -42,14 +43,11 @@ def labelled_images():
 
 def classes_for_unlabelled():
     """Class names and question for unlabelled images: CLASSES, or those saved with the model and its question."""
-    if CLASSES:
-        return CLASSES, classification_question(CLASSES)
-    saved = saved_classes(MODEL_PATH)
-    if not saved:
+    found = classes_and_question(MODEL_PATH, CLASSES)
+    if not found:
         raise UserError("unlabelled images: give the class names with --classes='[\"a\", \"b\"]' "
                         f"(no classes.json saved with {MODEL_PATH})")
-    # The model was trained on its own question: asked it word for word, it answers as it learned to.
-    return saved["classes"], saved["question"]
+    return found
 
 
 def main():
@@ -65,10 +63,11 @@ def main():
                     mode=PREDICTION, batch_size=BATCH_SIZE, device=DEVICE, dtype=DTYPE,
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                     enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,
-                    max_pixels=MAX_IMAGE_PIXELS, report_dir=REPORT_DIR,
+                    max_pixels=MAX_IMAGE_PIXELS, report_dir=REPORT_DIR, quantize=QUANTIZE,
                     report_name="full_dataset" if labels else "predictions", record=settings_of(globals()))
 
 
 if __name__ == "__main__":
-    configure(globals(), choices={"PREDICTION": PREDICTIONS, "DEVICE": DEVICES, "DTYPE": DTYPES})
+    configure(globals(), choices={"PREDICTION": PREDICTIONS, "DEVICE": DEVICES, "DTYPE": DTYPES,
+                                  "QUANTIZE": QUANTIZATIONS})
     run_main(main)

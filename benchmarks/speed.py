@@ -29,9 +29,12 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in 
 import fine_tune  # noqa: E402
 from vlmcls.cli import configure, run_main, settings_of  # noqa: E402
 from vlmcls.files import atomic_write  # noqa: E402
+from vlmcls.app import example_images  # noqa: E402
+from vlmcls.images import read_dataset_json  # noqa: E402
 from vlmcls.inputs import InputEncoder  # noqa: E402
-from vlmcls.models import end_token_ids, load_model, load_processor, pick_device, pick_dtype, set_resolution  # noqa: E402
-from vlmcls.prediction import PromptBatches, predict_generate, predict_scores  # noqa: E402
+from vlmcls.models import end_token_ids, load_for_inference, load_model, load_processor, pick_device, pick_dtype, \
+    quantize_model, set_resolution  # noqa: E402
+from vlmcls.prediction import PromptBatches, evaluate, predict_generate, predict_scores, score_mode  # noqa: E402
 from vlmcls.prompt import classification_question, render_segments  # noqa: E402
 from vlmcls.training import answer_only_collator, prepare_model  # noqa: E402
 
@@ -50,6 +53,9 @@ EPOCHS = 3  # epochs of that input-path run
 EVAL_IMAGES = 200  # 800x600 JPEGs that vlm_benchmark_test_dataset.py evaluates with the tiny model (0: skip)
 BASELINE = "ea2cf45"  # the commit whose input path and evaluation script are the "before" of those comparisons
 SEED = 0  # seed for the random weights and images
+INT8 = False  # instead of the above: fp32 against int8 weights (QUANTIZE=int8), speed, memory and agreement
+AGREEMENT_IMAGES = 40  # INT8: elpv test images on which the full-size model's fp32 and int8 predictions are compared
+FINE_TUNE_STEPS = 300  # INT8: fine_tune.py steps of the tiny model on elpv images, whose predictions are compared
 JOB = ""  # internal: one measurement as JSON, run by the benchmark in a fresh process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,7 +210,8 @@ def run_job(job):
     torch.manual_seed(SEED)
     ft = fine_tune_settings(CONFIG_FLAGS[job["config"]])
     device = pick_device(DEVICE)
-    result = (train_job if job["phase"] == "train" else eval_job)(job, torch, ft, device)
+    jobs = {"train": train_job, "eval": eval_job, "int8": int8_job, "agreement": agreement_job}
+    result = jobs[job["phase"]](job, torch, ft, device)
     result["base_gb"] = base_gb
     result.update(threads=torch.get_num_threads(), device=device, load=os.getloadavg()[0])
     atomic_write(job["result"], json.dumps(result))
@@ -241,14 +248,15 @@ def build_model(folder):
     model.save_pretrained(folder)  # replaces the tiny model's weights and config
 
 
-def run_worker(phase, config, size, model_dir, work):
-    """One measurement in a fresh process, so that its peak memory is its own."""
-    result = Path(work) / f"{phase}-{config}-{size}.json"
-    job = {"phase": phase, "config": config, "size": size, "model": str(model_dir), "result": str(result)}
-    print(f"\n--- {phase}: {config}, {size} ---", flush=True)
+def run_worker(phase, config, size, model_dir, work, label="", **extra):
+    """One measurement in a fresh process, so that its peak memory is its own; `extra` goes into its job."""
+    label = label or f"{phase} {config} {size}"
+    result = Path(work) / f"{label.replace(' ', '-')}.json"
+    job = {"phase": phase, "config": config, "size": size, "model": str(model_dir), "result": str(result), **extra}
+    print(f"\n--- {label} ---", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     subprocess.run([sys.executable, __file__, *sys.argv[1:], f"--job={json.dumps(job)}"], env=env, check=True)
-    return {**json.loads(result.read_text()), "job": f"{phase} {config} {size}"}
+    return {**json.loads(result.read_text()), "job": label}
 
 
 def measure(model_dir, work):
@@ -407,6 +415,133 @@ Targets:
 {targets(results)}
 """
 
+# ---------------------------------------------------------------- fp32 against int8 weights (--int8=true)
+
+def int8_job(job, torch, ft, device):
+    """Seconds per image in score mode, memory once loaded and peak memory, with the model loaded as the
+    evaluation scripts and the app load it with QUANTIZE=job["quantize"]."""
+    processor, model = load_for_inference(job["model"], device=device, dtype=torch.float32, quantize=job["quantize"],
+                                          image_longest_edge=ft.IMAGE_LONGEST_EDGE,
+                                          image_splitting=ft.IMAGE_SPLITTING)
+    loaded_gb = memory_gb("VmRSS")
+    images = make_images(job["size"], WARMUP + IMAGES)
+    question = classification_question(CLASSES)
+    prompts = PromptBatches(processor, question, 10**9, ft.ENLARGE_IMAGES)
+    for image in images[:WARMUP]:
+        score_mode(model, processor, prompts([image]), question, CLASSES)
+    score_s, score_cpu = mean([timed(torch, device,
+                                     lambda: score_mode(model, processor, prompts([im]), question, CLASSES))
+                               for im in images[WARMUP:]])
+    return {"score_s": score_s, "score_cpu": score_cpu, "loaded_gb": loaded_gb, "peak_gb": peak_gb(torch, device)}
+
+
+def agreement_job(job, torch, ft, device):
+    """One model's score-mode predictions on the same test images in fp32, then with int8 weights."""
+    data = read_dataset_json(job["test_json"])
+    paths = example_images(job["model"], job["test_json"], job["limit"] or len(data["samples"]))
+    label = {s["image"]: s["label"] for s in data["samples"]}
+    processor, model = load_for_inference(job["model"], device="cpu", dtype=torch.float32, quantize="none",
+                                          image_longest_edge=ft.IMAGE_LONGEST_EDGE,
+                                          image_splitting=ft.IMAGE_SPLITTING)
+    runs = {}
+    for how in ("none", "int8"):
+        model = quantize_model(model, how, "cpu")
+        runs[how] = evaluate(model, processor, paths, data["question"], data["classes"], "score", 8,
+                             data["max_image_pixels"], desc=f"agreement, {how}")
+    pairs = list(zip(runs["none"], runs["int8"]))
+    return {"images": len(paths), "identical": sum(a["pred"] == b["pred"] for a, b in pairs),
+            "max_prob_diff": max(abs(a["probs"][c] - b["probs"][c]) for a, b in pairs for c in data["classes"]),
+            **{f"accuracy_{how}": sum(r["pred"] == label[p] for p, r in zip(paths, results)) / len(paths)
+               for how, results in runs.items()},
+            "predicted_classes": len({r["pred"] for r in runs["none"]}), "classes": len(data["classes"]),
+            "peak_gb": peak_gb(torch, device)}
+
+
+def elpv_test_json(work):
+    """elpv's solar-cell images split as the pipeline splits them, and a tiny SmolVLM fine-tuned on them with
+    fine_tune.py (a real fine-tune; the full-size model cannot be fine-tuned on 2 CPU cores in reasonable time).
+    Returns (test JSON, fine-tuned model folder)."""
+    from tiny_models import build_tiny_smolvlm
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for script, *flags in [
+            ("download_dataset.py", "--source=elpv", "--dataset_dir=elpv"),
+            ("generate_train_json.py", "--dataset_dir=elpv", "--train_json=train.json", "--test_json=test.json"),
+            ("fine_tune.py", f"--model_path={build_tiny_smolvlm(Path(work) / 'tiny')}", "--output_dir=tiny-elpv",
+             "--train_json=train.json", "--test_json=", f"--max_steps={FINE_TUNE_STEPS}",
+             "--gradient_accumulation_steps=1", "--learning_rate=3e-3", "--warmup_steps=20", f"--seed={SEED}")]:
+        print(f"\n--- {script} {' '.join(flags)} ---", flush=True)
+        subprocess.run([sys.executable, str(ROOT / script), *flags], cwd=work, env=env, check=True)
+    return Path(work) / "test.json", Path(work) / "tiny-elpv"
+
+
+def int8_report(speed, agreement, started, elapsed):
+    """The int8 comparison as markdown: speed and memory per image size, agreement per model, targets."""
+    lines = ["| image | measure | fp32 | int8 | fp32 / int8 |", "|---|---|---|---|---|"]
+    for size in SIZES:
+        fp32, int8 = speed["none", size], speed["int8", size]
+        lines += [f"| {size} | score: s/image, wall (CPU) | {seconds('score')[0](fp32)} | {seconds('score')[0](int8)} "
+                  f"| {seconds('score')[1](fp32, int8)} |",
+                  f"| {size} | memory once loaded, GB | {fp32['loaded_gb']:.2f} | {int8['loaded_gb']:.2f} "
+                  f"| {ratio(fp32['loaded_gb'], int8['loaded_gb'])} |",
+                  f"| {size} | peak memory GB | {gigabytes(fp32)} | {gigabytes(int8)} | {gigabytes_ratio(fp32, int8)} |"]
+    lines += ["", "| model (weights) | images | identical predictions | largest probability difference | "
+              "fp32 accuracy | int8 accuracy | classes predicted (fp32) |", "|---|---|---|---|---|---|---|"]
+    for name, r in agreement.items():
+        lines.append(f"| {name} | {r['images']} | {r['identical'] / r['images']:.1%} ({r['identical']}/{r['images']}) "
+                     f"| {r['max_prob_diff']:.4f} | {r['accuracy_none']:.3f} | {r['accuracy_int8']:.3f} "
+                     f"| {r['predicted_classes']} of {r['classes']} |")
+    checks = []
+    for size in SIZES:
+        fp32, int8 = speed["none", size], speed["int8", size]
+        checks += [(f"{size}: int8 at least 1.4x faster per image ({seconds('score')[1](fp32, int8)})",
+                    fp32["score_s"] >= 1.4 * int8["score_s"]),
+                   (f"{size}: less peak memory with int8 ({int8['peak_gb']:.2f} vs {fp32['peak_gb']:.2f} GB)",
+                    int8["peak_gb"] < fp32["peak_gb"])]
+    checks += [(f"{name}: at least 98% identical predictions ({r['identical'] / r['images']:.1%})",
+                r["identical"] >= 0.98 * r["images"]) for name, r in agreement.items()]
+    first = next(iter(speed.values()))
+    model = "the tests' tiny SmolVLM" if TINY else \
+        f"SmolVLM-256M-Instruct's architecture ({SMOLVLM_256M_PARAMETERS:,} parameters)"
+    return f"""# CPU prediction: fp32 against int8 weights (QUANTIZE=int8)
+
+Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py {' '.join(sys.argv[1:])}`
+
+- Run {started}, {elapsed / 60:.1f} min, on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs),
+  torch threads {first['threads']}; 1-minute load average at the end of each measurement:
+  {", ".join(f"{r['job']} {r['load']:.1f}" for r in [*speed.values(), *agreement.values()])}.
+- int8: torch's dynamic quantisation of every linear layer (int8 weights, activations quantised per batch),
+  applied by vlmcls.models.quantize_model after loading, as the scripts do with --quantize=int8.
+- Speed and memory: {model}, random weights, score mode (vlmcls.prediction.score_mode) on one image at a
+  time, {WARMUP} warm-up + {IMAGES} timed images, mean; fine_tune.py's image settings (512 px, one tile).
+  Each measurement in a fresh process; memory is the process's RSS once the model is loaded (and
+  quantised), and its peak (VmHWM), which includes the float32 weights that int8 starts from.
+- Agreement: the same elpv solar-cell test images (download_dataset.py --source=elpv, split by
+  generate_train_json.py), predicted in fp32 and then with int8 weights by the same model in one process.
+  "tiny, fine-tuned" is the tests' tiny SmolVLM fine-tuned by fine_tune.py for {FINE_TUNE_STEPS} steps on
+  the elpv training images, all test images; "256M, random weights" is the full-size architecture above,
+  untrained, on {AGREEMENT_IMAGES} of them (taken from each class in turn). Random weights put the classes'
+  probabilities close together, so they are a harder test of agreement than a trained model; the full-size
+  model could not be fine-tuned on this machine in reasonable time.
+
+{chr(10).join(lines)}
+
+Targets:
+{chr(10).join(f"- {'met' if ok else 'MISSED'}: {text}" for text, ok in checks)}
+"""
+
+
+def compare_int8(model_dir, work):
+    """fp32 against int8: speed and memory for each image size, agreement of the two on elpv images."""
+    started, start = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.perf_counter()
+    speed = {(how, size): run_worker("int8", "defaults", size, model_dir, work, label=f"{size} {how}",
+                                     quantize=how) for size in SIZES for how in ("none", "int8")}
+    test_json, fine_tuned = elpv_test_json(work)
+    agreement = {name: run_worker("agreement", "defaults", "elpv", model, work, label=f"agreement {label}",
+                                  test_json=str(test_json), limit=limit)
+                 for name, label, model, limit in [("tiny, fine-tuned", "tiny", fine_tuned, 0),
+                                                   ("256M, random weights", "256M", model_dir, AGREEMENT_IMAGES)]}
+    return int8_report(speed, agreement, started, time.perf_counter() - start)
+
 
 def baseline_tree(work):
     """The BASELINE commit's files, for the "before" side of the input-path and evaluation comparisons."""
@@ -492,19 +627,25 @@ def main():
     started, load_before, start = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), os.getloadavg(), \
         time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="speed-benchmark-") as work:
-        inputs = input_comparisons(work) if INPUT_IMAGES or EVAL_IMAGES else {}
-        results = {}
-        if STEPS or IMAGES:
+        if INT8:
             model_dir = Path(work) / "model"
             build_model(model_dir)
-            results = measure(model_dir, work)
-    text = (report(results, started, load_before, time.perf_counter() - start) if results else
-            f"# Input path and evaluation: before and now\n\nCommand: `HF_HUB_OFFLINE=1 .venv/bin/python "
-            f"benchmarks/speed.py {' '.join(sys.argv[1:])}`\n") + \
-        (f"\n## Input path and evaluation end to end, before and now (run {started})\n\n{input_table(inputs)}\n"
-         if inputs else "")
+            text = compare_int8(model_dir, work)
+        else:
+            inputs = input_comparisons(work) if INPUT_IMAGES or EVAL_IMAGES else {}
+            results = {}
+            if STEPS or IMAGES:
+                model_dir = Path(work) / "model"
+                build_model(model_dir)
+                results = measure(model_dir, work)
+            text = (report(results, started, load_before, time.perf_counter() - start) if results else
+                    f"# Input path and evaluation: before and now\n\nCommand: `HF_HUB_OFFLINE=1 .venv/bin/python "
+                    f"benchmarks/speed.py {' '.join(sys.argv[1:])}`\n") + \
+                (f"\n## Input path and evaluation end to end, before and now (run {started})\n\n"
+                 f"{input_table(inputs)}\n" if inputs else "")
     print("\n" + text)
-    output = OUTPUT or ROOT / "benchmarks" / ("results-tiny.md" if TINY else "results.md")
+    name = ("results-int8" if INT8 else "results") + ("-tiny" if TINY else "")
+    output = OUTPUT or ROOT / "benchmarks" / f"{name}.md"
     atomic_write(output, text)
     print(f"written to {output}")
 

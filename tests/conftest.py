@@ -104,3 +104,16 @@ def load_tiny(folder):
     processor = load_processor(str(folder))
     set_resolution(processor, 512, False)
     return processor, load_model(str(folder), torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def fine_tuned_smolvlm(tmp_path_factory, tiny_smolvlm):
+    """A tiny SmolVLM fine-tuned by fine_tune.py on colour images (about 40 s): its work folder, where the
+    scripts ran and the split JSON files are, with the model in work/finetuned."""
+    work = tmp_path_factory.mktemp("fine-tuned")
+    make_colour_images(work / "data", per_class=12)
+    run_script("generate_train_json.py", "--dataset_dir=data", "--train_ratio=0.5", cwd=work)
+    run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", "--output_dir=finetuned", "--max_steps=60",
+               "--per_device_train_batch_size=4", "--gradient_accumulation_steps=1", "--learning_rate=3e-3",
+               "--warmup_steps=5", "--logging_steps=20", "--save_steps=1000", cwd=work)
+    return work

@@ -5,7 +5,7 @@ from pathlib import Path
 from .compat import library_versions
 from .files import write_csv
 from .inputs import auto_workers
-from .models import load_model, load_processor, pick_device, pick_dtype, set_resolution
+from .models import load_for_inference, pick_device, pick_dtype
 from .prediction import evaluate
 from .report import PREDICTION_HEADER, prediction_rows, print_accuracy, print_comparison, write_report
 
@@ -19,19 +19,20 @@ def default_report_dir(model_path, name):
 
 def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,
                     image_longest_edge, image_splitting, enlarge_images, num_workers, max_pixels, report_dir,
-                    report_name, record=None):
+                    report_name, quantize="none", record=None):
     """Evaluate each model on the same images, print the original's lines for each and, for two or more,
     a side-by-side table. With labels, writes report.json, predictions.csv and confusion_matrix.png;
     without, predictions.csv only; report.json also records `record` (the script's settings) and the library
-    versions. Returns each model's metrics (None without labels)."""
+    versions. `quantize` ("none" or "int8") applies to every model. Returns each model's metrics (None without
+    labels)."""
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
     outcomes = []
     for model_path in model_paths:
-        print(f"\n=== {model_path} ({len(paths)} images, {mode} mode, {device}) ===\nquestion: {question}")
-        processor = load_processor(model_path)
-        set_resolution(processor, image_longest_edge, image_splitting)
-        model = load_model(model_path, dtype, device).eval()
+        int8 = ", int8" if quantize == "int8" else ""
+        print(f"\n=== {model_path} ({len(paths)} images, {mode} mode, {device}{int8}) ===\nquestion: {question}")
+        processor, model = load_for_inference(model_path, device=device, dtype=dtype, quantize=quantize,
+                                              image_longest_edge=image_longest_edge, image_splitting=image_splitting)
         results = evaluate(model, processor, paths, question, classes, mode, batch_size, max_pixels,
                            enlarge=enlarge_images, workers=auto_workers(num_workers))
         out = Path(report_dir) / Path(model_path).name if report_dir and len(model_paths) > 1 else \

@@ -4,9 +4,11 @@ import re
 from pathlib import Path
 
 from .cli import OneOf, UserError
+from .prompt import classification_question
 
 DEVICES = OneOf("auto", "cuda", "mps", "cpu", other=("cuda:N", lambda v: re.fullmatch(r"cuda:\d+", v)))
 DTYPES = OneOf("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = OneOf("none", "int8")
 VISION_MODULES = ("vision_model", "vision_tower", "visual")  # the vision encoder's name in each family
 
 
@@ -125,6 +127,37 @@ def load_model(model_path, dtype, device=None):
     return model.to(device) if device is not None else model
 
 
+def quantize_model(model, how, device):
+    """The model with int8 weights in its linear layers ('int8'), or as it is ('none').
+
+    Dynamic quantisation: weights are stored as int8, activations are quantised on the fly per batch. It
+    runs on the CPU only, with float32 weights to start from.
+    """
+    import warnings
+
+    import torch
+    if how == "none":
+        return model
+    if str(device) != "cpu":
+        raise UserError(f"quantize={how} runs on the CPU only (dynamic int8 quantisation has no {device} kernels); "
+                        "use --device=cpu, or --quantize=none")
+    if model.dtype != torch.float32:
+        raise UserError(f"quantize={how} starts from float32 weights, not {model.dtype}: use --dtype=float32 or auto")
+    from torch.ao.quantization import quantize_dynamic
+    with warnings.catch_warnings():  # torch announces the move of this API to torchao; it works in the pinned torch
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+
+def load_for_inference(model_path, *, device, dtype, image_longest_edge, image_splitting, quantize):
+    """Processor at the chosen resolution and model in eval mode on `device` (device and dtype as picked),
+    quantised as asked: how the evaluation scripts and the app load a model."""
+    processor = load_processor(model_path)
+    set_resolution(processor, image_longest_edge, image_splitting)
+    return processor, quantize_model(load_model(model_path, dtype).eval(), quantize, device).to(device)
+
 
 def find_vision_encoder(model):
     inner = getattr(model, "model", model)
@@ -138,3 +171,12 @@ def saved_classes(model_path):
     """The class list and question fine_tune.py saved with a model, or None."""
     path = Path(model_path) / "classes.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def classes_and_question(model_path, classes):
+    """`classes` with the classification question, else the classes saved with the model and the question it
+    was trained on (asked word for word, it answers as it learned to); None when there are neither."""
+    if classes:
+        return list(classes), classification_question(classes)
+    saved = saved_classes(model_path)
+    return (saved["classes"], saved["question"]) if saved else None

@@ -1,0 +1,202 @@
+"""vlm_app.py: the page in a real browser, its API through gradio_client, and the parts it is built from."""
+import csv
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import COLOURS, ROOT, load_tiny, run_script
+from vlmcls.app import build_page, example_images, model_view
+
+ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots of the page, kept after the run (ignored by git)
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url, proc, log, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"vlm_app.py exited ({proc.returncode}):\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"vlm_app.py did not answer within {timeout} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def app(fine_tuned_smolvlm):
+    """vlm_app.py serving the fine-tuned model, started as a user starts it; yields its URL."""
+    url, log = f"http://127.0.0.1:{free_port()}/", fine_tuned_smolvlm / "app.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "vlm_app.py"), "--model_path=finetuned",
+                                 f"--port={url.rsplit(':', 1)[1].strip('/')}"], cwd=fine_tuned_smolvlm,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+    try:
+        wait_until_up(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def vlm_test_says(work, image):
+    """(class, probability to 3 decimals as printed, probability to 6 decimals from predictions.csv)."""
+    report = work / "reports" / image.stem
+    out = run_script("vlm_test.py", "--model_path=finetuned", f"--dataset_dir={image}", f"--report_dir={report}",
+                     cwd=work).stdout
+    name, printed = re.search(rf"{re.escape(str(image))}: (\S+) \((\d\.\d+)\)", out).groups()
+    row = next(csv.DictReader(open(report / "predictions.csv")))
+    return name, float(printed), float(row["probability"])
+
+
+def bad_files(folder):
+    """A file named .png that is not an image, and a text file."""
+    (folder / "fake.png").write_bytes(b"not an image at all")
+    (folder / "notes.txt").write_text("a text file")
+    return folder / "fake.png", folder / "notes.txt"
+
+
+def chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+def page_rows(browser):
+    """The results table's rows as shown: [image, class, probability]."""
+    from selenium.webdriver.common.by import By
+    rows = []
+    for row in browser.find_elements(By.CSS_SELECTOR, "#results [role=row]"):
+        cells = [cell.text.strip() for cell in row.find_elements(By.CSS_SELECTOR, "[role=gridcell]")]
+        if len(cells) == 3 and all(cells):
+            rows.append(cells)
+    return rows
+
+
+def test_page_in_a_browser_shows_what_vlm_test_prints(app, fine_tuned_smolvlm, tmp_path):
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip(f"no {CHROMIUM} or {CHROMEDRIVER}: apt-get install chromium chromium-driver (.ci/run does)")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = fine_tuned_smolvlm / "data" / "green" / "green_03.png"
+    name, probability, _ = vlm_test_says(fine_tuned_smolvlm, image)
+    fake, notes = bad_files(tmp_path)
+    browser = chromium()
+    wait = WebDriverWait(browser, 60)
+
+    def upload(path):
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#images input[type=file]"))[0].send_keys(str(path))
+
+    try:
+        browser.get(app)
+        upload(image)
+        rows = wait.until(lambda b: (r := page_rows(b)) and r[0][0] == image.name and r)
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "app-page.png"))
+        assert [rows[0][1], round(float(rows[0][2]), 3)] == [name, probability]
+        assert sorted(r[1] for r in rows) == sorted(COLOURS)
+        shown = [float(r[2]) for r in rows]
+        assert shown == sorted(shown, reverse=True) and sum(shown) == pytest.approx(1, abs=1e-4)
+        seen = browser.find_element(By.CSS_SELECTOR, "#seen img")
+        assert browser.execute_script("return arguments[0].naturalWidth", seen) == 512  # resized from 64 px
+        assert f"{image.name}: {name} ({probability:.3f})" in browser.find_element(By.ID, "seen").text
+
+        browser.get(app)
+        upload(fake)
+        wait.until(lambda b: "fake.png: not an image" in b.find_element(By.ID, "messages").text)
+        browser.save_screenshot(str(ARTIFACTS / "app-page-not-an-image.png"))
+        browser.get(app)
+        upload(notes)  # refused by the page itself, before it reaches the app
+        wait.until(lambda b: "notes.txt" in " ".join(t.text for t in b.find_elements(By.CSS_SELECTOR, ".toast-body")))
+
+        browser.get(app)  # the app still answers; an example is one click away
+        example = wait.until(lambda b: b.find_elements(By.XPATH, "//button[contains(., 'red_')]"))[0]
+        example.click()
+        wait.until(lambda b: (r := page_rows(b)) and r[0][0] == example.text.strip())
+        assert page_rows(browser)[0][1] == "red"
+    finally:
+        browser.quit()
+
+
+def test_api_endpoint_gives_the_numbers_of_vlm_test(app, fine_tuned_smolvlm, tmp_path):
+    from gradio_client import Client, handle_file
+    image, other = (fine_tuned_smolvlm / "data" / name for name in ("blue/blue_02.png", "red/red_05.png"))
+    name, _, probability = vlm_test_says(fine_tuned_smolvlm, image)
+    fake, _ = bad_files(tmp_path)
+    client = Client(app, verbose=False)
+    table, seen, messages = client.predict([{"image": handle_file(str(image)), "caption": None}], "",
+                                           api_name="/classify")
+    top = table["data"][0]
+    assert top[:2] == [image.name, name] and top[2] == pytest.approx(probability, abs=1e-6)
+    assert messages == "" and Image.open(seen[0]["image"]).size == (512, 512)
+
+    table, seen, messages = client.predict([{"image": handle_file(str(p)), "caption": None}
+                                            for p in (image, fake, other)], "", api_name="/classify")
+    assert [row[0] for row in table["data"]] == [image.name] * 3 + [other.name] * 3
+    assert len(seen) == 2 and "fake.png: not an image" in messages
+
+
+def test_model_view_is_the_image_as_the_model_gets_it(fine_tuned_smolvlm, tiny_smolvlm):
+    """SmolVLM squeezes an image without tiles into one 512 px square; with tiles, the last is the whole image."""
+    pixels = np.zeros((48, 64, 3), dtype=np.uint8)
+    pixels[:, :32], pixels[:, 32:] = COLOURS["red"], COLOURS["blue"]
+    processor, _ = load_tiny(fine_tuned_smolvlm / "finetuned")
+    view = np.asarray(model_view(processor, Image.fromarray(pixels)), dtype=float)
+    assert view.shape == (512, 512, 3)
+    assert np.abs(view[:, :200].mean((0, 1)) - COLOURS["red"]).max() < 2
+    assert np.abs(view[:, -200:].mean((0, 1)) - COLOURS["blue"]).max() < 2
+    tiled, _ = load_tiny(tiny_smolvlm)
+    tiled.image_processor.do_image_splitting, tiled.image_processor.size = True, {"longest_edge": 2048}
+    view = np.asarray(model_view(tiled, Image.fromarray(np.repeat(np.repeat(pixels, 25, 0), 25, 1))), dtype=float)
+    assert view.shape == (512, 512, 3) and np.abs(view[:, -200:].mean((0, 1)) - COLOURS["blue"]).max() < 2
+
+
+def test_examples_are_the_recorded_test_images_from_every_class(fine_tuned_smolvlm, monkeypatch, tmp_path):
+    monkeypatch.chdir(fine_tuned_smolvlm)
+    examples = example_images("finetuned", "", 4)
+    assert [Path(p).parent.name for p in examples] == ["blue", "green", "red", "blue"]
+    assert all(Path(p).is_file() for p in examples)
+    assert example_images(str(tmp_path), "", 4) == []  # no run_config.json: no examples
+
+
+def test_a_model_without_class_names_asks_for_them(tiny_smolvlm):
+    from gradio_client import Client, handle_file
+    processor, model = load_tiny(tiny_smolvlm)
+    page = build_page(model, processor, model_path=str(tiny_smolvlm), classes=[], examples=[], batch_size=2,
+                      max_pixels=10**6, quantize="none")
+    asks = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "class_names")
+    assert asks.visible is True
+    page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(page.local_url, verbose=False)
+        path = Path(tiny_smolvlm) / "red.png"
+        Image.new("RGB", (40, 30), COLOURS["red"]).save(path)
+        files = [{"image": handle_file(str(path)), "caption": None}]
+        table, _, messages = client.predict(files, "", api_name="/classify")
+        assert table["data"] == [] and "Give two or more class names" in messages
+        table, _, messages = client.predict(files, "red, green, blue", api_name="/classify")
+        assert sorted(row[1] for row in table["data"]) == ["blue", "green", "red"] and messages == ""
+    finally:
+        page.close()

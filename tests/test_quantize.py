@@ -1,0 +1,49 @@
+"""QUANTIZE=int8: int8 weights in the linear layers on the CPU, predicting as float32 does."""
+import pytest
+import torch
+
+from conftest import load_tiny, report_in, run_script
+from vlmcls.cli import UserError
+from vlmcls.images import read_dataset_json
+from vlmcls.models import quantize_model
+from vlmcls.prediction import evaluate
+
+
+def test_int8_replaces_every_linear_layer_and_predicts_as_float32(fine_tuned_smolvlm):
+    processor, model = load_tiny(fine_tuned_smolvlm / "finetuned")
+    data = read_dataset_json(fine_tuned_smolvlm / "solar_panel_test_dataset.json")
+    args = ([s["image"] for s in data["samples"]], data["question"], data["classes"], "score", 8,
+            data["max_image_pixels"])
+    fp32 = evaluate(model, processor, *args)
+    linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    int8_model = quantize_model(model, "int8", "cpu")
+    int8 = evaluate(int8_model, processor, *args)
+    assert linear > 20 and not any(isinstance(m, torch.nn.Linear) for m in int8_model.modules())
+    assert sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8_model.modules()) == linear
+    same = sum(a["pred"] == b["pred"] for a, b in zip(fp32, int8))
+    differences = [abs(a["probs"][c] - b["probs"][c]) for a, b in zip(fp32, int8) for c in data["classes"]]
+    assert same >= 0.9 * len(fp32)
+    assert 0 < max(differences) < 0.05  # int8 changes the numbers, a little
+
+
+def test_int8_is_refused_off_the_cpu_and_from_half_precision(tiny_smolvlm):
+    _, model = load_tiny(tiny_smolvlm)
+    assert quantize_model(model, "none", "cuda") is model
+    with pytest.raises(UserError, match="CPU only"):
+        quantize_model(model, "int8", "cuda")
+    with pytest.raises(UserError, match="float32 weights, not torch.bfloat16"):
+        quantize_model(model.to(torch.bfloat16), "int8", "cpu")
+
+
+def test_evaluation_scripts_run_int8_and_record_it(fine_tuned_smolvlm):
+    work = fine_tuned_smolvlm
+    out = run_script("vlm_benchmark_test_dataset.py", "--model_path=finetuned", "--quantize=int8",
+                     "--report_dir=int8", cwd=work).stdout
+    report = report_in(work / "int8")
+    assert "cpu, int8)" in out and report["settings"]["quantize"] == "int8" and report["accuracy"] >= 0.9
+    refused = run_script("vlm_test.py", "--model_path=finetuned", "--dataset_dir=data", "--quantize=int8",
+                         "--device=cuda", cwd=work, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "quantize=int8 runs on the CPU only" in refused.stderr
+    wrong = run_script("vlm_test.py", "--quantize=int4", cwd=work, check=False)
+    assert wrong.returncode == 2 and "'int4' is not valid: use none, int8" in wrong.stderr

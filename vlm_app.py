@@ -1,0 +1,41 @@
+"""Step 6: try the classifier in the browser, on one image or several, or call it as an API.
+
+Starts a Gradio page at http://HOST:PORT: drop, paste or pick images and see every class with its
+probability (score mode, as vlm_test.py computes it), the top class first, and each image as the model
+sees it after resizing. The test images are examples one click away. Programs call the endpoint
+/classify, e.g. with gradio_client.
+"""
+from vlmcls.app import build_page, example_images, serve
+from vlmcls.cli import configure, run_main
+from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS, load_for_inference, pick_device, pick_dtype
+
+MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to serve: local folder or Hub id
+HOST = "127.0.0.1"  # address to listen on; "0.0.0.0" lets other machines open the page
+PORT = 7860  # port of the page
+CLASSES = []  # class names; [] = those saved with the model (the page asks when there are none)
+TEST_JSON = ""  # its images become examples; "" = the test JSON fine_tune.py recorded, if it is still there
+EXAMPLES = 12  # at most this many example images, taken from each class in turn
+BATCH_SIZE = 8  # images per forward pass
+MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused (decompression bombs)
+MAX_FILE_MB = 20  # larger uploads are refused
+IMAGE_LONGEST_EDGE = None  # None = the resolution saved with the model
+IMAGE_SPLITTING = None  # None = as saved with the model
+DEVICE = "auto"  # auto, cuda, mps or cpu
+DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
+QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved
+
+
+def main():
+    device = pick_device(DEVICE)
+    processor, model = load_for_inference(MODEL_PATH, device=device, dtype=pick_dtype(device, DTYPE),
+                                          quantize=QUANTIZE, image_longest_edge=IMAGE_LONGEST_EDGE,
+                                          image_splitting=IMAGE_SPLITTING)
+    examples = example_images(MODEL_PATH, TEST_JSON, EXAMPLES)
+    page = build_page(model, processor, model_path=MODEL_PATH, classes=CLASSES, examples=examples,
+                      batch_size=BATCH_SIZE, max_pixels=MAX_IMAGE_PIXELS, quantize=QUANTIZE)
+    serve(page, host=HOST, port=PORT, max_file_mb=MAX_FILE_MB, examples=examples)
+
+
+if __name__ == "__main__":
+    configure(globals(), choices={"DEVICE": DEVICES, "DTYPE": DTYPES, "QUANTIZE": QUANTIZATIONS})
+    run_main(main)

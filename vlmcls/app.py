@@ -1,0 +1,126 @@
+"""The browser page: images in, every class's probability and the image as the model sees it out, also as an API."""
+import itertools
+import json
+from pathlib import Path
+
+from .cli import UserError
+from .images import load_image, read_dataset_json, scan_images
+from .models import classes_and_question, longest_edge_for
+from .prediction import evaluate
+
+RESULT_HEADERS = ["image", "class", "probability"]
+# System fonts: the default theme's web fonts would be fetched from the internet by every browser opening the page.
+FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
+MONO_FONTS = ["ui-monospace", "monospace"]
+
+
+def model_view(processor, image):
+    """The image as the model receives it: resized (never enlarged beyond its own size; SmolVLM without tiles:
+    squeezed into one square tile) by the processor's image processor, its normalisation undone. With tiles, the last, the view of the whole image."""
+    import numpy as np
+    from PIL import Image
+    image_processor = processor.image_processor
+    batch = image_processor(images=[image], return_tensors="pt", **longest_edge_for(image_processor, image))
+    pixels = batch["pixel_values"].float().numpy()
+    tile = pixels.reshape(-1, *pixels.shape[-3:])[-1]
+    if image_processor.do_normalize:
+        tile = tile * np.array(image_processor.image_std)[:, None, None] + \
+            np.array(image_processor.image_mean)[:, None, None]
+    if image_processor.do_rescale:
+        tile = tile / image_processor.rescale_factor
+    return Image.fromarray(np.clip(tile.transpose(1, 2, 0) + 0.5, 0, 255).astype(np.uint8))
+
+
+def classify_files(model, processor, paths, classes, question, *, batch_size, max_pixels):
+    """Score mode over the files, as the evaluation scripts run it. Returns (table rows: every class of each
+    image with its probability, the top class first; [(image as the model sees it, caption)]; one message per
+    file that cannot be used, naming it and saying why)."""
+    good, skipped = scan_images(paths, max_pixels, progress=False)
+    usable = [path for path, _ in good]
+    results = evaluate(model, processor, usable, question, classes, "score", batch_size, max_pixels,
+                       desc="page") if usable else []
+    rows, views = [], []
+    for path, result in zip(usable, results):
+        ranked = sorted(result["probs"].items(), key=lambda item: -item[1])
+        rows += [[Path(path).name, name, probability] for name, probability in ranked]
+        views.append((model_view(processor, load_image(path, max_pixels)),
+                      f"{Path(path).name}: {ranked[0][0]} ({ranked[0][1]:.3f})"))
+    return rows, views, [f"{Path(path).name}: {reason}" for path, reason in skipped]
+
+
+def example_images(model_path, test_json, count):
+    """Up to `count` images of the test JSON, taken from each class in turn; by default the test JSON that
+    fine_tune.py recorded for the model, when it is still there (paths are relative to the current folder)."""
+    if not test_json:
+        config = Path(model_path) / "run_config.json"
+        recorded = json.loads(config.read_text(encoding="utf-8"))["settings"].get("test_json") \
+            if config.is_file() else ""
+        if not recorded or not Path(recorded).is_file():
+            return []
+        test_json = recorded
+    data = read_dataset_json(test_json)
+    by_class = [[s["image"] for s in data["samples"] if s["label"] == name] for name in data["classes"]]
+    in_turn = [path for group in itertools.zip_longest(*by_class) for path in group if path]
+    return list(dict.fromkeys(in_turn))[:count]
+
+
+def parse_class_names(text):
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
+def build_page(model, processor, *, model_path, classes, examples, batch_size, max_pixels, quantize):
+    """The Gradio page. `classes` ([] = those saved with the model) can be replaced on the page; a model with
+    neither gets a field asking for them. Classifying is also the API endpoint /classify."""
+    import gradio as gr
+    default = classes_and_question(model_path, classes)
+
+    def classify(images, class_names):
+        found = classes_and_question(model_path, parse_class_names(class_names) or classes)
+        if not found or len(found[0]) < 2:
+            return [], [], "Give two or more class names, separated by commas."
+        if not images:
+            return [], [], "Drop, paste or pick one image or several."
+        rows, views, problems = classify_files(model, processor, [path for path, _ in images], *found,
+                                               batch_size=batch_size, max_pixels=max_pixels)
+        return rows, views, "\n\n".join(f"**Not classified:** {p}" for p in problems)
+
+    known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"
+    with gr.Blocks(title=f"{Path(model_path).name}: image classifier", analytics_enabled=False) as page:
+        gr.Markdown(f"## {Path(model_path).name}\n{known}. Every class is scored by the likelihood of its answer "
+                    f"(score mode{', int8 weights' if quantize == 'int8' else ''}).")
+        with gr.Row():
+            with gr.Column():
+                images = gr.Gallery(label="Images: drop, paste or pick one or several", type="filepath",
+                                    interactive=True, sources=["upload", "clipboard"], columns=4, height=320,
+                                    elem_id="images")
+                class_names = gr.Textbox(label="Class names, separated by commas", visible=default is None,
+                                         placeholder="e.g. Clean, Dusty, Snow-Covered", elem_id="class_names")
+                button = gr.Button("Classify", variant="primary", elem_id="classify")
+            with gr.Column():
+                messages = gr.Markdown(label="Messages", elem_id="messages")
+                table = gr.Dataframe(headers=RESULT_HEADERS, datatype=["str", "str", "number"], interactive=False,
+                                     label="Every class, most likely first", elem_id="results")
+                seen = gr.Gallery(label="As the model sees it (after resizing)", columns=3, height=320,
+                                  interactive=False, format="png", elem_id="seen")
+        outputs = [table, seen, messages]
+        button.click(classify, [images, class_names], outputs, api_name="classify", concurrency_id="model")
+        # New images (an upload, a paste, a click on an example) are classified at once.
+        images.upload(classify, [images, class_names], outputs, api_visibility="private", concurrency_id="model")
+        if examples:
+            shown = gr.Examples([[[path]] for path in examples], inputs=[images], examples_per_page=len(examples),
+                                label="Test images: click one to classify it",
+                                example_labels=[Path(path).name for path in examples])
+            shown.load_input_event.then(classify, [images, class_names], outputs, api_visibility="private",
+                                        concurrency_id="model")
+    return page
+
+
+def serve(page, *, host, port, max_file_mb, examples):
+    """Start the page and block. Uploads over max_file_mb are refused by Gradio on the page, before any decoding;
+    of the files outside Gradio's upload folder, only the example images may be served."""
+    import gradio as gr
+    try:
+        page.launch(server_name=host, server_port=port, max_file_size=f"{max_file_mb}mb", allowed_paths=examples,
+                    show_error=False, theme=gr.themes.Default(font=FONTS, font_mono=MONO_FONTS))
+    except OSError as e:
+        raise UserError(f"cannot serve on {host}:{port} ({e}); choose another --port") from None
