@@ -22,14 +22,17 @@ def auto_workers(requested):
     return min(share, 8) if share > 1 else 0
 
 
+def through_end(ids, end_ids):
+    """An answer's tokens up to and including its first end token: what training labels and score mode scores.
+    What the chat template adds after it (SmolVLM's newline) is neither: the model should learn to stop."""
+    ends = [i for i, token in enumerate(ids) if token in end_ids]
+    return list(ids[:ends[0] + 1]) if ends else list(ids)
+
+
 def answer_labels(ids, end_ids):
-    """An answer's tokens are learned up to and including its first end token; what the chat template adds after
-    it (SmolVLM's newline) is not: the model should learn to stop."""
-    labels = list(ids)
-    for i, token in enumerate(ids):
-        if token in end_ids:
-            return labels[:i + 1] + [IGNORE] * (len(ids) - i - 1)
-    return labels
+    """Labels of an answer segment: its tokens through its end token, IGNORE after."""
+    kept = through_end(ids, end_ids)
+    return kept + [IGNORE] * (len(ids) - len(kept))
 
 
 class InputEncoder:

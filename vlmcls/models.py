@@ -36,7 +36,6 @@ def pick_dtype(device, name="auto"):
     return torch.float32
 
 
-
 def end_token_ids(processor, model):
     """The token ids generation stops on: the end-of-answer tokens that training must teach."""
     ids = model.generation_config.eos_token_id
@@ -65,12 +64,17 @@ LONGEST_EDGE_SIZE = {
 }
 
 
+def image_family(image_processor):
+    """The image processor's class name without its backend suffix: the key of LONGEST_EDGE_SIZE."""
+    return re.sub(r"(Pil|Fast)$", "", type(image_processor).__name__)
+
+
 def longest_edge_for(image_processor, image, enlarge=False):
     """Image-processor keyword arguments that keep `image` from being enlarged: its longest edge becomes the smaller
     of the setting and its own, and with splitting its tiles follow its own size. {} where the family has no
     longest-edge setting, or where `enlarge` asks for the processor's own behaviour (every image resized up to
     the setting: a 300x300 photo at SmolVLM's shipped 2048 px becomes 17 tiles)."""
-    family = re.sub(r"(Pil|Fast)$", "", type(image_processor).__name__)
+    family = image_family(image_processor)
     size = image_processor.size
     # Qwen2-VL's pixel budget is a ceiling: it never enlarges an image beyond its own size anyway.
     if enlarge or family not in LONGEST_EDGE_SIZE or family.startswith("Qwen2VL"):
@@ -86,7 +90,7 @@ def set_resolution(processor, longest_edge, splitting):
     tiles of max_image_size (512) plus one global tile; without splitting every image is one tile.
     """
     image_processor = processor.image_processor
-    family = re.sub(r"(Pil|Fast)$", "", type(image_processor).__name__)
+    family = image_family(image_processor)
     if longest_edge is not None and family in LONGEST_EDGE_SIZE:
         image_processor.size = LONGEST_EDGE_SIZE[family](image_processor.size, int(longest_edge))
     elif longest_edge is not None:
@@ -148,7 +152,6 @@ def quantize_model(model, how, device):
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-
 
 
 def load_for_inference(model_path, *, device, dtype, image_longest_edge, image_splitting, quantize):

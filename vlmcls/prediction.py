@@ -1,7 +1,7 @@
 """Prediction: a class for each image, by scoring every class's answer or by letting the model write one."""
 from .cli import OneOf, UserError
 from .compat import generation_position_ids
-from .inputs import InputEncoder, collate
+from .inputs import InputEncoder, collate, through_end
 from .models import end_token_ids
 from .prompt import match_answer, render, render_segments
 
@@ -30,9 +30,7 @@ def class_answer_ids(processor, model, completions):
     """Token ids of each class's completion as the training collator tokenises it, up to its end token
     (render puts one in every completion)."""
     ends = set(end_token_ids(processor, model))
-    ids = processor(text=completions, add_special_tokens=False)["input_ids"]
-    return [seq[:next(i for i, t in enumerate(seq) if t in ends) + 1] for seq in ids]
-
+    return [through_end(seq, ends) for seq in processor(text=completions, add_special_tokens=False)["input_ids"]]
 
 
 def predict_scores(model, processor, batch, question, classes):
