@@ -13,7 +13,7 @@ from vlmcls.images import read_dataset_json
 from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, load_model, load_processor, pick_device, pick_dtype, \
     set_resolution
-from vlmcls.training import CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_only_collator, chat_dataset, \
+from vlmcls.training import AUGMENTS, CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_only_collator, chat_dataset, \
     checkpoint_to_resume, clear_previous_run, oversample, prepare_model, rows, save
 from vlmcls.validation import BEST_METRICS, read_validation, validating_trainer, validation_arguments
 
@@ -40,6 +40,7 @@ IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is Smo
 IMAGE_SPLITTING = False  # cut large images into 512px tiles plus a global view (the original: true)
 ENLARGE_IMAGES = False  # resize smaller images up to IMAGE_LONGEST_EDGE, as the processor does (the original)
 TRAIN_QUESTIONS = "classification"  # "classification": only the JSON's classification question; "all" (original)
+AUGMENT = "none"  # random flips of training images: "hflip", "flips" (also up-down), "dihedral" (also quarter turns)
 MULTI_TURN = True  # an image's Q&A pairs as one chat, the image encoded once; False: one row per pair (original)
 INPUT_CACHE_DIR = ""  # "": keep encoded images in memory; a folder: keep them there (data larger than memory)
 USE_LORA = False  # train LoRA adapters instead of all weights (merged into the saved model)
@@ -104,7 +105,7 @@ def main():
     stopping = [EarlyStoppingCallback(EARLY_STOPPING_PATIENCE)] if val_data and EARLY_STOPPING_PATIENCE > 0 else []
     trainer = validating_trainer(
         val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, stopping, model=model, args=args, processing_class=processor,
-        train_dataset=chat_dataset(train_rows, encoder, processor, end_ids),
+        train_dataset=chat_dataset(train_rows, encoder, processor, end_ids, AUGMENT, SEED),
         data_collator=answer_only_collator(processor),
     )
     if trainer.is_world_process_zero():
@@ -131,5 +132,5 @@ def main():
 if __name__ == "__main__":
     configure(globals(), choices={"DEVICE": DEVICES, "DTYPE": DTYPES, "RESUME": RESUMES,
                                   "METRIC_FOR_BEST_MODEL": BEST_METRICS, "CLASS_BALANCE": CLASS_BALANCES,
-                                  "TRAIN_QUESTIONS": QUESTION_SETS})
+                                  "TRAIN_QUESTIONS": QUESTION_SETS, "AUGMENT": AUGMENTS})
     run_main(main)

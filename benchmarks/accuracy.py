@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,6 +55,7 @@ VISION_LAYERS = 2  # its layers
 TEXT_WIDTH = 64  # hidden size of the tiny language model
 TEXT_LAYERS = 2  # its layers
 EVAL_BATCH = 32  # images per forward pass when validating and testing
+JOBS = 1  # runs at a time, each its own processes (as many as there are idle cores: the runs do not interfere)
 THREADS = 1  # torch threads per script (OMP_NUM_THREADS): a tiny model's threads only wait on each other; 0: default
 WORK_DIR = ""  # data, models and runs; "": a temporary folder, removed at the end
 OUTPUT = ""  # where the table is also written; "": benchmarks/results-accuracy.md
@@ -236,7 +238,7 @@ Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py {' '.join(sys
   early stopping ends it sooner), learning rate {LEARNING_RATE}, {WARMUP_STEPS} warm-up steps; validation
   every {EVAL_STEPS} steps where the row validates. Test: score mode on the held-out test images.
 - Accuracy and macro-F1 are the mean ± standard deviation over the seeds; seconds are wall-clock, the
-  training's including its validation.
+  training's including its validation ({JOBS} run(s) at a time, {THREADS or "default"} torch thread(s) each).
 
 Rows (fine_tune.py settings; rows with `--val_json=` train on a split without validation images):
 {rows}
@@ -257,18 +259,25 @@ def main():
     with tempfile.TemporaryDirectory(prefix="accuracy-benchmark-") as temporary:
         work = Path(WORK_DIR or temporary).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        results = {}
+        runs = []  # (task, row, seed, task folder, model folder), in table order
         for task in TASKS:
             task_dir = prepare_task(task, work)
-            results[task] = {row: [] for row in ROWS}
             for seed in range(SEEDS):
                 model = build_model(work / (f"model-{IMAGE_SIZE}px-p{PATCH_SIZE}s{SCALE_FACTOR}-v{VISION_WIDTH}x"
                                             f"{VISION_LAYERS}-t{TEXT_WIDTH}x{TEXT_LAYERS}-seed{seed}"), seed)
-                for row in ROWS:
-                    r = train_and_test(task_dir, row, seed, model)
-                    results[task][row].append(r)
-                    print(f"{task} {row} seed {seed}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, "
-                          f"{r['images']} images, {r['train_s']:.0f} s training, {r['test_s']:.0f} s test", flush=True)
+                runs += [(task, row, seed, task_dir, model) for row in ROWS]
+
+        def one(run_spec):
+            task, row, seed, task_dir, model = run_spec
+            r = train_and_test(task_dir, row, seed, model)
+            print(f"{task} {row} seed {seed}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, "
+                  f"{r['images']} images, {r['train_s']:.0f} s training, {r['test_s']:.0f} s test", flush=True)
+            return r
+        with ThreadPoolExecutor(JOBS) as pool:
+            done = list(pool.map(one, runs))
+        results = {task: {row: [] for row in ROWS} for task in TASKS}
+        for (task, row, *_), r in zip(runs, done):
+            results[task][row].append(r)
     text = report(results, started, time.perf_counter() - start)
     print("\n" + text)
     output = OUTPUT or ROOT / "benchmarks" / "results-accuracy.md"

@@ -124,3 +124,50 @@ def test_a_frozen_vision_encoder_is_not_differentiated(family, settings, checkpo
     assert before.keys() == after.keys() and before
     for name in before:
         torch.testing.assert_close(after[name], before[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_flipped_tile_is_the_processors_tile_of_the_flipped_image(family, request, tmp_path):
+    from PIL import Image, ImageOps
+
+    from vlmcls.training import augment
+    processor, _ = load_tiny(request.getfixturevalue(family))
+    generator = torch.Generator().manual_seed(0)
+    # LLaVA's centre crop of an odd margin sits one pixel off-centre, so its mirror would be a pixel off: square there
+    height = 48 if family == "tiny_smolvlm" else 64
+    image = Image.fromarray(torch.randint(0, 256, (height, 64, 3), generator=generator, dtype=torch.uint8).numpy())
+    encoder = InputEncoder(processor, 10**6, cache=False)
+    _, tensors, _ = encoder.encode_image(image)
+
+    class Always:  # every draw asks for the transform
+        def random(self):
+            return 0.0
+    for how, flip in (("hflip", ImageOps.mirror), ("flips", lambda im: ImageOps.flip(ImageOps.mirror(im)))):
+        flipped = augment(tensors, how, Always())
+        _, expected, _ = encoder.encode_image(flip(image))
+        for key in expected:
+            # resampling weights mirror exactly; float sums in the mirrored order may differ in the last bit
+            assert torch.allclose(flipped[key].float(), expected[key].float(), atol=1e-5), (how, key)
+        assert not torch.equal(flipped["pixel_values"], tensors["pixel_values"])
+    turned = augment(tensors, "dihedral", Always())["pixel_values"]
+    assert torch.equal(turned, tensors["pixel_values"].flip([-1, -2]).transpose(-1, -2))
+
+
+def test_augmentation_is_seeded_draws_every_variant_and_refuses_tile_grids(tiny_smolvlm, tmp_path):
+    import random
+
+    from vlmcls.cli import UserError
+    from vlmcls.training import augment
+    pixels = torch.arange(2 * 2 * 3, dtype=torch.float32).view(1, 1, 3, 2, 2)
+    tensors = {"pixel_values": pixels, "pixel_attention_mask": torch.ones(1, 1, 2, 2, dtype=torch.long)}
+    assert augment(tensors, "none", random.Random(0)) is tensors
+
+    def variants(how, seed):
+        return [tuple(augment(tensors, how, rng)["pixel_values"].flatten().tolist())
+                for rng in [random.Random(seed)] for _ in range(64)]
+    assert variants("dihedral", 1) == variants("dihedral", 1) != variants("dihedral", 2)
+    assert len(set(variants("hflip", 0))) == 2 and len(set(variants("flips", 0))) == 4
+    assert len(set(variants("dihedral", 0))) == 8
+    grid = {"pixel_values": torch.zeros(1, 5, 3, 2, 2)}
+    with pytest.raises(UserError, match="one tile"):
+        augment(grid, "hflip", random.Random(0))

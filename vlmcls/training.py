@@ -16,6 +16,7 @@ from .prompt import render_segments
 RESUMES = OneOf("auto", "overwrite", other=("a checkpoint folder", existing_path))
 QUESTION_SETS = OneOf("all", "classification")  # the values of fine_tune.py's TRAIN_QUESTIONS
 CLASS_BALANCES = OneOf("none", "oversample")
+AUGMENTS = OneOf("none", "hflip", "flips", "dihedral")  # the values of fine_tune.py's AUGMENT
 FINISHED_MARKER = "train_log_history.json"  # written last into the output folder by a run that completed
 
 
@@ -49,9 +50,40 @@ def oversample(data, seed):
     return {**data, "samples": samples}
 
 
-def chat_dataset(rows, encoder, processor, end_ids):
+def augment(tensors, how, rng):
+    """An image's pixel tensors with a random one of `how`'s transforms: hflip mirrors left-right or not; flips also
+    up-down; dihedral also turns a quarter (the eight symmetries of a square, for images with no up, such as cells
+    or aerial views). A flip of the tile is the processor's tile of the flipped image, so the cached encoding serves
+    every variant. Only one tile per image can be flipped this way: a tile grid would also have to be reordered."""
+    import torch
+    pixels = tensors.get("pixel_values")
+    if pixels is None or pixels.dim() not in (4, 5) or pixels.shape[-3] != 3 or pixels.dim() == 5 and pixels.shape[1] != 1:
+        shape = None if pixels is None else tuple(pixels.shape)
+        raise UserError(f"augment={how} needs every image as one tile of pixels (SmolVLM with image_splitting=false, "
+                        f"or LLaVA); this processor gives pixel_values of shape {shape}: use augment=none")
+    dims = []
+    if how in ("hflip", "flips", "dihedral") and rng.random() < 0.5:
+        dims.append(-1)
+    if how in ("flips", "dihedral") and rng.random() < 0.5:
+        dims.append(-2)
+    turn = how == "dihedral" and rng.random() < 0.5
+    if not dims and not turn:
+        return tensors
+    out = {}
+    for key, value in tensors.items():
+        if key in ("pixel_values", "pixel_attention_mask"):  # both end in the tile's height and width
+            value = value.flip(dims) if dims else value
+            value = value.transpose(-1, -2) if turn else value
+        out[key] = value
+    return out
+
+
+def chat_dataset(rows, encoder, processor, end_ids, how_augment="none", seed=0):
     """Training rows as a datasets.Dataset of model inputs (InputEncoder.example), each distinct chat rendered once
-    and each image taken from the encoder's cache when a batch is drawn."""
+    and each image taken from the encoder's cache when a batch is drawn, transformed by augment() unless
+    `how_augment` is "none" (seeded: the same draws on every run)."""
+    import random
+
     from datasets import Dataset
     rendered = {}
     for _, pairs in rows:
@@ -59,9 +91,12 @@ def chat_dataset(rows, encoder, processor, end_ids):
             rendered[tuple(pairs)] = render_segments(processor, pairs, end_ids)
     items = [(image, rendered[tuple(pairs)]) for image, pairs in rows]
     end_ids = list(end_ids)
+    rng = random.Random(seed)
 
     def to_inputs(batch):
         examples = [encoder.example(*items[i], end_ids) for i in batch["row"]]
+        if how_augment != "none":
+            examples = [{**e, "tensors": augment(e["tensors"], how_augment, rng)} for e in examples]
         return {key: [e[key] for e in examples] for key in examples[0]}
     return Dataset.from_dict({"row": list(range(len(items)))}).with_transform(to_inputs)
 
