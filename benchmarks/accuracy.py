@@ -39,23 +39,25 @@ ROWS = {  # recipe name -> fine_tune.py settings; the first is the baseline the 
                             "class_balance": "none"},
     "validation": {"multi_turn": False, "train_questions": "all", "class_balance": "none"},
     "oversample": {"multi_turn": False, "train_questions": "all", "val_json": "", "class_balance": "oversample"},
+    "augment": {"multi_turn": False, "train_questions": "all", "val_json": "", "class_balance": "none",
+                "augment": "dihedral"},
     "defaults": {},
 }
 SEEDS = 3  # seeds 0..SEEDS-1: model initialisation and fine_tune.py's --seed
-STEPS = 300  # optimizer steps of every run: the compute budget is STEPS x BATCH encoded training images
-BATCH = 8  # training images per step (one process, no gradient accumulation)
+STEPS = 400  # optimizer steps of every run: the compute budget is STEPS x BATCH encoded training images
+BATCH = 16  # training images per step (one process, no gradient accumulation)
 LEARNING_RATE = 2e-3  # peak learning rate of every run (a model trained from scratch takes a high one)
 WARMUP_STEPS = 25  # linear warm-up
 EVAL_STEPS = 100  # validation interval of the rows that validate (and one at the end)
-IMAGE_SIZE = 64  # pixels: the tiny model's tile and fine_tune.py's --image_longest_edge
-PATCH_SIZE = 8  # vision patch size: (IMAGE_SIZE / PATCH_SIZE)^2 patches per image
+IMAGE_SIZE = 128  # pixels: the tiny model's tile and fine_tune.py's --image_longest_edge
+PATCH_SIZE = 16  # vision patch size: (IMAGE_SIZE / PATCH_SIZE)^2 patches per image
 SCALE_FACTOR = 2  # pixel shuffle: image tokens = patches / SCALE_FACTOR^2
 VISION_WIDTH = 64  # hidden size of the tiny vision encoder
 VISION_LAYERS = 2  # its layers
 TEXT_WIDTH = 64  # hidden size of the tiny language model
 TEXT_LAYERS = 2  # its layers
 EVAL_BATCH = 32  # images per forward pass when validating and testing
-JOBS = 1  # runs at a time, each its own processes (as many as there are idle cores: the runs do not interfere)
+JOBS = 2  # runs at a time, each its own processes (as many as there are idle cores: the runs do not interfere)
 THREADS = 1  # torch threads per script (OMP_NUM_THREADS): a tiny model's threads only wait on each other; 0: default
 WORK_DIR = ""  # data, models and runs; "": a temporary folder, removed at the end
 OUTPUT = ""  # where the table is also written; "": benchmarks/results-accuracy.md
