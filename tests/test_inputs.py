@@ -6,7 +6,7 @@ from PIL import Image
 from conftest import load_tiny
 from vlmcls import inputs, pixels
 from vlmcls.inputs import InputEncoder, auto_workers, collate
-from vlmcls.models import longest_edge_for, set_resolution
+from vlmcls.models import load_processor, longest_edge_for, set_resolution
 from vlmcls.prompt import render_segments
 
 QUESTION = "Which colour is this?"
@@ -49,11 +49,12 @@ def processor_part(processor, image, enlarge=False):
 
 
 @pytest.mark.parametrize("edge, splitting, enlarge", [(512, False, False), (300, False, True), (512, True, False),
-                                                      (1024, True, False), (2048, True, True)])
+                                                      (1024, True, False), (2048, True, True), (None, None, False)])
 def test_the_fast_path_gives_the_processors_tensors_exactly(edge, splitting, enlarge, tiny_smolvlm, monkeypatch):
-    processor, _ = load_tiny(tiny_smolvlm)
+    # None: the processor as loaded from its folder, as evaluation uses it (its sizes are then SizeDicts)
+    processor = load_processor(str(tiny_smolvlm))
     set_resolution(processor, edge, splitting)
-    generator = torch.Generator().manual_seed(edge)
+    generator = torch.Generator().manual_seed(edge or 0)
     sizes = [(800, 600), (600, 800), (300, 200), (199, 301), (1030, 1030), (1100, 700), (513, 97), (77, 1999)]
     images = [Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8).numpy())
               for w, h in sizes]

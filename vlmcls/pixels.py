@@ -19,7 +19,7 @@ def handles(image_processor, image):
     ip = image_processor
     return (type(ip).__name__ == FAMILY and image.mode == "RGB" and "transparency" not in image.info
             and ip.do_resize and ip.do_rescale and ip.do_normalize and ip.do_pad and isinstance(ip.resample, int)
-            and set(ip.size) == {"longest_edge"} and set(ip.max_image_size) == {"longest_edge"})
+            and set(dict(ip.size)) == {"longest_edge"} and set(dict(ip.max_image_size)) == {"longest_edge"})
 
 
 def arithmetic(image_processor):
@@ -43,8 +43,8 @@ def pixel_values(image_processor, image, arithmetic, size=None):
     from transformers.models.idefics3.image_processing_pil_idefics3 import get_resize_output_image_size
 
     ip = image_processor
-    tile = ip.max_image_size["longest_edge"]
-    edge = (size or ip.size)["longest_edge"]
+    tile = dict(ip.max_image_size)["longest_edge"]
+    edge = dict(size or ip.size)["longest_edge"]  # a processor loaded from a file holds its sizes as SizeDicts
     height, width = get_resize_output_image_size(np.empty((0, image.height, image.width)), edge)
     image = image.resize((width, height), resample=ip.resample)
     rows = cols = 0
