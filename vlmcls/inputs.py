@@ -80,9 +80,10 @@ class InputEncoder:
         import torch
         image_processor = self.processor.image_processor
         size = longest_edge_for(image_processor, image, self.enlarge)
-        if self.arithmetic is None and handles(image_processor, image):
+        fast = handles(image_processor, image)
+        if fast and self.arithmetic is None:
             self.arithmetic = arithmetic(image_processor) or False
-        if not (self.arithmetic and handles(image_processor, image)):
+        if not (fast and self.arithmetic):
             return self._processor_part(image, size)
         values, mask, rows, cols = pixel_values(image_processor, image, self.arithmetic, size.get("size"))
         tensors = {"pixel_values": values, "pixel_attention_mask": mask}

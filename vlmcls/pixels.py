@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from .compat import idefics3_resized_size
+
 FAMILY = "Idefics3ImageProcessorPil"  # the one image processor class handled here; others go through the processor
 
 
@@ -40,12 +42,10 @@ def pixel_values(image_processor, image, arithmetic, size=None):
     alone (size: its `size` override; arithmetic: arithmetic() of the processor), with rows = cols = 0 for an
     image that is one tile."""
     import torch
-    from transformers.models.idefics3.image_processing_pil_idefics3 import get_resize_output_image_size
-
     ip = image_processor
     tile = dict(ip.max_image_size)["longest_edge"]
     edge = dict(size or ip.size)["longest_edge"]  # a processor loaded from a file holds its sizes as SizeDicts
-    height, width = get_resize_output_image_size(np.empty((0, image.height, image.width)), edge)
+    height, width = idefics3_resized_size(image.height, image.width, edge)
     image = image.resize((width, height), resample=ip.resample)
     rows = cols = 0
     if not ip.do_image_splitting:
