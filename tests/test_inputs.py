@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 
 from conftest import load_tiny
-from vlmcls import inputs
+from vlmcls import inputs, pixels
 from vlmcls.inputs import InputEncoder, auto_workers, collate
-from vlmcls.models import set_resolution
+from vlmcls.models import load_processor, longest_edge_for, set_resolution
 from vlmcls.prompt import render_segments
 
 QUESTION = "Which colour is this?"
@@ -38,6 +38,72 @@ def test_batches_equal_what_the_processor_gives(family, splitting, request, tmp_
         assert torch.equal(batch[key], expected[key]), key
     if splitting:
         assert expected["pixel_values"].shape[1] > 1
+    assert bool(encoder.arithmetic) == (family == "tiny_smolvlm")  # SmolVLM's went the fast way (vlmcls.pixels)
+
+
+def processor_part(processor, image, enlarge=False):
+    """What the processor itself makes of one image: its token ids and pixel tensors."""
+    out = processor(images=[[image]], text=[processor.image_token], add_special_tokens=False, return_tensors="pt",
+                    **longest_edge_for(processor.image_processor, image, enlarge))
+    return out.pop("input_ids")[0].tolist(), {k: v for k, v in out.items() if k != "attention_mask"}
+
+
+@pytest.mark.parametrize("edge, splitting, enlarge", [(512, False, False), (300, False, True), (512, True, False),
+                                                      (1024, True, False), (2048, True, True), (None, None, False)])
+def test_the_fast_path_gives_the_processors_tensors_exactly(edge, splitting, enlarge, tiny_smolvlm, monkeypatch):
+    # None: the processor as loaded from its folder, as evaluation uses it (its sizes are then SizeDicts)
+    processor = load_processor(str(tiny_smolvlm))
+    set_resolution(processor, edge, splitting)
+    generator = torch.Generator().manual_seed(edge or 0)
+    sizes = [(800, 600), (600, 800), (300, 200), (199, 301), (1030, 1030), (1100, 700), (513, 97), (77, 1999)]
+    images = [Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8).numpy())
+              for w, h in sizes]
+    through_processor = []
+    real = InputEncoder._processor_part
+    monkeypatch.setattr(InputEncoder, "_processor_part",
+                        lambda self, *a: through_processor.append(1) or real(self, *a))
+    encoder = InputEncoder(processor, 10**8, enlarge=enlarge, cache=False)
+    for image in images:
+        ids, tensors, _ = encoder.encode_image(image)
+        want_ids, want = processor_part(processor, image, enlarge)
+        assert ids == want_ids
+        assert tensors.keys() == want.keys()
+        for key in want:  # bit for bit, dtype and shape included
+            assert tensors[key].dtype == want[key].dtype and torch.equal(tensors[key], want[key]), key
+    assert encoder.arithmetic
+    # The processor ran once per tile layout, to check the first image of it and give its token ids.
+    assert len(through_processor) == len(encoder.layouts) < len(images)
+
+
+def test_an_image_or_setting_the_fast_path_does_not_handle_goes_through_the_processor(tiny_smolvlm):
+    processor, _ = load_tiny(tiny_smolvlm)
+    grey = Image.fromarray(torch.randint(0, 256, (600, 800), dtype=torch.uint8).numpy())
+    assert not pixels.handles(processor.image_processor, grey)
+    encoder = InputEncoder(processor, 10**8, cache=False)
+    processor.image_processor.do_normalize = False
+    colour = grey.convert("RGB")
+    assert not pixels.handles(processor.image_processor, colour)
+    for image in (grey, colour):
+        ids, tensors, _ = encoder.encode_image(image)
+        want_ids, want = processor_part(processor, image)
+        assert ids == want_ids and all(torch.equal(tensors[k], want[k]) for k in want)
+
+
+def test_should_the_fast_path_ever_differ_the_processor_takes_over(tiny_smolvlm, monkeypatch, capsys):
+    processor, _ = load_tiny(tiny_smolvlm)
+    real = pixels.pixel_values
+
+    def off_by_a_little(*args, **kwargs):
+        values, *rest = real(*args, **kwargs)
+        return (values + 1e-6, *rest)
+    monkeypatch.setattr(inputs, "pixel_values", off_by_a_little)
+    encoder = InputEncoder(processor, 10**8, cache=False)
+    images = [Image.fromarray(torch.randint(0, 256, (600, 800, 3), dtype=torch.uint8).numpy()) for _ in range(2)]
+    for image in images:
+        assert torch.equal(encoder.encode_image(image)[1]["pixel_values"], processor_part(processor, image)[1][
+            "pixel_values"])
+    assert encoder.arithmetic is False
+    assert "through the processor from now on" in capsys.readouterr().out
 
 
 def test_no_image_is_enlarged_and_tiles_follow_its_own_size(tiny_smolvlm, tmp_path):

@@ -38,3 +38,14 @@ def generation_position_ids(model, batch):
         raise UserError(f"{type(model).__name__} has no _prepare_position_ids_for_generation; score mode needs it "
                         "(use --prediction=generate, or the transformers version in requirements.txt)")
     return prepare(batch["input_ids"], dict(batch))
+
+
+def idefics3_resized_size(height, width, longest_edge):
+    """(height, width) that Idefics3's PIL image processor first resizes an image of this size to."""
+    import numpy as np
+    try:
+        from transformers.models.idefics3.image_processing_pil_idefics3 import get_resize_output_image_size
+    except ImportError:
+        _check("transformers", "image_processing_pil_idefics3.get_resize_output_image_size")
+        raise
+    return get_resize_output_image_size(np.empty((0, height, width)), longest_edge)  # reads the shape alone

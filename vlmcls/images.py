@@ -29,7 +29,7 @@ def load_image(path, max_pixels):
                 raise UserError(f"{path}: {width}x{height} is {width * height} pixels, over the limit of "
                                 f"{max_pixels} (possible decompression bomb)")
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)
             return _to_rgb(image)
     except UserError:
         raise
@@ -52,7 +52,7 @@ def _to_rgb(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def pixel_hash(image):

@@ -7,6 +7,7 @@ from pathlib import Path
 from .cli import UserError
 from .images import load_image
 from .models import longest_edge_for
+from .pixels import arithmetic, handles, pixel_values
 
 IGNORE = -100  # the label of a token the loss skips
 TOKEN_KEYS = ("token_type_ids", "mm_token_type_ids")  # per-token processor outputs (Gemma, Qwen2.5-VL), 0 on text
@@ -53,6 +54,9 @@ class InputEncoder:
         self.memory = {} if cache and not cache_dir else None
         self.folder = Path(cache_dir).expanduser() / self._settings_key() if cache and cache_dir else None
         self.texts = {}
+        # vlmcls.pixels' arithmetic for this processor (None: not known yet; False: the processor makes the
+        # tensors), and the processor's token ids of each tile layout (rows, cols).
+        self.arithmetic, self.layouts = None, {}
 
     def __getstate__(self):
         # A pickled copy (the data set's fingerprint, a spawned worker) leaves the cache behind: it can be gigabytes.
@@ -66,10 +70,37 @@ class InputEncoder:
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def encode_image(self, image):
-        """(image token ids, pixel tensors, per-token values) of a decoded image, as the processor makes them."""
+        """(image token ids, pixel tensors, per-token values) of a decoded image, as the processor makes them.
+
+        Where vlmcls.pixels handles the image, it computes the tensors, and the token ids are those of the first
+        image of the same tile layout: the processor's expansion of the placeholder depends on nothing else. That
+        first image also goes through the processor, which checks the tensors; should they ever differ, the
+        processor makes every image's from then on.
+        """
+        import torch
+        image_processor = self.processor.image_processor
+        size = longest_edge_for(image_processor, image, self.enlarge)
+        fast = handles(image_processor, image)
+        if fast and self.arithmetic is None:
+            self.arithmetic = arithmetic(image_processor) or False
+        if not (fast and self.arithmetic):
+            return self._processor_part(image, size)
+        values, mask, rows, cols = pixel_values(image_processor, image, self.arithmetic, size.get("size"))
+        tensors = {"pixel_values": values, "pixel_attention_mask": mask}
+        if (rows, cols) in self.layouts:
+            return self.layouts[rows, cols][0], tensors, self.layouts[rows, cols][1]
+        ids, expected, per_token = self._processor_part(image, size)
+        if expected.keys() != tensors.keys() or not all(torch.equal(expected[k], tensors[k]) for k in expected):
+            print(f"note: {type(image_processor).__name__} made other pixel tensors than vlmcls.pixels; "
+                  "images go through the processor from now on")
+            self.arithmetic = False
+            return ids, expected, per_token
+        self.layouts[rows, cols] = ids, per_token
+        return ids, tensors, per_token
+
+    def _processor_part(self, image, size):
         out = self.processor(images=[[image]], text=[self.processor.image_token], add_special_tokens=False,
-                             return_tensors="pt", **longest_edge_for(self.processor.image_processor, image,
-                                                                     self.enlarge))
+                             return_tensors="pt", **size)
         ids = out.pop("input_ids")[0].tolist()
         out.pop("attention_mask", None)
         per_token = {k: out.pop(k)[0].tolist() for k in TOKEN_KEYS if k in out}
