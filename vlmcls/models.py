@@ -169,8 +169,11 @@ def checkpoint_files(model_path):
     from safetensors import safe_open
     from transformers.utils import cached_file
 
-    def local(name):
-        return cached_file(model_path, name, _raise_exceptions_for_missing_entries=False)
+    def local(name):  # the file in the folder, or in the Hub cache; None where the checkpoint has none
+        try:
+            return cached_file(model_path, name)
+        except OSError:
+            return None
 
     index = local("model.safetensors.index.json")
     if index:
