@@ -80,6 +80,7 @@ TEXT = dict(model_type="llama", vocab_size=49280, hidden_size=576, intermediate_
             num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_act="silu", rms_norm_eps=1e-5,
             rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=False)
 GB = 1e9
+RSS_FIELDS = ("VmRSS", "RssAnon", "RssFile")  # resident memory: all, anonymous, pages of mapped files
 
 
 # ---------------------------------------------------------------- measuring, in the worker process
@@ -418,12 +419,13 @@ Targets:
 # ---------------------------------------------------------------- fp32 against int8 weights (--int8=true)
 
 def int8_job(job, torch, ft, device):
-    """Seconds per image in score mode, memory once loaded and peak memory, with the model loaded as the
-    evaluation scripts and the app load it with QUANTIZE=job["quantize"]."""
+    """Seconds per image in score mode and memory, with the model loaded as the evaluation scripts and the app
+    load it with QUANTIZE=job["quantize"]: resident memory once loaded and after the images, each split into
+    anonymous memory and pages of mapped files (the weights file among them), and the peak."""
     processor, model = load_for_inference(job["model"], device=device, dtype=torch.float32, quantize=job["quantize"],
                                           image_longest_edge=ft.IMAGE_LONGEST_EDGE,
                                           image_splitting=ft.IMAGE_SPLITTING)
-    loaded_gb = memory_gb("VmRSS")
+    loaded = {field: memory_gb(field) for field in RSS_FIELDS}
     images = make_images(job["size"], WARMUP + IMAGES)
     question = classification_question(CLASSES)
     prompts = PromptBatches(processor, question, 10**9, ft.ENLARGE_IMAGES)
@@ -432,7 +434,8 @@ def int8_job(job, torch, ft, device):
     score_s, score_cpu = mean([timed(torch, device,
                                      lambda: score_mode(model, processor, prompts([im]), question, CLASSES))
                                for im in images[WARMUP:]])
-    return {"score_s": score_s, "score_cpu": score_cpu, "loaded_gb": loaded_gb, "peak_gb": peak_gb(torch, device)}
+    return {"score_s": score_s, "score_cpu": score_cpu, "loaded": loaded,
+            "after": {field: memory_gb(field) for field in RSS_FIELDS}, "peak_gb": peak_gb(torch, device)}
 
 
 def agreement_job(job, torch, ft, device):
@@ -474,6 +477,10 @@ def elpv_test_json(work):
     return Path(work) / "test.json", Path(work) / "tiny-elpv"
 
 
+def resident(memory):
+    return f"{memory['VmRSS']:.2f} ({memory['RssAnon']:.2f} + {memory['RssFile']:.2f})"
+
+
 def int8_report(speed, agreement, started, elapsed):
     """The int8 comparison as markdown: speed and memory per image size, agreement per model, targets."""
     lines = ["| image | measure | fp32 | int8 | fp32 / int8 |", "|---|---|---|---|---|"]
@@ -481,9 +488,11 @@ def int8_report(speed, agreement, started, elapsed):
         fp32, int8 = speed["none", size], speed["int8", size]
         lines += [f"| {size} | score: s/image, wall (CPU) | {seconds('score')[0](fp32)} | {seconds('score')[0](int8)} "
                   f"| {seconds('score')[1](fp32, int8)} |",
-                  f"| {size} | memory once loaded, GB | {fp32['loaded_gb']:.2f} | {int8['loaded_gb']:.2f} "
-                  f"| {ratio(fp32['loaded_gb'], int8['loaded_gb'])} |",
-                  f"| {size} | peak memory GB | {gigabytes(fp32)} | {gigabytes(int8)} | {gigabytes_ratio(fp32, int8)} |"]
+                  *[f"| {size} | RSS {when}, GB: all (anonymous + mapped files) | {resident(fp32[key])} | "
+                    f"{resident(int8[key])} | {ratio(fp32[key]['VmRSS'], int8[key]['VmRSS'])} |"
+                    for key, when in (("loaded", "once loaded"), ("after", "after the images"))],
+                  f"| {size} | peak RSS (VmHWM), GB | {gigabytes(fp32)} | {gigabytes(int8)} "
+                  f"| {gigabytes_ratio(fp32, int8)} |"]
     lines += ["", "| model (weights) | images | identical predictions | largest probability difference | "
               "fp32 accuracy | int8 accuracy | classes predicted (fp32) |", "|---|---|---|---|---|---|---|"]
     for name, r in agreement.items():
@@ -496,10 +505,13 @@ def int8_report(speed, agreement, started, elapsed):
         checks += [(f"{size}: int8 at least 1.4x faster per image ({seconds('score')[1](fp32, int8)})",
                     fp32["score_s"] >= 1.4 * int8["score_s"]),
                    (f"{size}: less peak memory with int8 ({int8['peak_gb']:.2f} vs {fp32['peak_gb']:.2f} GB)",
-                    int8["peak_gb"] < fp32["peak_gb"])]
+                    int8["peak_gb"] < fp32["peak_gb"]),
+                   (f"{size}: less resident memory with int8 after the images ({int8['after']['VmRSS']:.2f} vs "
+                    f"{fp32['after']['VmRSS']:.2f} GB)", int8["after"]["VmRSS"] < fp32["after"]["VmRSS"])]
     checks += [(f"{name}: at least 98% identical predictions ({r['identical'] / r['images']:.1%})",
                 r["identical"] >= 0.98 * r["images"]) for name, r in agreement.items()]
     first = next(iter(speed.values()))
+    base_gb = max(r["base_gb"] for r in speed.values())
     model = "the tests' tiny SmolVLM" if TINY else \
         f"SmolVLM-256M-Instruct's architecture ({SMOLVLM_256M_PARAMETERS:,} parameters)"
     return f"""# CPU prediction: fp32 against int8 weights (QUANTIZE=int8)
@@ -510,11 +522,14 @@ Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py {' '.join(sys.ar
   torch threads {first['threads']}; 1-minute load average at the end of each measurement:
   {", ".join(f"{r['job']} {r['load']:.1f}" for r in [*speed.values(), *agreement.values()])}.
 - int8: torch's dynamic quantisation of every linear layer (int8 weights, activations quantised per batch),
-  applied by vlmcls.models.quantize_model after loading, as the scripts do with --quantize=int8.
+  loaded as the scripts load it with --quantize=int8 (vlmcls.models.load_int8_model: each linear layer
+  quantised as its weights are read, so the float32 weights are never all held).
 - Speed and memory: {model}, random weights, score mode (vlmcls.prediction.score_mode) on one image at a
   time, {WARMUP} warm-up + {IMAGES} timed images, mean; fine_tune.py's image settings (512 px, one tile).
-  Each measurement in a fresh process; memory is the process's RSS once the model is loaded (and
-  quantised), and its peak (VmHWM), which includes the float32 weights that int8 starts from.
+  Each measurement in a fresh process, which holds about {base_gb:.2f} GB before any model (the libraries).
+  Memory is the process's resident set (/proc/self/status) once the model is loaded and again after the
+  images: VmRSS, split into anonymous memory (RssAnon) and pages of mapped files (RssFile: fp32 maps the
+  weights file and reads its pages in as the first image uses them), and the peak (VmHWM).
 - Agreement: the same elpv solar-cell test images (download_dataset.py --source=elpv, split by
   generate_train_json.py), predicted in fp32 and then with int8 weights by the same model in one process.
   "tiny, fine-tuned" is the tests' tiny SmolVLM fine-tuned by fine_tune.py for {FINE_TUNE_STEPS} steps on

@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import COLOURS, ROOT, load_tiny, run_script
 from vlmcls.app import build_page, example_images, model_view
+from vlmcls.inputs import InputEncoder
 
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots of the page, kept after the run (ignored by git)
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages
@@ -115,10 +116,12 @@ def test_page_in_a_browser_shows_what_vlm_test_prints(app, fine_tuned_smolvlm, t
         rows = wait.until(lambda b: (r := page_rows(b)) and r[0][0] == image.name and r)
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "app-page.png"))
-        assert [rows[0][1], round(float(rows[0][2]), 3)] == [name, probability]
+        assert [rows[0][1], float(rows[0][2])] == [name, probability]
         assert sorted(r[1] for r in rows) == sorted(COLOURS)
-        shown = [float(r[2]) for r in rows]
-        assert shown == sorted(shown, reverse=True) and sum(shown) == pytest.approx(1, abs=1e-4)
+        shown = [r[2] for r in rows]
+        assert all(re.fullmatch(r"\d\.\d{3}", text) for text in shown)  # 3 decimals, as vlm_test.py prints
+        shown = [float(text) for text in shown]  # each within 0.0005 of the probability it shows
+        assert shown == sorted(shown, reverse=True) and sum(shown) == pytest.approx(1, abs=0.0005 * len(shown))
         seen = browser.find_element(By.CSS_SELECTOR, "#seen img")
         assert browser.execute_script("return arguments[0].naturalWidth", seen) == 512  # resized from 64 px
         assert f"{image.name}: {name} ({probability:.3f})" in browser.find_element(By.ID, "seen").text
@@ -150,6 +153,7 @@ def test_api_endpoint_gives_the_numbers_of_vlm_test(app, fine_tuned_smolvlm, tmp
                                            api_name="/classify")
     top = table["data"][0]
     assert top[:2] == [image.name, name] and top[2] == pytest.approx(probability, abs=1e-6)
+    assert table["metadata"]["display_value"][0][2] == f"{top[2]:.3f}"  # what the page shows
     assert messages == "" and Image.open(seen[0]["image"]).size == (512, 512)
 
     table, seen, messages = client.predict([{"image": handle_file(str(p)), "caption": None}
@@ -162,15 +166,20 @@ def test_model_view_is_the_image_as_the_model_gets_it(fine_tuned_smolvlm, tiny_s
     """SmolVLM squeezes an image without tiles into one 512 px square; with tiles, the last is the whole image."""
     pixels = np.zeros((48, 64, 3), dtype=np.uint8)
     pixels[:, :32], pixels[:, 32:] = COLOURS["red"], COLOURS["blue"]
+
+    def view(processor, image):
+        model_input = InputEncoder(processor, 10**9, cache=False).encode_image(image)[1]["pixel_values"]
+        return np.asarray(model_view(processor.image_processor, model_input), dtype=float)
+
     processor, _ = load_tiny(fine_tuned_smolvlm / "finetuned")
-    view = np.asarray(model_view(processor, Image.fromarray(pixels)), dtype=float)
-    assert view.shape == (512, 512, 3)
-    assert np.abs(view[:, :200].mean((0, 1)) - COLOURS["red"]).max() < 2
-    assert np.abs(view[:, -200:].mean((0, 1)) - COLOURS["blue"]).max() < 2
+    seen = view(processor, Image.fromarray(pixels))
+    assert seen.shape == (512, 512, 3)
+    assert np.abs(seen[:, :200].mean((0, 1)) - COLOURS["red"]).max() < 2
+    assert np.abs(seen[:, -200:].mean((0, 1)) - COLOURS["blue"]).max() < 2
     tiled, _ = load_tiny(tiny_smolvlm)
     tiled.image_processor.do_image_splitting, tiled.image_processor.size = True, {"longest_edge": 2048}
-    view = np.asarray(model_view(tiled, Image.fromarray(np.repeat(np.repeat(pixels, 25, 0), 25, 1))), dtype=float)
-    assert view.shape == (512, 512, 3) and np.abs(view[:, -200:].mean((0, 1)) - COLOURS["blue"]).max() < 2
+    seen = view(tiled, Image.fromarray(np.repeat(np.repeat(pixels, 25, 0), 25, 1)))
+    assert seen.shape == (512, 512, 3) and np.abs(seen[:, -200:].mean((0, 1)) - COLOURS["blue"]).max() < 2
 
 
 def test_examples_are_the_recorded_test_images_from_every_class(fine_tuned_smolvlm, monkeypatch, tmp_path):

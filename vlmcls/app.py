@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 from .cli import UserError
-from .images import load_image, read_dataset_json, scan_images
-from .models import classes_and_question, longest_edge_for
+from .images import read_dataset_json
+from .inputs import InputEncoder
+from .models import classes_and_question
 from .prediction import evaluate
 
 RESULT_HEADERS = ["image", "class", "probability"]
@@ -14,14 +15,13 @@ FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "monospace"]
 
 
-def model_view(processor, image):
-    """The image as the model receives it: resized (never enlarged beyond its own size; SmolVLM without tiles:
-    squeezed into one square tile) by the processor's image processor, its normalisation undone. With tiles, the last, the view of the whole image."""
+def model_view(image_processor, pixel_values):
+    """An image as the model receives it, from its pixel tensors: resized (never enlarged beyond its own size;
+    SmolVLM without tiles: squeezed into one square tile) by the image processor, its normalisation undone.
+    With tiles, the last: the view of the whole image."""
     import numpy as np
     from PIL import Image
-    image_processor = processor.image_processor
-    batch = image_processor(images=[image], return_tensors="pt", **longest_edge_for(image_processor, image))
-    pixels = batch["pixel_values"].float().numpy()
+    pixels = pixel_values.float().numpy()
     tile = pixels.reshape(-1, *pixels.shape[-3:])[-1]
     if image_processor.do_normalize:
         tile = tile * np.array(image_processor.image_std)[:, None, None] + \
@@ -32,20 +32,32 @@ def model_view(processor, image):
 
 
 def classify_files(model, processor, paths, classes, question, *, batch_size, max_pixels):
-    """Score mode over the files, as the evaluation scripts run it. Returns (table rows: every class of each
-    image with its probability, the top class first; [(image as the model sees it, caption)]; one message per
-    file that cannot be used, naming it and saying why)."""
-    good, skipped = scan_images(paths, max_pixels, progress=False)
-    usable = [path for path, _ in good]
+    """Score mode over the files, as the evaluation scripts run it. Returns (table: every class of each image
+    with its probability, the top class first, shown to 3 decimals; [(image as the model sees it, caption)];
+    one message per file that cannot be used, naming it and saying why).
+
+    Each file is decoded and run through the processor once: the encoder keeps the result, which the
+    prediction takes and the model's view is drawn from."""
+    import pandas as pd
+    encoder = InputEncoder(processor, max_pixels)
+    usable, problems = [], []
+    for path in paths:
+        try:
+            encoder.image_part(path)
+            usable.append(path)
+        except UserError as e:
+            problems.append(f"{Path(path).name}: {str(e).split(': ', 1)[1]}")
     results = evaluate(model, processor, usable, question, classes, "score", batch_size, max_pixels,
-                       desc="page") if usable else []
+                       encoder=encoder, desc="page") if usable else []
     rows, views = [], []
     for path, result in zip(usable, results):
         ranked = sorted(result["probs"].items(), key=lambda item: -item[1])
         rows += [[Path(path).name, name, probability] for name, probability in ranked]
-        views.append((model_view(processor, load_image(path, max_pixels)),
+        views.append((model_view(processor.image_processor, encoder.image_part(path)[1]["pixel_values"]),
                       f"{Path(path).name}: {ranked[0][0]} ({ranked[0][1]:.3f})"))
-    return rows, views, [f"{Path(path).name}: {reason}" for path, reason in skipped]
+    # A styled table: the page shows the rounded numbers, the API still returns the probabilities themselves.
+    table = pd.DataFrame(rows, columns=RESULT_HEADERS).style.format({"probability": "{:.3f}"})
+    return table, views, problems
 
 
 def example_images(model_path, test_json, count):

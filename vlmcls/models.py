@@ -131,35 +131,107 @@ def load_model(model_path, dtype, device=None):
     return model.to(device) if device is not None else model
 
 
-def quantize_model(model, how, device):
-    """The model with int8 weights in its linear layers ('int8'), or as it is ('none').
-
-    Dynamic quantisation: weights are stored as int8, activations are quantised on the fly per batch. It
-    runs on the CPU only, with float32 weights to start from.
-    """
-    import warnings
-
+def check_quantizable(how, device, dtype):
+    """Refuse int8 where dynamic quantisation cannot run: off the CPU, or from half-precision weights."""
     import torch
     if how == "none":
-        return model
+        return
     if str(device) != "cpu":
         raise UserError(f"quantize={how} runs on the CPU only (dynamic int8 quantisation has no {device} kernels); "
                         "use --device=cpu, or --quantize=none")
-    if model.dtype != torch.float32:
-        raise UserError(f"quantize={how} starts from float32 weights, not {model.dtype}: use --dtype=float32 or auto")
+    if dtype != torch.float32:
+        raise UserError(f"quantize={how} starts from float32 weights, not {dtype}: use --dtype=float32 or auto")
+
+
+def quantize_dynamic_int8(module):
+    """torch's dynamic quantisation of `module`'s linear layers, in place: weights stored as int8, activations
+    quantised on the fly per batch."""
+    import warnings
+
+    import torch
     from torch.ao.quantization import quantize_dynamic
     with warnings.catch_warnings():  # torch announces the move of this API to torchao; it works in the pinned torch
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def quantize_model(model, how, device):
+    """A loaded model with int8 weights in its linear layers ('int8'), or as it is ('none'). It runs on the CPU
+    only, with float32 weights to start from. load_int8_model gets the same model with less memory."""
+    check_quantizable(how, device, model.dtype)
+    return model if how == "none" else quantize_dynamic_int8(model)
+
+
+def checkpoint_files(model_path):
+    """{tensor name: the safetensors file holding it} of the model's checkpoint (sharded or not), {} where it has
+    no safetensors weights."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    def local(name):  # the file in the folder, or in the Hub cache; None where the checkpoint has none
+        try:
+            return cached_file(model_path, name)
+        except OSError:
+            return None
+
+    index = local("model.safetensors.index.json")
+    if index:
+        return {key: local(name) for key, name in json.loads(Path(index).read_text())["weight_map"].items()}
+    single = local("model.safetensors")
+    if not single:
+        return {}
+    with safe_open(single, framework="pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def load_int8_model(model_path):
+    """The model as quantize_model(load_model(...), "int8") makes it, without ever holding all its float32 weights.
+
+    from_pretrained maps the weights file into memory and its tensors are views of that one mapping: every page
+    that quantisation reads stays resident until the last view goes. So each tensor of a safetensors checkpoint
+    is read again through a mapping of its own, released as soon as it is used: each linear layer's weight is
+    quantised from it, every other tensor (biases too) copied from it. Tensors the checkpoint lacks (a tied
+    output layer, buffers computed at construction) are the model's own.
+    """
+    import torch
+    from safetensors import safe_open
+    model = load_model(model_path, torch.float32).eval()
+    files = checkpoint_files(model_path)
+
+    def own(name, tensor, copy):
+        if name not in files:
+            return tensor.detach().clone() if copy else tensor
+        with safe_open(files[name], framework="pt") as f:
+            return f.get_tensor(name).to(tensor.dtype, copy=copy)
+
+    def tensors(name, module):
+        return [(f"{name}.{p}" if name else p, tensor) for p, tensor in
+                [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]]
+
+    linears = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+    others = [pair for name, m in model.named_modules() if type(m) is not torch.nn.Linear for pair in tensors(name, m)]
+    for name, tensor in others:
+        tensor.data = own(name, tensor, copy=True)
+    elsewhere = {id(tensor) for _, tensor in others}  # tied to an embedding, say: a view would keep the mapping
+    for name in linears:
+        parent, _, child = name.rpartition(".")
+        linear = model.get_submodule(name)
+        for key, tensor in tensors(name, linear):  # the quantised layer keeps the bias as it is given
+            tensor.data = own(key, tensor, copy=key.endswith(".bias") or id(tensor) in elsewhere)
+        setattr(model.get_submodule(parent), child, quantize_dynamic_int8(torch.nn.Sequential(linear))[0])
+        del linear.qconfig  # torch's observer factory in it holds `linear`: a cycle that would keep its weights
+    return model
 
 
 def load_for_inference(model_path, *, device, dtype, image_longest_edge, image_splitting, quantize):
     """Processor at the chosen resolution and model in eval mode on `device` (device and dtype as picked),
     quantised as asked: how the evaluation scripts and the app load a model."""
+    check_quantizable(quantize, device, dtype)
     processor = load_processor(model_path)
     set_resolution(processor, image_longest_edge, image_splitting)
-    return processor, quantize_model(load_model(model_path, dtype).eval(), quantize, device).to(device)
+    model = load_int8_model(model_path) if quantize == "int8" else load_model(model_path, dtype, device).eval()
+    return processor, model
 
 
 def find_vision_encoder(model):
