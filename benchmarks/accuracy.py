@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
-from vlmcls.cli import configure, run_main  # noqa: E402
+import fine_tune  # noqa: E402
+from vlmcls.cli import configure, run_main, settings_of  # noqa: E402
 from vlmcls.files import atomic_write, write_json  # noqa: E402
 
 TASKS = ["elpv2", "elpv4"]  # names from TASK_FLAGS
@@ -158,8 +159,13 @@ def train_and_test(task_dir, row, seed, model):
             "--gradient_checkpointing=false", f"--seed={seed}",
             *[flag(k, v) for k, v in settings.items() if k != "val_json"]]
     result_file = out / "result.json"
-    if result_file.is_file() and json.loads(result_file.read_text())["args"] == args:
-        return json.loads(result_file.read_text())
+    # fine_tune.py's defaults count as settings too: a "defaults" row trained before they changed is stale (a
+    # result written before they were recorded is taken to be of the current ones)
+    defaults = settings_of(vars(fine_tune))
+    if result_file.is_file():
+        stored = json.loads(result_file.read_text())
+        if stored["args"] == args and stored.get("fine_tune_defaults", defaults) == defaults:
+            return stored
     out.mkdir(parents=True, exist_ok=True)
     train_s = run("fine_tune.py", *args, cwd=out, log=out / "train.log")
     test_s = run("vlm_benchmark_test_dataset.py", f"--model_path={out / 'model'}",
@@ -169,7 +175,7 @@ def train_and_test(task_dir, row, seed, model):
     history = json.loads((out / "model" / "train_log_history.json").read_text())
     steps = max(e["step"] for e in history)
     result = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "images": steps * BATCH,
-              "train_s": train_s, "test_s": test_s, "args": args,
+              "train_s": train_s, "test_s": test_s, "args": args, "fine_tune_defaults": defaults,
               "recall": {c: m["recall"] for c, m in report["per_class"].items()}}
     write_json(result_file, result)
     return result
