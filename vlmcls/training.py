@@ -57,7 +57,8 @@ def augment(tensors, how, rng):
     every variant. Only one tile per image can be flipped this way: a tile grid would also have to be reordered."""
     import torch
     pixels = tensors.get("pixel_values")
-    if pixels is None or pixels.dim() not in (4, 5) or pixels.shape[-3] != 3 or pixels.dim() == 5 and pixels.shape[1] != 1:
+    one_tile = pixels is not None and (pixels.dim() == 4 or pixels.dim() == 5 and pixels.shape[1] == 1)
+    if not one_tile or pixels.shape[-3] != 3:
         shape = None if pixels is None else tuple(pixels.shape)
         raise UserError(f"augment={how} needs every image as one tile of pixels (SmolVLM with image_splitting=false, "
                         f"or LLaVA); this processor gives pixel_values of shape {shape}: use augment=none")
