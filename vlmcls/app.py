@@ -46,7 +46,8 @@ def classify_files(model, processor, paths, classes, question, *, batch_size, ma
             encoder.image_part(path)
             usable.append(path)
         except UserError as e:
-            problems.append(f"{Path(path).name}: {str(e).split(': ', 1)[1]}")
+            # the message starts with the upload's temporary path: the page names the file instead
+            problems.append(str(e).replace(str(path), Path(path).name, 1))
     results = evaluate(model, processor, usable, question, classes, "score", batch_size, max_pixels,
                        encoder=encoder, desc="page") if usable else []
     rows, views = [], []
