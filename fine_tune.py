@@ -14,7 +14,7 @@ from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, load_model, load_processor, pick_device, pick_dtype, \
     set_resolution
 from vlmcls.training import AUGMENTS, CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_only_collator, chat_dataset, \
-    checkpoint_to_resume, clear_previous_run, oversample, prepare_model, rows, save
+    balance_classes, checkpoint_to_resume, clear_previous_run, prepare_model, rows, save
 from vlmcls.validation import BEST_METRICS, read_validation, validating_trainer, validation_arguments
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # Hub id or local folder of the base model
@@ -35,11 +35,11 @@ SAVE_STEPS = 200  # checkpoint every this many steps without validation (with it
 EVAL_STEPS = 50  # measure accuracy and macro-F1 on the validation images every this many steps
 METRIC_FOR_BEST_MODEL = "macro_f1"  # "macro_f1" or "accuracy": the best checkpoint by it is the model saved
 EARLY_STOPPING_PATIENCE = 5  # end the run after this many evaluations without improvement (0 = never)
-CLASS_BALANCE = "oversample"  # "oversample": repeat rarer classes' images so each epoch draws all equally; or "none"
+CLASS_BALANCE = "none"  # "none": as the data is; "oversample": rarer classes repeated so each epoch draws all equally
 IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is SmolVLM's shipped setting
 IMAGE_SPLITTING = False  # cut large images into 512px tiles plus a global view (the original: true)
 ENLARGE_IMAGES = False  # resize smaller images up to IMAGE_LONGEST_EDGE, as the processor does (the original)
-TRAIN_QUESTIONS = "classification"  # "classification": only the JSON's classification question; "all" (original)
+TRAIN_QUESTIONS = "all"  # "all": every Q&A pair of the JSON; "classification": only its classification question
 AUGMENT = "none"  # random flips of training images: "hflip", "flips" (also up-down), "dihedral" (also quarter turns)
 MULTI_TURN = True  # an image's Q&A pairs as one chat, the image encoded once; False: one row per pair (original)
 INPUT_CACHE_DIR = ""  # "": keep encoded images in memory; a folder: keep them there (data larger than memory)
@@ -81,8 +81,7 @@ def main():
     # Workers encode the images once; batches of the encoded images in memory then need no workers of their own.
     workers = auto_workers(NUM_WORKERS)
     encoder = InputEncoder(processor, train_data["max_image_pixels"], enlarge=ENLARGE_IMAGES, cache_dir=INPUT_CACHE_DIR)
-    train_rows = rows(oversample(train_data, SEED) if CLASS_BALANCE == "oversample" else train_data, TRAIN_QUESTIONS,
-                      MULTI_TURN)
+    train_rows = rows(balance_classes(train_data, CLASS_BALANCE, SEED), TRAIN_QUESTIONS, MULTI_TURN)
     test_rows = rows(test_data, "classification", multi_turn=False) if test_data else []
     val_images = [s["image"] for s in val_data["samples"]] if val_data else []
     encoder.prepare([image for image, _ in train_rows + test_rows] + val_images, workers)

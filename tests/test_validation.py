@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import run_script
-from vlmcls.training import oversample
+from vlmcls.training import balance_classes
 from vlmcls.validation import share
 
 FAST = ["--per_device_train_batch_size=4", "--gradient_accumulation_steps=1", "--learning_rate=3e-3",
@@ -40,14 +40,15 @@ def test_oversampling_draws_every_class_equally_keeps_every_image_and_is_seeded(
     data = {"classes": ["rare", "common", "middle"],
             "samples": [{"image": f"{label}{i}.png", "label": label}
                         for label, n in (("common", 10), ("rare", 3), ("middle", 4)) for i in range(n)]}
-    balanced = oversample(data, seed=1)
+    balanced = balance_classes(data, "oversample", seed=1)
     assert Counter(s["label"] for s in balanced["samples"]) == {"common": 10, "rare": 10, "middle": 10}
     assert {s["image"] for s in balanced["samples"]} == {s["image"] for s in data["samples"]}
     rare = Counter(s["image"] for s in balanced["samples"] if s["label"] == "rare")
     assert sorted(rare.values()) == [3, 3, 4]  # three whole repeats, then one more drawn at random
-    assert oversample(data, seed=1) == balanced
-    assert any(oversample(data, seed=s)["samples"] != balanced["samples"] for s in range(2, 12))
+    assert balance_classes(data, "oversample", seed=1) == balanced
+    assert any(balance_classes(data, "oversample", seed=s)["samples"] != balanced["samples"] for s in range(2, 12))
     assert data["samples"][0] == {"image": "common0.png", "label": "common"} and len(data["samples"]) == 17
+    assert balance_classes(data, "none", seed=1) == data
 
 
 def eval_entries(history):

@@ -31,11 +31,13 @@ def rows(data, train_questions="all", multi_turn=True):
     return out
 
 
-def oversample(data, seed):
-    """The data with each class's images repeated until every class has as many as the largest: all of a class's
-    images as many times as they fit, then a seeded choice of the remainder. Every epoch then draws each class
-    equally often, and no image is left out. The list is the same on every run with the seed, so the Trainer's
-    seeded shuffle, and with it a resumed run's data order, is too."""
+def balance_classes(data, how, seed):
+    """The data as it is ("none"), or with each class's images repeated until every class has as many as the
+    largest ("oversample"): all of a class's images as many times as they fit, then a seeded choice of the
+    remainder. Every epoch then draws each class equally often, and no image is left out. The list is the same on
+    every run with the seed, so the Trainer's seeded shuffle, and with it a resumed run's data order, is too."""
+    if how == "none":
+        return data
     rng = random.Random(seed)
     by_class = defaultdict(list)
     for sample in data["samples"]:
