@@ -2,11 +2,13 @@
 
 Only the answer and its end-of-answer token are learned. With a validation set, the images of VAL_JSON are
 classified every EVAL_STEPS steps as the evaluation scripts classify them; the best checkpoint by
-METRIC_FOR_BEST_MODEL is the model saved, and a run that stops improving can end early. Runs on CUDA
+METRIC_FOR_BEST_MODEL is the model saved, a run that stops improving can end early, and the class bias that
+suits the validation images best is saved with the model (see the README). Runs on CUDA
 (bf16, or fp16 where bf16 is unsupported), Apple MPS or the CPU, as one process or under torchrun /
 accelerate launch, and continues an interrupted run from its last checkpoint when started again with
 the same command.
 """
+from vlmcls.calibration import fit_class_bias
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.compat import library_versions
 from vlmcls.images import read_dataset_json
@@ -36,6 +38,7 @@ EVAL_STEPS = 50  # measure accuracy and macro-F1 on the validation images every 
 METRIC_FOR_BEST_MODEL = "macro_f1"  # "macro_f1" or "accuracy": the best checkpoint by it is the model saved
 EARLY_STOPPING_PATIENCE = 5  # end the run after this many evaluations without improvement (0 = never)
 CLASS_BALANCE = "none"  # "none": as the data is; "oversample": rarer classes repeated so each epoch draws all equally
+FIT_CLASS_BIAS = True  # after training, weigh the class scores against the class frequencies as validation says best
 IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is SmolVLM's shipped setting
 IMAGE_SPLITTING = False  # cut large images into 512px tiles plus a global view (the original: true)
 ENLARGE_IMAGES = False  # resize smaller images up to IMAGE_LONGEST_EDGE, as the processor does (the original)
@@ -81,7 +84,8 @@ def main():
     # Workers encode the images once; batches of the encoded images in memory then need no workers of their own.
     workers = auto_workers(NUM_WORKERS)
     encoder = InputEncoder(processor, train_data["max_image_pixels"], enlarge=ENLARGE_IMAGES, cache_dir=INPUT_CACHE_DIR)
-    train_rows = rows(balance_classes(train_data, CLASS_BALANCE, SEED), TRAIN_QUESTIONS, MULTI_TURN)
+    trained = balance_classes(train_data, CLASS_BALANCE, SEED)
+    train_rows = rows(trained, TRAIN_QUESTIONS, MULTI_TURN)
     test_rows = rows(test_data, "classification", multi_turn=False) if test_data else []
     val_images = [s["image"] for s in val_data["samples"]] if val_data else []
     encoder.prepare([image for image, _ in train_rows + test_rows] + val_images, workers)
@@ -118,14 +122,16 @@ def main():
     if trainer.is_world_process_zero() and trainer.state.best_model_checkpoint:
         print(f"best checkpoint: {trainer.state.best_model_checkpoint} (validation {METRIC_FOR_BEST_MODEL} "
               f"{trainer.state.best_metric:.4f}), the model saved")
+    class_bias = fit_class_bias(trainer.validation_results(), val_data, [s["label"] for s in trained["samples"]],
+                                METRIC_FOR_BEST_MODEL) if val_data and FIT_CLASS_BIAS else None
     if test_rows:
         trainer.remove_callback(EarlyStoppingCallback)  # the test loss is no validation score to stop on
         metrics = trainer.evaluate(chat_dataset(test_rows, encoder, processor, end_ids), metric_key_prefix="test")
         if trainer.is_world_process_zero():
             print(f"test loss (classification answers): {metrics['test_loss']:.4f}")
     save(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
-         run_config={"settings": settings_of(globals()), "device": device, "dtype": str(dtype).replace("torch.", ""),
-                     "versions": library_versions()})
+         class_bias=class_bias, run_config={"settings": settings_of(globals()), "device": device,
+                                            "dtype": str(dtype).replace("torch.", ""), "versions": library_versions()})
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ IMAGE_SPLITTING = None  # None = as saved with the model
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved
+CLASS_BIAS = True  # add the class bias fine_tune.py chose on the validation images to the scores (False: raw scores)
 
 
 def main():
@@ -32,7 +33,8 @@ def main():
                                           image_splitting=IMAGE_SPLITTING)
     examples = example_images(MODEL_PATH, TEST_JSON, EXAMPLES)
     page = build_page(model, processor, model_path=MODEL_PATH, classes=CLASSES, examples=examples,
-                      batch_size=BATCH_SIZE, max_pixels=MAX_IMAGE_PIXELS, quantize=QUANTIZE)
+                      batch_size=BATCH_SIZE, max_pixels=MAX_IMAGE_PIXELS, quantize=QUANTIZE,
+                      class_bias=CLASS_BIAS)
     serve(page, host=HOST, port=PORT, max_file_mb=MAX_FILE_MB, examples=examples)
 
 

@@ -22,6 +22,7 @@ NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved
+CLASS_BIAS = True  # score mode: add the class bias fine_tune.py chose on the validation images (False: raw scores)
 
 
 def main():
@@ -33,7 +34,7 @@ def main():
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                     enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,
                     max_pixels=data["max_image_pixels"], report_dir=REPORT_DIR, report_name="test_set",
-                    quantize=QUANTIZE, record=settings_of(globals()))
+                    quantize=QUANTIZE, class_bias=CLASS_BIAS, record=settings_of(globals()))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ ROWS = {  # recipe name -> fine_tune.py settings; the first is the baseline the 
     "multi_turn": {"multi_turn": True, "train_questions": "all", "val_json": "", "class_balance": "none"},
     "classification_only": {"multi_turn": False, "train_questions": "classification", "val_json": "",
                             "class_balance": "none"},
-    "validation": {"multi_turn": False, "train_questions": "all", "class_balance": "none"},
+    "validation": {"multi_turn": False, "train_questions": "all", "class_balance": "none", "fit_class_bias": False},
+    "class_bias": {"multi_turn": False, "train_questions": "all", "class_balance": "none", "fit_class_bias": True},
     "oversample": {"multi_turn": False, "train_questions": "all", "val_json": "", "class_balance": "oversample"},
     "defaults": {},
 }
@@ -177,6 +178,8 @@ def train_and_test(task_dir, row, seed, model):
     history = json.loads((out / "model" / "train_log_history.json").read_text())
     steps = max(e["step"] for e in history)
     result = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "images": steps * BATCH,
+              "bias_strength": (json.loads((out / "model" / "classes.json").read_text())["class_bias"] or {}).get(
+                  "strength"),
               "train_s": train_s, "test_s": test_s, "args": args, "fine_tune_defaults": defaults,
               "recall": {c: m["recall"] for c, m in report["per_class"].items()}}
     write_json(result_file, result)
@@ -190,12 +193,15 @@ def mean_spread(values, digits=3):
 
 
 def table(results):
-    lines = ["| task | row | accuracy | macro-F1 | images encoded | train s | test s |", "|---" * 7 + "|"]
+    lines = ["| task | row | accuracy | macro-F1 | class bias strength | images encoded | train s | test s |",
+             "|---" * 8 + "|"]
     for task in TASKS:
         for row in ROWS:
             runs = results[task][row]
+            strengths = [r["bias_strength"] for r in runs if r.get("bias_strength") is not None]
             lines.append(f"| {task} | {row} | {mean_spread([r['accuracy'] for r in runs])} | "
                          f"{mean_spread([r['macro_f1'] for r in runs])} | "
+                         f"{' / '.join(f'{x:.1f}' for x in strengths) if strengths else '-'} | "
                          f"{statistics.mean(r['images'] for r in runs):.0f} | "
                          f"{mean_spread([r['train_s'] for r in runs], 0)} | {mean_spread([r['test_s'] for r in runs], 0)} |")
     return "\n".join(lines)
@@ -246,7 +252,8 @@ Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py {' '.join(sys
   {(IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR ** 2} image tokens; initialised from each seed (0..{SEEDS - 1}).
 - Every run: {STEPS} steps of {BATCH} training rows, one image each ({STEPS * BATCH} images encoded unless
   early stopping ends it sooner), learning rate {LEARNING_RATE}, {WARMUP_STEPS} warm-up steps; validation
-  every {EVAL_STEPS} steps where the row validates. Test: score mode on the held-out test images.
+  every {EVAL_STEPS} steps where the row validates. Test: score mode on the held-out test images, with
+  the class bias where the row fitted one (its strength, chosen on the validation images, per seed).
 - Accuracy and macro-F1 are the mean ± standard deviation over the seeds; seconds are wall-clock, the
   training's including its validation ({JOBS} run(s) at a time, {THREADS or "default"} torch thread(s) each).
 

@@ -1,5 +1,6 @@
 """vlm_app.py: the page in a real browser, its API through gradio_client, and the parts it is built from."""
 import csv
+import json
 import os
 import re
 import socket
@@ -209,3 +210,24 @@ def test_a_model_without_class_names_asks_for_them(tiny_smolvlm):
         assert sorted(row[1] for row in table["data"]) == ["blue", "green", "red"] and messages == ""
     finally:
         page.close()
+
+
+def test_the_page_adds_the_class_bias_saved_with_the_model(fine_tuned_smolvlm, tmp_path):
+    from gradio_client import Client, handle_file
+    processor, model = load_tiny(fine_tuned_smolvlm / "finetuned")
+    saved = json.loads((fine_tuned_smolvlm / "finetuned" / "classes.json").read_text())
+    saved["class_bias"] = {**saved["class_bias"], "bias": {c: 50.0 * (c == "green") for c in saved["classes"]}}
+    (tmp_path / "classes.json").write_text(json.dumps(saved))  # the model's class names, with a bias for green
+    image = fine_tuned_smolvlm / "data" / "red" / "red_05.png"
+    top = {}
+    for class_bias in (True, False):
+        page = build_page(model, processor, model_path=str(tmp_path), classes=[], examples=[], batch_size=2,
+                          max_pixels=10**6, quantize="none", class_bias=class_bias)
+        page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+        try:
+            table, _, _ = Client(page.local_url, verbose=False).predict(
+                [{"image": handle_file(str(image)), "caption": None}], "", api_name="/classify")
+            top[class_bias] = table["data"][0][1]
+        finally:
+            page.close()
+    assert top == {True: "green", False: "red"}

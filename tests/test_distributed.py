@@ -176,3 +176,6 @@ def test_two_processes_share_the_validation_and_report_what_one_process_measures
     assert single["total"] == images
     assert (logged[0]["eval_accuracy"], logged[0]["eval_macro_f1"]) == \
         (pytest.approx(single["accuracy"]), pytest.approx(single["macro_f1"]))
+    # The class bias was chosen on every validation image, gathered from both processes, as one process scores them.
+    fitted = json.loads((tmp_path / "out" / "classes.json").read_text())["class_bias"]
+    assert fitted["validation_images"] == images and fitted["validation_before"] == pytest.approx(single["macro_f1"])

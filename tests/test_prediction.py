@@ -1,11 +1,14 @@
 """vlmcls.prediction: score mode is the likelihood of each class's answer; every mode names a class or says none."""
+import math
+
 import pytest
 import torch
 from PIL import Image
 
 from conftest import COLOURS, load_tiny, red_image
 from vlmcls.models import end_token_ids
-from vlmcls.prediction import MODES, NO_CLASS, PromptBatches, class_answer_ids, evaluate, predict_scores
+from vlmcls.prediction import MODES, NO_CLASS, PromptBatches, class_answer_ids, evaluate, predict_scores, ranked, \
+    shift
 from vlmcls.prompt import classification_question, render
 
 QUESTION = classification_question(list(COLOURS))
@@ -58,3 +61,15 @@ def test_a_file_that_is_not_an_image_stops_evaluation_with_its_name(tiny_smolvlm
     paths[2].write_text("not an image")
     with pytest.raises(UserError, match="2.png: not an image"):
         evaluate(model, processor, paths, "Colour?", ["red", "green"], "score", 1, 10**6, workers=2)
+
+
+def test_a_bias_shifts_the_log_probabilities_and_ranks_again():
+    classes = ["a", "b", "c"]
+    results = [ranked(classes, [0.6, 0.3, 0.1]), {"answer": "b!", "pred": "b", "probs": None, "top2": ["b"]}]
+    assert shift(results, classes, [0.0, 0.0, 0.0])[0]["probs"] == pytest.approx(results[0]["probs"])
+    moved = shift(results, classes, [0.0, 0.0, math.log(10)])
+    # c's probability times 10, then all of them normalised: 0.6, 0.3, 1.0 over 1.9
+    assert moved[0]["probs"] == pytest.approx({"a": 0.6 / 1.9, "b": 0.3 / 1.9, "c": 1.0 / 1.9})
+    assert moved[0]["pred"] == moved[0]["answer"] == "c" and moved[0]["top2"] == ["c", "a"]
+    assert moved[1] == results[1]  # a written answer has no probabilities to shift
+    assert results[0]["pred"] == "a"  # the results given are left as they were

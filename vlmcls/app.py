@@ -3,6 +3,7 @@ import itertools
 import json
 from pathlib import Path
 
+from .calibration import saved_class_bias
 from .cli import UserError
 from .images import read_dataset_json
 from .inputs import InputEncoder
@@ -31,10 +32,10 @@ def model_view(image_processor, pixel_values):
     return Image.fromarray(np.clip(tile.transpose(1, 2, 0) + 0.5, 0, 255).astype(np.uint8))
 
 
-def classify_files(model, processor, paths, classes, question, *, batch_size, max_pixels):
-    """Score mode over the files, as the evaluation scripts run it. Returns (table: every class of each image
-    with its probability, the top class first, shown to 3 decimals; [(image as the model sees it, caption)];
-    one message per file that cannot be used, naming it and saying why).
+def classify_files(model, processor, paths, classes, question, *, batch_size, max_pixels, bias=None):
+    """Score mode over the files, as the evaluation scripts run it (`bias`: a class bias's values). Returns
+    (table: every class of each image with its probability, the top class first, shown to 3 decimals;
+    [(image as the model sees it, caption)]; one message per file that cannot be used, naming it and saying why).
 
     Each file is decoded and run through the processor once: the encoder keeps the result, which the
     prediction takes and the model's view is drawn from."""
@@ -49,7 +50,7 @@ def classify_files(model, processor, paths, classes, question, *, batch_size, ma
             # the message starts with the upload's temporary path: the page names the file instead
             problems.append(str(e).replace(str(path), Path(path).name, 1))
     results = evaluate(model, processor, usable, question, classes, "score", batch_size, max_pixels,
-                       encoder=encoder, desc="page") if usable else []
+                       encoder=encoder, bias=bias, desc="page") if usable else []
     rows, views = [], []
     for path, result in zip(usable, results):
         ranked = sorted(result["probs"].items(), key=lambda item: -item[1])
@@ -81,9 +82,11 @@ def parse_class_names(text):
     return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
-def build_page(model, processor, *, model_path, classes, examples, batch_size, max_pixels, quantize):
+def build_page(model, processor, *, model_path, classes, examples, batch_size, max_pixels, quantize,
+               class_bias=True):
     """The Gradio page. `classes` ([] = those saved with the model) can be replaced on the page; a model with
-    neither gets a field asking for them. Classifying is also the API endpoint /classify."""
+    neither gets a field asking for them. With `class_bias`, the class bias saved with the model for those classes
+    is added to the scores. Classifying is also the API endpoint /classify."""
     import gradio as gr
     default = classes_and_question(model_path, classes)
 
@@ -93,8 +96,10 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
             return [], [], "Give two or more class names, separated by commas."
         if not images:
             return [], [], "Drop, paste or pick one image or several."
+        bias = saved_class_bias(model_path, found[0]) if class_bias else None
         rows, views, problems = classify_files(model, processor, [path for path, _ in images], *found,
-                                               batch_size=batch_size, max_pixels=max_pixels)
+                                               batch_size=batch_size, max_pixels=max_pixels,
+                                               bias=bias["values"] if bias else None)
         return rows, views, "\n\n".join(f"**Not classified:** {p}" for p in problems)
 
     known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"

@@ -2,6 +2,7 @@
 import re
 from pathlib import Path
 
+from .calibration import saved_class_bias
 from .compat import library_versions
 from .files import write_csv
 from .inputs import auto_workers
@@ -19,12 +20,12 @@ def default_report_dir(model_path, name):
 
 def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,
                     image_longest_edge, image_splitting, enlarge_images, num_workers, max_pixels, report_dir,
-                    report_name, quantize="none", record=None):
+                    report_name, quantize="none", class_bias=True, record=None):
     """Evaluate each model on the same images, print the original's lines for each and, for two or more,
     a side-by-side table. With labels, writes report.json, predictions.csv and confusion_matrix.png;
     without, predictions.csv only; report.json also records `record` (the script's settings) and the library
-    versions. `quantize` ("none" or "int8") applies to every model. Returns each model's metrics (None without
-    labels)."""
+    versions. `quantize` ("none" or "int8") applies to every model; with `class_bias`, score mode adds the class
+    bias saved with a model. Returns each model's metrics (None without labels)."""
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
     outcomes = []
@@ -33,8 +34,13 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
         print(f"\n=== {model_path} ({len(paths)} images, {mode} mode, {device}{int8}) ===\nquestion: {question}")
         processor, model = load_for_inference(model_path, device=device, dtype=dtype, quantize=quantize,
                                               image_longest_edge=image_longest_edge, image_splitting=image_splitting)
+        bias = saved_class_bias(model_path, classes) if class_bias and mode == "score" else None
+        if bias:
+            print(f"class bias of strength {bias['strength']:.1f}, chosen on the validation images, added to the "
+                  "scores (class_bias=false: without)")
         results = evaluate(model, processor, paths, question, classes, mode, batch_size, max_pixels,
-                           enlarge=enlarge_images, workers=auto_workers(num_workers))
+                           enlarge=enlarge_images, workers=auto_workers(num_workers),
+                           bias=bias["values"] if bias else None)
         out = Path(report_dir) / Path(model_path).name if report_dir and len(model_paths) > 1 else \
             Path(report_dir) if report_dir else default_report_dir(model_path, report_name)
         if true is None:
@@ -45,7 +51,8 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
             outcomes.append(None)
         else:
             extra = {"model": str(model_path), "prediction": mode, "classes": classes, "question": question,
-                     "settings": record or {}, "versions": library_versions()}
+                     "class_bias": bias["bias"] if bias else None, "settings": record or {},
+                     "versions": library_versions()}
             result = write_report(out, paths, results, true, classes, extra)
             print_accuracy(result)
             outcomes.append(result)

@@ -1,4 +1,6 @@
 """Prediction: a class for each image, by scoring every class's answer or by letting the model write one."""
+import math
+
 from .cli import OneOf, UserError
 from .compat import generation_position_ids
 from .inputs import InputEncoder, collate, through_end
@@ -75,14 +77,32 @@ def predict_generate(model, processor, batch, max_new_tokens=32):
     return processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def ranked(classes, probs):
+    """A score-mode result: the most probable class is the prediction."""
+    order = sorted(range(len(classes)), key=lambda i: -probs[i])
+    return {"answer": classes[order[0]], "pred": classes[order[0]], "probs": dict(zip(classes, probs)),
+            "top2": [classes[i] for i in order[:2]]}
+
+
 def score_mode(model, processor, batch, question, classes):
     """Every class ranked by the likelihood of its answer; the result is always a class."""
-    results = []
-    for row in predict_scores(model, processor, batch, question, classes).softmax(-1).tolist():
-        order = sorted(range(len(classes)), key=lambda i: -row[i])
-        results.append({"answer": classes[order[0]], "pred": classes[order[0]],
-                        "probs": dict(zip(classes, row)), "top2": [classes[i] for i in order[:2]]})
-    return results
+    scores = predict_scores(model, processor, batch, question, classes)
+    return [ranked(classes, row) for row in scores.softmax(-1).tolist()]
+
+
+def shift(results, classes, bias):
+    """Results ranked again with `bias` (one number per class) added to each class's log-probability, as the class
+    bias of vlmcls.calibration does; results without probabilities (generate mode) stay as they are."""
+    shifted = []
+    for result in results:
+        if result["probs"] is None:
+            shifted.append(result)
+            continue
+        # 1e-45: about the smallest float32 probability, for a class whose probability underflowed to 0
+        logits = [math.log(max(result["probs"][name], 1e-45)) + b for name, b in zip(classes, bias)]
+        weights = [math.exp(x - max(logits)) for x in logits]
+        shifted.append(ranked(classes, [w / sum(weights) for w in weights]))
+    return shifted
 
 
 def generate_mode(model, processor, batch, question, classes):
@@ -100,10 +120,10 @@ PREDICTIONS = OneOf(*MODES)
 
 
 def evaluate(model, processor, images, question, classes, mode, batch_size, max_pixels, *, enlarge=False,
-             workers=0, encoder=None, desc="evaluating"):
+             workers=0, encoder=None, bias=None, desc="evaluating"):
     """Predict every image (file paths, or decoded images) in batches, the next batches prepared by `workers`
-    processes while the model runs, or taken from `encoder`'s cache. Returns one dict per image: answer,
-    predicted class, class probabilities."""
+    processes while the model runs, or taken from `encoder`'s cache; with `bias` (a class bias's values), score
+    mode's results are shifted by it. Returns one dict per image: answer, predicted class, class probabilities."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
     if mode not in MODES:
@@ -116,6 +136,7 @@ def evaluate(model, processor, images, question, classes, mode, batch_size, max_
         for batch in batches:
             if isinstance(batch, str):
                 raise UserError(batch)
-            results += predict(model, processor, batch, question, classes)
+            batch_results = predict(model, processor, batch, question, classes)
+            results += shift(batch_results, classes, bias) if bias else batch_results
             bar.update(len(batch["input_ids"]))
     return results

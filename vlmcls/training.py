@@ -7,6 +7,7 @@ from collections import defaultdict
 from functools import partial
 from pathlib import Path
 
+from .calibration import describe
 from .cli import OneOf, UserError, existing_path
 from .files import write_json
 from .inputs import collate
@@ -180,8 +181,9 @@ def save_merged_lora(trainer, out, base_model_path):
         shutil.rmtree(adapter)
 
 
-def save(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config):
-    """Model (LoRA merged in), processor with its resolution, class list, run_config.json and training log."""
+def save(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config, class_bias=None):
+    """Model (LoRA merged in), processor with its resolution, class list (with the class bias, if one was
+    fitted), run_config.json and training log."""
     out = Path(output_dir)
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model is gathered into one file
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
@@ -193,7 +195,9 @@ def save(trainer, processor, data, output_dir, *, base_model_path, merge_lora, r
         return
     processor.save_pretrained(out)
     write_json(out / "classes.json", {"classes": data["classes"], "question": data["question"],
-                                      "max_image_pixels": data["max_image_pixels"]})
+                                      "max_image_pixels": data["max_image_pixels"], "class_bias": class_bias})
+    if class_bias:
+        print(describe(class_bias))
     write_json(out / "run_config.json", run_config)
     # Written last: its presence marks a finished run.
     write_json(out / FINISHED_MARKER, trainer.state.log_history)

@@ -1,4 +1,4 @@
-"""Validation while training: score-mode accuracy and macro-F1 on held-out images, for picking the best checkpoint."""
+"""Validation while training: score-mode metrics on held-out images, for the best checkpoint and the class bias."""
 import math
 import time
 from pathlib import Path
@@ -49,18 +49,27 @@ def share(items, rank, world):
     return part + items[:1] * (size - len(part))
 
 
-def measure(model, processor, data, batch_size, rank=0, world=1, encoder=None):
-    """Score-mode metrics (vlmcls.report.metrics) on every image of `data`, each process predicting its share;
-    the predictions are gathered in order, so every process gets the numbers one process would. With `encoder`
-    (the training's InputEncoder) the images come from its cache."""
+def predict_all(model, processor, data, batch_size, rank=0, world=1, encoder=None):
+    """Score-mode results on every image of `data`, each process predicting its share; the results are gathered
+    in order, so every process gets what one process would. With `encoder` (the training's InputEncoder) the
+    images come from its cache."""
     from accelerate.utils import gather_object
     paths = [s["image"] for s in data["samples"]]
     mine = share(paths, rank, world)
     desc = "validation" if world == 1 else f"validation, process {rank}"
     results = evaluate(model, processor, mine, data["question"], data["classes"], "score", batch_size,
                        data["max_image_pixels"], encoder=encoder, desc=desc)
-    predicted = gather_object([r["pred"] for r in results])[:len(paths)]
-    return metrics([s["label"] for s in data["samples"]], predicted, data["classes"])
+    return gather_object(results)[:len(paths)]
+
+
+def scored(data, results):
+    """The metrics (vlmcls.report.metrics) of one result per image of `data`."""
+    return metrics([s["label"] for s in data["samples"]], [r["pred"] for r in results], data["classes"])
+
+
+def measure(model, processor, data, batch_size, rank=0, world=1, encoder=None):
+    """Score-mode metrics on every image of `data`, as predict_all predicts them."""
+    return scored(data, predict_all(model, processor, data, batch_size, rank, world, encoder))
 
 
 def validating_trainer(validation, batch_size, encoder, callbacks, **kwargs):
@@ -69,15 +78,21 @@ def validating_trainer(validation, batch_size, encoder, callbacks, **kwargs):
     from trl import SFTTrainer
 
     class ValidatingSFTTrainer(SFTTrainer):
+        def validation_results(self):
+            """Score-mode results of the model as it is now on every validation image (every process takes part)."""
+            training = self.model.training
+            self.model.eval()
+            with self.accelerator.autocast():
+                results = predict_all(self.model, self.processing_class, validation, batch_size,
+                                      self.accelerator.process_index, self.accelerator.num_processes, encoder)
+            self.model.train(training)
+            return results
+
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             if validation is None or eval_dataset is not None:
                 return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            start, training = time.time(), self.model.training
-            self.model.eval()
-            with self.accelerator.autocast():
-                result = measure(self.model, self.processing_class, validation, batch_size,
-                                 self.accelerator.process_index, self.accelerator.num_processes, encoder)
-            self.model.train(training)
+            start = time.time()
+            result = scored(validation, self.validation_results())
             scores = {f"{metric_key_prefix}_{k}": result[k] for k in ("accuracy", "macro_f1")}
             if self.is_world_process_zero():
                 print(f"step {self.state.global_step}: validation accuracy {result['accuracy']:.4f}, "
