@@ -47,7 +47,6 @@ def test_scores_that_are_right_as_they_are_get_no_bias():
     fitted = fit_class_bias(results, data, ["common"] * 90 + ["rare"] * 10, "accuracy")
     assert fitted["strength"] == 0.0 and set(fitted["bias"].values()) == {0.0}
     assert fitted["validation_before"] == fitted["validation_after"] == 1.0
-    assert set(STRENGTHS) >= {0.0, 1.0}
 
 
 def test_a_saved_bias_is_given_in_the_order_asked_and_only_for_its_own_classes(tmp_path):
