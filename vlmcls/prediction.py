@@ -100,8 +100,10 @@ def shift(results, classes, bias):
             continue
         # 1e-45: about the smallest float32 probability, for a class whose probability underflowed to 0
         logits = [math.log(max(result["probs"][name], 1e-45)) + b for name, b in zip(classes, bias)]
-        weights = [math.exp(x - max(logits)) for x in logits]
-        shifted.append(ranked(classes, [w / sum(weights) for w in weights]))
+        top = max(logits)
+        weights = [math.exp(x - top) for x in logits]
+        total = sum(weights)
+        shifted.append(ranked(classes, [w / total for w in weights]))
     return shifted
 
 
