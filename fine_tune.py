@@ -11,7 +11,7 @@ the same command.
 from vlmcls.calibration import fit_class_bias
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.compat import library_versions
-from vlmcls.images import read_dataset_json
+from vlmcls.images import read_dataset_json, refuse_overlap
 from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, load_model, load_processor, pick_device, pick_dtype, \
     set_resolution
@@ -69,6 +69,7 @@ def main():
     train_data = read_dataset_json(TRAIN_JSON)
     val_data = read_validation(VAL_JSON, train_data)
     test_data = read_dataset_json(TEST_JSON) if TEST_JSON else None
+    refuse_overlap(train_data, {"validation": val_data, "test": test_data})
     resume = checkpoint_to_resume(OUTPUT_DIR, RESUME)
     device = pick_device(DEVICE)
     dtype = pick_dtype(device, DTYPE)

@@ -42,6 +42,23 @@ def test_validation_picks_the_weakest_strength_that_finds_a_rare_class_the_score
     assert [fitted["bias"][c] for c in CLASSES] == pytest.approx(frequency_bias(train_labels, CLASSES, 0.4))
 
 
+def test_a_stronger_bias_that_scores_better_only_within_one_standard_error_is_not_taken():
+    # 14 common images with p(rare) 0.01, two more at 0.35 and 0.2; rare images at 0.45, 0.3, 0.05, 0.05. With a
+    # training prior of 9:1, an image turns rare from strength -logit(p) / ln 9: 0.45 from 0.1, the common 0.35
+    # from 0.3, the rare 0.3 from 0.4, the common 0.2 from 0.7. Macro-F1 by strength: 0 0.444; 0.1 0.657
+    # (rare F1 2/5, common 32/35); 0.3 0.608; 0.4 0.740 (rare 4/7, common 30/33), the best; 0.7 0.688.
+    probabilities = [0.01] * 14 + [0.35, 0.2] + [0.45, 0.3, 0.05, 0.05]
+    labels = ["common"] * 16 + ["rare"] * 4
+    data = {"classes": CLASSES, "samples": [{"image": f"{i}.png", "label": x} for i, x in enumerate(labels)]}
+    results = [ranked(CLASSES, [1 - p, p]) for p in probabilities]
+    fitted = fit_class_bias(results, data, ["common"] * 90 + ["rare"] * 10, "macro_f1")
+    assert fitted["validation_best"] == pytest.approx(0.5 * (4 / 7 + 30 / 33))  # at strength 0.4
+    assert fitted["validation_best"] - fitted["standard_error"] <= 0.5 * (2 / 5 + 32 / 35) < fitted["validation_best"]
+    assert fitted["validation_best"] - fitted["standard_error"] > fitted["validation_before"]  # 0 is not close enough
+    # the plain best would be 0.4; the rule takes the weakest strength within one standard error of it
+    assert fitted["strength"] == 0.1
+    assert fitted["validation_after"] == pytest.approx(0.5 * (2 / 5 + 32 / 35))
+
 def test_scores_that_are_right_as_they_are_get_no_bias():
     data, results = validation(lambda label: 0.8 if label == "rare" else 0.1)
     fitted = fit_class_bias(results, data, ["common"] * 90 + ["rare"] * 10, "accuracy")

@@ -73,3 +73,25 @@ def test_a_bias_shifts_the_log_probabilities_and_ranks_again():
     assert moved[0]["pred"] == moved[0]["answer"] == "c" and moved[0]["top2"] == ["c", "a"]
     assert moved[1] == results[1]  # a written answer has no probabilities to shift
     assert results[0]["pred"] == "a"  # the results given are left as they were
+
+
+@pytest.mark.parametrize("family, splitting", [("tiny_smolvlm", True), ("tiny_llava", None)])
+def test_a_left_padded_batch_scores_each_image_as_it_scores_alone(family, splitting, request, tmp_path):
+    """Padding, padding tiles and the positions of a left-padded batch change no image's scores."""
+    from vlmcls.models import set_resolution
+    processor, model = load_tiny(request.getfixturevalue(family))
+    set_resolution(processor, 1024 if splitting else None, splitting)
+    classes = list(COLOURS)
+    generator = torch.Generator().manual_seed(0)
+    paths = []
+    for i, size in enumerate([(1100, 700), (300, 200), (1030, 1030)]):
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    prompts = PromptBatches(processor, QUESTION, 10**8, enlarge=False)
+    batch = prompts(paths)
+    together = predict_scores(model, processor, batch, QUESTION, classes)
+    alone = torch.cat([predict_scores(model, processor, prompts([p]), QUESTION, classes) for p in paths])
+    if splitting:  # the images make different numbers of tiles, so the batch is padded on the left
+        assert (batch["attention_mask"] == 0).any() and (batch["pixel_attention_mask"] == 0).any()
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)

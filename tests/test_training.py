@@ -40,9 +40,16 @@ def test_only_the_answer_and_its_end_token_carry_labels(family, request, tmp_pat
     red_image().save(tmp_path / "red.png")
     samples = [{"image": str(tmp_path / "red.png"), "qa": [{"question": QUESTION, "answer": a}]} for a in ANSWERS]
     processor, batch = training_batch(request.getfixturevalue(family), samples, multi_turn=False)
-    for labels, answer in zip(batch["labels"], ANSWERS):
+    _, model = load_tiny(request.getfixturevalue(family))
+    end_ids = end_token_ids(processor, model)
+    for labels, input_ids, answer in zip(batch["labels"], batch["input_ids"], ANSWERS):
         (start, end), = labelled_spans(labels)
         assert processor.tokenizer.decode(labels[start:end].tolist()) == FAMILIES[family].format(answer)
+        # The labels are the ids the model reads at those positions (the model shifts them itself): exactly the
+        # answer's tokens as the chat tokenises them, then its end token.
+        expected = processor.tokenizer(FAMILIES[family].format(answer), add_special_tokens=False)["input_ids"]
+        assert labels[start:end].tolist() == input_ids[start:end].tolist() == expected
+        assert expected[-1] in end_ids
 
 
 @pytest.mark.parametrize("family", FAMILIES)

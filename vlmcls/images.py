@@ -135,6 +135,34 @@ def split_groups(groups, label_of, classes, held_out_ratio, seed):
     return sorted(kept), sorted(held_out)
 
 
+def file_digest(path):
+    """Hash of a file's bytes: a copy of an image under another name or folder hashes the same."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def refuse_overlap(train_data, held_out):
+    """Stop, naming one image, where a held-out data set (`held_out`: {"validation": data, "test": data}, None
+    for one not used) shares an image with the training data, by path or by file content: a held-out image the
+    model trained on measures nothing."""
+    train_paths = {s["image"] for s in train_data["samples"]}
+    by_digest = None
+    for kind, data in held_out.items():
+        for sample in (data or {}).get("samples", []):
+            path = sample["image"]
+            if path in train_paths:
+                raise UserError(f"{path}: this {kind} image is also a training image; write the splits with one "
+                                "run of generate_train_json.py, which keeps them apart")
+            if by_digest is None:  # hashed only where there are held-out images to compare
+                by_digest = {file_digest(p): p for p in sorted(train_paths)}
+            twin = by_digest.get(file_digest(path))
+            if twin:
+                raise UserError(f"{path}: this {kind} image has the same content as the training image {twin}; "
+                                "write the splits with one run of generate_train_json.py, which keeps copies "
+                                "together")
+
 def read_dataset_json(path):
     """A data set written by generate_train_json.py, with image paths made absolute."""
     path = Path(path)
