@@ -1,22 +1,45 @@
-"""Benchmark: test accuracy and macro-F1 of the training recipes on real data (elpv, 2 and 4 classes), at equal compute.
+"""Benchmark: the training recipes compared on real image sets at equal training time, under a fixed protocol.
 
-For every task, seed and row (a recipe: fine_tune.py settings), a tiny SmolVLM-architecture model initialised
-from the seed is trained from scratch and evaluated on the task's test images. The five scripts run as separate
-processes, exactly as a user runs them: download_dataset.py --source=elpv, generate_train_json.py,
-fine_tune.py, vlm_benchmark_test_dataset.py (its report.json is read). Every row encodes the same number of
-training images, STEPS x BATCH (one image per training row and step; a run that stops early encodes fewer,
-and the table says how many); seconds are reported too. The table goes to stdout and to OUTPUT.
+For every task, split and row (a recipe: fine_tune.py settings), a tiny SmolVLM-architecture model initialised
+from the split's seed is trained from scratch and scored on the split's held-out images. The project's scripts
+run as separate processes, as a user runs them: download_dataset.py, generate_train_json.py --seed=<split>,
+fine_tune.py, vlm_benchmark_test_dataset.py (its predictions.csv is read). The tiny model stands in for the
+pretrained one, which no machine here can load: the numbers compare recipes, they say nothing absolute.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py                         # full run
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py --steps=5 --seeds=1     # smoke check
+The protocol (PROTOCOL, version 1), enforced by this script:
+1. Development: every choice (a default, a learning rate, an option's design or threshold) is made on the
+   scores of the DEVELOPMENT_SPLITS (split seeds of generate_train_json.py; split s trains a model initialised
+   from seed s, with fine_tune.py's --seed=s). This is what a run without --confirm measures; its table goes to
+   benchmarks/results-accuracy-development.md.
+2. Confirmation: claims are made on the CONFIRMATION_SPLITS, which no choice looked at. --confirm runs them for
+   the current commit (the code must be committed) and writes benchmarks/results-accuracy-confirmation.md, which
+   records the commit, the code hash, the protocol version and that it is a confirmation run, and adds the run
+   to LEDGER. Confirming again on split seeds that the ledger has seen with other code is refused: looking at a
+   confirmation table, changing the recipe and confirming on the same splits would let those splits choose. New
+   confirmation splits are the next unused block of 100 (the ledger says which were used).
+3. Paired comparisons: every row is compared with BASELINE on the same splits, seeds and held-out images, as
+   the mean difference with a 95% bootstrap interval (resampling the splits, then the held-out images of each).
+   "Better" means the whole interval is above 0.
+4. Equal compute is equal training time: a short pilot run of each row measures its seconds per step on this
+   machine in this invocation, and each row gets as many steps as fit in the time BASELINE takes for
+   STEPS[task] steps. The table reports the steps, the images seen and the seconds of every row.
+5. A finished run is reused only for the same code (a hash of the project's scripts and package) and the same
+   settings, fine_tune.py's defaults included; so is a pilot.
 
-Rows without validation train on a split made with VAL_RATIO=0, so they see the validation images as training
-images; the test images are the same for all rows. With WORK_DIR set, an interrupted benchmark run again with
-the same settings reuses the runs it finished.
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py --work_dir=/work/acc            # development
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py --work_dir=/work/acc --confirm  # confirmation
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py --steps='{"digits": 20}' --tasks='["digits"]' \\
+        --development_splits='[0]' --pilot_steps=5                                          # smoke check
+
+Rows without validation train on the split made with VAL_RATIO=0, so the validation images are training images
+for them; the held-out images are the same for every row of a split.
 """
+import csv
+import hashlib
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -32,23 +55,25 @@ import fine_tune  # noqa: E402
 from vlmcls.cli import configure, run_main, settings_of  # noqa: E402
 from vlmcls.files import atomic_write, write_json  # noqa: E402
 
-TASKS = ["elpv2", "elpv4"]  # names from TASK_FLAGS
-ROWS = {  # recipe name -> fine_tune.py settings; the first is the baseline the targets compare with
+TASKS = ["elpv2", "elpv4", "digits", "digits_small"]  # names from TASK_DATA
+ROWS = {  # recipe name -> fine_tune.py settings; BASELINE is the original's recipe
     "original": {"multi_turn": False, "train_questions": "all", "val_json": "", "class_balance": "none"},
     "multi_turn": {"multi_turn": True, "train_questions": "all", "val_json": "", "class_balance": "none"},
-    "classification_only": {"multi_turn": False, "train_questions": "classification", "val_json": "",
-                            "class_balance": "none"},
-    "validation": {"multi_turn": False, "train_questions": "all", "class_balance": "none", "fit_class_bias": False},
-    "class_bias": {"multi_turn": False, "train_questions": "all", "class_balance": "none", "fit_class_bias": True},
-    "oversample": {"multi_turn": False, "train_questions": "all", "val_json": "", "class_balance": "oversample"},
+    "validation": {"multi_turn": False, "train_questions": "all", "class_balance": "none", "fit_class_bias": True},
     "defaults": {},
 }
-SEEDS = 3  # seeds 0..SEEDS-1: model initialisation and fine_tune.py's --seed
-STEPS = 1600  # optimizer steps of every run: the compute budget is STEPS x BATCH encoded training images
-BATCH = 16  # training images per step (one process, no gradient accumulation)
-LEARNING_RATE = 5e-4  # peak learning rate of every run (1600 steps, elpv2, one seed: 0.802 vs 0.789 at 2e-3)
+BASELINE = "original"  # the row every other row is compared with
+DEVELOPMENT_SPLITS = [0, 1, 2]  # split seeds (and model seeds) that choices are made on
+CONFIRMATION_SPLITS = [100, 101, 102]  # split seeds of --confirm, never looked at before a choice is frozen
+CONFIRM = False  # run the confirmation splits for the committed code and record it in LEDGER
+STEPS = {"elpv2": 800, "elpv4": 800, "digits": 400, "digits_small": 200}  # BASELINE's optimizer steps per task
+BATCH = 16  # training rows per step (one process, no gradient accumulation)
+LEARNING_RATE = 5e-4  # peak learning rate of every run (see benchmarks/README.md for where it comes from)
 WARMUP_STEPS = 25  # linear warm-up
-EVAL_STEPS = 200  # validation interval of the rows that validate (and one at the end)
+EVAL_STEPS = 100  # validation interval of the rows that validate (and one at the end)
+PILOT_STEPS = 40  # steps of each pilot run measuring a row's seconds per step
+PILOT_REPEATS = 2  # pilots per row, interleaved across rows; the fastest counts (others' load only slows)
+BOOTSTRAP = 2000  # bootstrap resamples of the paired intervals
 IMAGE_SIZE = 128  # pixels: the tiny model's tile and fine_tune.py's --image_longest_edge
 PATCH_SIZE = 16  # vision patch size: (IMAGE_SIZE / PATCH_SIZE)^2 patches per image
 SCALE_FACTOR = 2  # pixel shuffle: image tokens = patches / SCALE_FACTOR^2
@@ -57,13 +82,38 @@ VISION_LAYERS = 2  # its layers
 TEXT_WIDTH = 64  # hidden size of the tiny language model
 TEXT_LAYERS = 2  # its layers
 EVAL_BATCH = 32  # images per forward pass when validating and testing
-JOBS = 2  # runs at a time, each its own processes (as many as there are idle cores: the runs do not interfere)
+JOBS = 2  # runs at a time, each its own processes (as many as there are idle cores)
 THREADS = 1  # torch threads per script (OMP_NUM_THREADS): a tiny model's threads only wait on each other; 0: default
 WORK_DIR = ""  # data, models and runs; "": a temporary folder, removed at the end
-OUTPUT = ""  # where the table is also written; "": benchmarks/results-accuracy.md
+OUTPUT = ""  # where the table is also written; "": benchmarks/results-accuracy-{development,confirmation}.md
 
+PROTOCOL = 1  # version of the protocol above; a confirmation records it
 ROOT = Path(__file__).resolve().parents[1]
-TASK_FLAGS = {"elpv2": ["--source=elpv", "--elpv_two_classes=true"], "elpv4": ["--source=elpv"]}
+LEDGER = ROOT / "benchmarks" / "confirmations.json"  # every confirmation run: commit, code hash, split seeds
+# Each task: how its class folders are made, and generate_train_json.py's ratios. digits_small holds out most
+# images, so about 20 training and 4 validation images remain per class: the regime of many users.
+TASK_DATA = {
+    "elpv2": {"download": ["--source=elpv", "--elpv_two_classes=true"], "split": []},
+    "elpv4": {"download": ["--source=elpv"], "split": []},
+    "digits": {"digits": True, "split": []},
+    "digits_small": {"digits": True, "split": ["--train_ratio=0.14", "--val_ratio=0.025"]},
+}
+# fine_tune.py settings that change what a training step costs; the rest (validation, the class bias) do not
+COST_SETTINGS = ["multi_turn", "train_questions", "class_balance", "augment"]
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def code_hash():
+    """The hash of the code a run executes: the scripts, the package and the tiny model's builder."""
+    files = sorted([*ROOT.glob("*.py"), *ROOT.glob("vlmcls/*.py"), ROOT / "tests" / "tiny_models.py"])
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def git(*args):
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def run(script, *args, cwd, log):
@@ -82,24 +132,46 @@ def run(script, *args, cwd, log):
     return time.perf_counter() - start
 
 
-def prepare_task(task, work):
-    """The task's images and two splits with the same test images: with validation images (split/) and
-    without, every non-test image for training (split_no_val/)."""
-    folder = work / task
-    if not (folder / "images").is_dir():
-        run("download_dataset.py", *TASK_FLAGS[task], f"--dataset_dir={folder / 'images'}", cwd=work,
-            log=work / f"{task}-download.log")
-    for name, ratio in (("split", None), ("split_no_val", 0)):
-        out = folder / name
+def write_digits(folder):
+    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels) as IMAGE_SIZE px PNG class folders, each
+    pixel a square of PATCH_SIZE-ish pixels (nearest neighbour: nothing is invented)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    building = folder.with_name(folder.name + ".building")
+    for i, (pixels, target) in enumerate(zip(digits.images, digits.target)):
+        (building / DIGIT_NAMES[target]).mkdir(parents=True, exist_ok=True)
+        grey = (255 - pixels * 255 / 16).round().astype(np.uint8)  # dark ink on white, as on paper
+        Image.fromarray(grey).resize((IMAGE_SIZE, IMAGE_SIZE), Image.NEAREST).save(
+            building / DIGIT_NAMES[target] / f"{i:04d}.png")
+    building.rename(folder)
+
+
+def prepare_split(task, split, work):
+    """The task's images and, for one split seed, two splits with the same held-out images: with validation
+    images (split-<s>/) and without, every other image for training (split-<s>-no-val/)."""
+    folder, data = work / task, TASK_DATA[task]
+    images = work / ("digits" if data.get("digits") else task) / "images"
+    if not images.is_dir():
+        images.parent.mkdir(parents=True, exist_ok=True)
+        if data.get("digits"):
+            write_digits(images)
+        else:
+            run("download_dataset.py", *data["download"], f"--dataset_dir={images}", cwd=work,
+                log=work / f"{task}-download.log")
+    outs = {"split": folder / f"split-{split}", "split_no_val": folder / f"split-{split}-no-val"}
+    for name, out in outs.items():
         if not (out / "test.json").is_file():
             out.mkdir(parents=True, exist_ok=True)
-            run("generate_train_json.py", f"--dataset_dir={folder / 'images'}", f"--train_json={out / 'train.json'}",
-                f"--val_json={out / 'val.json'}", f"--test_json={out / 'test.json'}",
-                *([f"--val_ratio={ratio}"] if ratio is not None else []), cwd=work, log=out / "generate.log")
-    tests = [json.loads((folder / name / "test.json").read_text())["samples"] for name in ("split", "split_no_val")]
+            run("generate_train_json.py", f"--dataset_dir={images}", f"--train_json={out / 'train.json'}",
+                f"--val_json={out / 'val.json'}", f"--test_json={out / 'test.json'}", f"--seed={split}",
+                *data["split"], *(["--val_ratio=0"] if name == "split_no_val" else []), cwd=work,
+                log=out / "generate.log")
+    tests = [json.loads((out / "test.json").read_text())["samples"] for out in outs.values()]
     if tests[0] != tests[1]:
-        sys.exit(f"error: {folder}: the splits with and without validation have different test images")
-    return folder
+        sys.exit(f"error: {folder}: the splits of seed {split} with and without validation hold out different images")
+    return outs
 
 
 def build_model(folder, seed):
@@ -142,48 +214,142 @@ def flag(name, value):
     return f"--{name}={json.dumps(value) if isinstance(value, bool) else value}"
 
 
-def train_and_test(task_dir, row, seed, model):
-    """One run: fine_tune.py with the row's settings, then vlm_benchmark_test_dataset.py; returns its numbers.
-    A run already finished with the same model and settings is not repeated."""
-    out = task_dir / "runs" / f"{row}-seed{seed}"
-    settings = ROWS[row]
-    validating = settings.get("val_json", None) != ""
-    split = task_dir / ("split" if validating else "split_no_val")
-    args = [f"--model_path={model}", f"--output_dir={out / 'model'}", "--resume=overwrite",
-            f"--train_json={split / 'train.json'}", f"--val_json={split / 'val.json' if validating else ''}",
-            "--test_json=", f"--max_steps={STEPS}", f"--per_device_train_batch_size={BATCH}",
+def validating(row):
+    return ROWS[row].get("val_json", None) != ""
+
+
+def fine_tune_args(row, splits, seed, model, out, steps):
+    """fine_tune.py's command line for a row: the benchmark's common settings, then the row's own."""
+    split = splits["split" if validating(row) else "split_no_val"]
+    return [f"--model_path={model}", f"--output_dir={out}", "--resume=overwrite",
+            f"--train_json={split / 'train.json'}", f"--val_json={split / 'val.json' if validating(row) else ''}",
+            "--test_json=", f"--max_steps={steps}", f"--per_device_train_batch_size={BATCH}",
             "--gradient_accumulation_steps=1", f"--learning_rate={LEARNING_RATE}", f"--warmup_steps={WARMUP_STEPS}",
-            "--logging_steps=25", f"--save_steps={STEPS}", f"--eval_steps={EVAL_STEPS}",
+            "--logging_steps=25", f"--save_steps={steps}", f"--eval_steps={EVAL_STEPS}",
             f"--per_device_eval_batch_size={EVAL_BATCH}", f"--image_longest_edge={IMAGE_SIZE}",
             "--gradient_checkpointing=false", f"--seed={seed}",
-            *[flag(k, v) for k, v in settings.items() if k != "val_json"]]
-    result_file = out / "result.json"
-    # fine_tune.py's defaults that the run's flags leave in force count as settings too: a run trained before one
-    # of them changed is stale (a result written before they were recorded is taken to be of the current ones)
-    defaults = settings_of(vars(fine_tune))
-    given = {a[2:].split("=")[0] for a in args}
+            *[flag(k, v) for k, v in ROWS[row].items() if k != "val_json"]]
 
-    def in_force(values):
-        return {k: v for k, v in values.items() if k not in given}
+
+def reusable(result_file, key):
+    """The stored result of a run with the same code, settings and fine_tune.py defaults in force, or None."""
     if result_file.is_file():
         stored = json.loads(result_file.read_text())
-        if stored["args"] == args and in_force(stored.get("fine_tune_defaults", defaults)) == in_force(defaults):
+        if stored.get("key") == key:
             return stored
+    return None
+
+
+def run_key(args):
+    """What makes two runs the same run: the code, the arguments, and fine_tune.py's defaults the arguments
+    leave in force."""
+    given = {a[2:].split("=")[0] for a in args}
+    defaults = {k: v for k, v in settings_of(vars(fine_tune)).items() if k not in given}
+    return {"code": code_hash(), "args": args, "fine_tune_defaults": defaults}
+
+
+def pilot_seconds_per_step(task, splits, model, work):
+    """Each row's training seconds per step on this task, from PILOT_STEPS-step runs on the split's training
+    images without validation (rows that train alike share one): PILOT_REPEATS rounds over the rows, the fastest
+    of each row's runs counting."""
+    defaults = settings_of(vars(fine_tune))
+    kinds = {}  # what sets a step's cost -> the rows that train so
+    for row in ROWS:
+        kind = tuple(flag(k, {**defaults, **ROWS[row]}[k]) for k in COST_SETTINGS)
+        kinds.setdefault(kind, []).append(row)
+    timings = {kind: [] for kind in kinds}
+    common = [f"--model_path={model}", "--resume=overwrite", f"--train_json={splits['split_no_val'] / 'train.json'}",
+              "--val_json=", "--test_json=", f"--max_steps={PILOT_STEPS}", f"--per_device_train_batch_size={BATCH}",
+              "--gradient_accumulation_steps=1", f"--learning_rate={LEARNING_RATE}", f"--warmup_steps={WARMUP_STEPS}",
+              f"--save_steps={PILOT_STEPS}", f"--image_longest_edge={IMAGE_SIZE}", "--gradient_checkpointing=false"]
+    for repeat in range(PILOT_REPEATS):
+        for i, kind in enumerate(kinds):
+            out = work / task / "pilots" / f"kind{i}-{repeat}"
+            args = common + list(kind) + [f"--output_dir={out / 'model'}"]
+            key = run_key(args)
+            stored = reusable(out / "pilot.json", key)
+            if stored is None:
+                out.mkdir(parents=True, exist_ok=True)
+                run("fine_tune.py", *args, cwd=out, log=out / "train.log")
+                history = json.loads((out / "model" / "train_log_history.json").read_text())
+                runtime = next(e["train_runtime"] for e in history if "train_runtime" in e)
+                stored = {"key": key, "seconds_per_step": runtime / PILOT_STEPS}
+                write_json(out / "pilot.json", stored)
+            timings[kind].append(stored["seconds_per_step"])
+    return {row: min(timings[kind]) for kind, rows in kinds.items() for row in rows}
+
+
+def train_and_test(task, row, seed, splits, model, steps, work):
+    """One run: fine_tune.py with the row's settings, then vlm_benchmark_test_dataset.py on the held-out images;
+    returns its numbers with the prediction for every held-out image. A finished run of the same code and
+    settings is not repeated."""
+    out = work / task / "runs" / f"{row}-split{seed}"
+    args = fine_tune_args(row, splits, seed, model, out / "model", steps)
+    key = run_key(args)
+    stored = reusable(out / "result.json", key)
+    if stored:
+        return stored
     out.mkdir(parents=True, exist_ok=True)
     train_s = run("fine_tune.py", *args, cwd=out, log=out / "train.log")
     test_s = run("vlm_benchmark_test_dataset.py", f"--model_path={out / 'model'}",
-                 f"--test_json={task_dir / 'split' / 'test.json'}", f"--report_dir={out / 'report'}",
+                 f"--test_json={splits['split'] / 'test.json'}", f"--report_dir={out / 'report'}",
                  f"--batch_size={EVAL_BATCH}", cwd=out, log=out / "test.log")
     report = json.loads((out / "report" / "report.json").read_text())
+    with open(out / "report" / "predictions.csv", newline="") as f:
+        predictions = sorted((r["path"], r["true_class"], r["predicted_class"]) for r in csv.DictReader(f))
     history = json.loads((out / "model" / "train_log_history.json").read_text())
-    steps = max(e["step"] for e in history)
-    result = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "images": steps * BATCH,
-              "bias_strength": (json.loads((out / "model" / "classes.json").read_text())["class_bias"] or {}).get(
-                  "strength"),
-              "train_s": train_s, "test_s": test_s, "args": args, "fine_tune_defaults": defaults,
-              "recall": {c: m["recall"] for c, m in report["per_class"].items()}}
-    write_json(result_file, result)
+    bias = json.loads((out / "model" / "classes.json").read_text())["class_bias"]
+    result = {"key": key, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+              "steps": max(e["step"] for e in history), "bias_strength": (bias or {}).get("strength"),
+              "train_s": train_s, "test_s": test_s, "classes": report["classes"],
+              "paths": [p for p, _, _ in predictions], "true": [t for _, t, _ in predictions],
+              "pred": [p for _, _, p in predictions]}
+    write_json(out / "result.json", result)
     return result
+
+
+def macro_f1(true, pred, n):
+    """Macro-F1 of integer class arrays as vlmcls.report.metrics computes it: the mean F1 of the classes present
+    among the true labels (a prediction of n, no class, counts as wrong)."""
+    import numpy as np
+    tp = np.bincount(true[true == pred], minlength=n)[:n]
+    predicted = np.bincount(pred[pred < n], minlength=n)[:n]
+    actual = np.bincount(true, minlength=n)[:n]
+    present = actual > 0
+    return float(np.mean(2 * tp[present] / (predicted[present] + actual[present])))
+
+
+def paired_interval(runs, baseline, metric, resamples, seed=0):
+    """Mean difference (row - baseline) of `metric` over the splits, and its 95% bootstrap interval: each resample
+    draws splits with replacement, then the held-out images of each drawn split with replacement, and scores both
+    rows on the same drawn images."""
+    import numpy as np
+    units = []
+    for run, base in zip(runs, baseline):
+        if run["paths"] != base["paths"]:
+            sys.exit("error: paired runs hold out different images")
+        index = {c: i for i, c in enumerate(run["classes"])}
+        units.append(tuple(np.array([index.get(c, len(index)) for c in values])
+                           for values in (run["true"], run["pred"], base["pred"])))
+    n = len(runs[0]["classes"])
+    for (true, row, base), run, base_run in zip(units, runs, baseline):  # the scoring agrees with the reports'
+        if abs(macro_f1(true, row, n) - run["macro_f1"]) > 1e-9 or abs(macro_f1(true, base, n) - base_run["macro_f1"]) > 1e-9:
+            sys.exit("error: the benchmark's macro-F1 differs from vlm_benchmark_test_dataset.py's")
+
+    def score(true, pred):
+        return float(np.mean(true == pred)) if metric == "accuracy" else macro_f1(true, pred, n)
+
+    def difference(picks):
+        return statistics.mean(score(true[p], row[p]) - score(true[p], base[p])
+                               for (true, row, base), p in picks)
+    rng = np.random.default_rng(seed)
+    observed = difference([(u, slice(None)) for u in units])
+    draws = []
+    for _ in range(resamples):
+        chosen = [units[i] for i in rng.integers(len(units), size=len(units))]
+        draws.append(difference([(u, rng.integers(len(u[0]), size=len(u[0]))) for u in chosen]))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return observed, float(low), float(high)
 
 
 def mean_spread(values, digits=3):
@@ -192,117 +358,147 @@ def mean_spread(values, digits=3):
     return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
 
 
-def table(results):
-    lines = ["| task | row | accuracy | macro-F1 | class bias strength | images encoded | train s | test s |",
-             "|---" * 8 + "|"]
+def interval(observed, low, high):
+    verdict = "**better**" if low > 0 else "**worse**" if high < 0 else "no difference shown"
+    return f"{observed:+.3f} [{low:+.3f}, {high:+.3f}] {verdict}"
+
+
+def comparisons(results):
+    """{task: {row: (macro-F1 interval, accuracy interval)}} of every row against BASELINE."""
+    return {task: {row: tuple(paired_interval(results[task][row], results[task][BASELINE], metric, BOOTSTRAP)
+                              for metric in ("macro_f1", "accuracy"))
+                   for row in ROWS if row != BASELINE} for task in TASKS}
+
+
+def table(results, compared):
+    lines = ["| task | row | accuracy | macro-F1 | macro-F1 - original [95% CI] | accuracy - original [95% CI] | "
+             "steps | images seen | train s | bias strength |", "|---" * 10 + "|"]
     for task in TASKS:
         for row in ROWS:
             runs = results[task][row]
             strengths = [r["bias_strength"] for r in runs if r.get("bias_strength") is not None]
-            lines.append(f"| {task} | {row} | {mean_spread([r['accuracy'] for r in runs])} | "
-                         f"{mean_spread([r['macro_f1'] for r in runs])} | "
-                         f"{' / '.join(f'{x:.1f}' for x in strengths) if strengths else '-'} | "
-                         f"{statistics.mean(r['images'] for r in runs):.0f} | "
-                         f"{mean_spread([r['train_s'] for r in runs], 0)} | {mean_spread([r['test_s'] for r in runs], 0)} |")
+            f1, acc = compared[task].get(row, (None, None))
+            lines.append(
+                f"| {task} | {row} | {mean_spread([r['accuracy'] for r in runs])} | "
+                f"{mean_spread([r['macro_f1'] for r in runs])} | {interval(*f1) if f1 else '-'} | "
+                f"{interval(*acc) if acc else '-'} | {statistics.mean(r['steps'] for r in runs):.0f} | "
+                f"{statistics.mean(r['steps'] for r in runs) * BATCH:.0f} | {mean_spread([r['train_s'] for r in runs], 0)} | "
+                f"{' / '.join(f'{x:.1f}' for x in strengths) if strengths else '-'} |")
     return "\n".join(lines)
 
 
-def recall_table(results):
-    """Mean recall of each class: whether the rare classes are ever predicted."""
+def verdicts(compared):
+    """The protocol's rule for defaults: an option is on by default only where its macro-F1 interval over
+    BASELINE is above 0 on at least two tasks and below 0 on none."""
     lines = []
-    for task in TASKS:
-        classes = list(results[task][next(iter(ROWS))][0]["recall"])
-        lines += [f"\n{task}, mean recall per class:\n", "| row | " + " | ".join(classes) + " |",
-                  "|---" * (len(classes) + 1) + "|"]
-        for row in ROWS:
-            runs = results[task][row]
-            lines.append(f"| {row} | " + " | ".join(f"{statistics.mean(r['recall'][c] for r in runs):.3f}"
-                                                    for c in classes) + " |")
+    for row in ROWS:
+        if row == BASELINE:
+            continue
+        better = [t for t in TASKS if compared[t][row][0][1] > 0]
+        worse = [t for t in TASKS if compared[t][row][0][2] < 0]
+        ok = len(better) >= 2 and not worse
+        lines.append(f"- {row}: better on {', '.join(better) or 'no task'}, worse on {', '.join(worse) or 'no task'}"
+                     f": {'may be a default' if ok else 'not a default by the rule'}")
     return "\n".join(lines)
 
 
-def targets(results):
-    """The issue's targets, each with its numbers: the defaults against the first row (the original recipe)."""
-    base, lines = next(iter(ROWS)), []
-    if "defaults" not in ROWS or base == "defaults":
-        return "- not measured: the rows need `original` first and `defaults`"
-    for task in TASKS:
-        gain = statistics.mean(r["macro_f1"] for r in results[task]["defaults"]) - \
-            statistics.mean(r["macro_f1"] for r in results[task][base])
-        needed = 0.05 if task == "elpv4" else 0.0
-        lines.append(f"- {'met' if gain > needed else 'MISSED'}: {task} macro-F1 of defaults minus {base} "
-                     f"{gain:+.3f} (needs > {needed:.2f})")
-    if "elpv2" in TASKS:
-        accuracy = statistics.mean(r["accuracy"] for r in results["elpv2"]["defaults"])
-        lines.append(f"- {'met' if accuracy >= 0.80 else 'MISSED'}: elpv2 accuracy of defaults {accuracy:.3f} "
-                     "(needs >= 0.80)")
-    return "\n".join(lines)
-
-
-def report(results, started, elapsed):
+def report(results, compared, pilots, splits, started, elapsed, commit):
     rows = "\n".join(f"- {name}: " + (" ".join(flag(k, v) for k, v in flags.items()) or "fine_tune.py's defaults")
                      for name, flags in ROWS.items())
-    return f"""# Accuracy: the training recipes on elpv at equal compute
+    pilot_lines = "\n".join(f"- {task}: " + ", ".join(f"{row} {s * 1000:.0f} ms" for row, s in pilots[task].items())
+                            for task in TASKS)
+    kind = "confirmation" if CONFIRM else "development"
+    return f"""# Accuracy: the training recipes at equal training time ({kind} run, protocol {PROTOCOL})
 
 Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`
 
-- Run {started}, {elapsed / 60:.1f} min, on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs).
-- Model: a tiny SmolVLM (Idefics3) trained from scratch: vision {VISION_LAYERS} layers x {VISION_WIDTH},
-  language {TEXT_LAYERS} layers x {TEXT_WIDTH}, {IMAGE_SIZE} px images in {PATCH_SIZE} px patches,
-  {(IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR ** 2} image tokens; initialised from each seed (0..{SEEDS - 1}).
-- Every run: {STEPS} steps of {BATCH} training rows, one image each ({STEPS * BATCH} images encoded unless
-  early stopping ends it sooner), learning rate {LEARNING_RATE}, {WARMUP_STEPS} warm-up steps; validation
-  every {EVAL_STEPS} steps where the row validates. Test: score mode on the held-out test images, with
-  the class bias where the row fitted one (its strength, chosen on the validation images, per seed).
-- Accuracy and macro-F1 are the mean ± standard deviation over the seeds; seconds are wall-clock, the
-  training's including its validation ({JOBS} run(s) at a time, {THREADS or "default"} torch thread(s) each).
+- {kind.capitalize()} run of commit {commit} (code hash {code_hash()}), split seeds {splits}; started {started},
+  {elapsed / 60:.1f} min, on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs).
+- Model: a tiny SmolVLM (Idefics3) trained from scratch, a stand-in for the pretrained model that compares
+  recipes and says nothing absolute: vision {VISION_LAYERS} layers x {VISION_WIDTH}, language {TEXT_LAYERS} layers x
+  {TEXT_WIDTH}, {IMAGE_SIZE} px images in {PATCH_SIZE} px patches, {(IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR ** 2}
+  image tokens; split s initialises it from seed s and trains with --seed=s.
+- Equal training time: {BASELINE} trains {', '.join(f'{STEPS[t]} steps ({t})' for t in TASKS)} of {BATCH}
+  rows; every other row as many steps as fit in
+  that time, from its pilot's seconds per step ({PILOT_STEPS}-step pilots, fastest of {PILOT_REPEATS}; the seconds
+  below include validation where a row validates). Learning rate {LEARNING_RATE}, {WARMUP_STEPS} warm-up steps,
+  validation every {EVAL_STEPS} steps where the row validates.
+- Scores: score mode on each split's held-out images (with the class bias where a row fitted one). Accuracy and
+  macro-F1 are mean ± standard deviation over the splits; differences are paired (same split, seed and images),
+  with a 95% bootstrap interval over splits and held-out images ({BOOTSTRAP} resamples).
 
-Rows (fine_tune.py settings; rows with `--val_json=` train on a split without validation images):
+Rows (fine_tune.py settings; rows with `--val_json=` train on the split without validation images):
 {rows}
 
-{table(results)}
-{recall_table(results)}
+Seconds per training step in the pilots:
+{pilot_lines}
 
-Targets:
-{targets(results)}
+{table(results, compared)}
+
+By the protocol's rule for defaults (macro-F1 interval above 0 on two tasks or more, below 0 on none):
+{verdicts(compared)}
 """
 
 
+def check_confirmation(commit):
+    """--confirm: the code must be committed, and the splits not confirmed before with other code."""
+    if git("status", "--porcelain", "--", "*.py"):
+        sys.exit("error: --confirm needs the code committed (git status shows changed .py files): a confirmation "
+                 "records the commit it ran")
+    ledger = json.loads(LEDGER.read_text()) if LEDGER.is_file() else []
+    for entry in ledger:
+        spent = sorted(set(entry["splits"]) & set(CONFIRMATION_SPLITS))
+        if spent and entry["code"] != code_hash():
+            used = max(s for e in ledger for s in e["splits"])
+            sys.exit(f"error: split seeds {spent} were confirmed at commit {entry['commit']} with other code; "
+                     f"confirming again on them would let them choose. Draw new ones, e.g. "
+                     f"--confirmation_splits='{list(range(used // 100 * 100 + 100, used // 100 * 100 + 100 + len(CONFIRMATION_SPLITS)))}'")
+    return ledger
+
+
 def main():
-    unknown = [t for t in TASKS if t not in TASK_FLAGS]
-    if unknown:
-        sys.exit(f"error: unknown task(s) {unknown}: use {list(TASK_FLAGS)}")
+    unknown = [t for t in TASKS if t not in TASK_DATA] + [t for t in TASKS if t not in STEPS]
+    if unknown or BASELINE not in ROWS:
+        sys.exit(f"error: unknown task(s) {unknown} (tasks: {list(TASK_DATA)}, each with STEPS) or baseline "
+                 f"{BASELINE!r} not among the rows")
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    ledger = check_confirmation(commit) if CONFIRM else None
+    splits = CONFIRMATION_SPLITS if CONFIRM else DEVELOPMENT_SPLITS
     started, start = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="accuracy-benchmark-") as temporary:
         work = Path(WORK_DIR or temporary).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        runs = []  # (task, row, seed, task folder, model folder), in table order
-        for task in TASKS:
-            task_dir = prepare_task(task, work)
-            for seed in range(SEEDS):
-                model = build_model(work / (f"model-{IMAGE_SIZE}px-p{PATCH_SIZE}s{SCALE_FACTOR}-v{VISION_WIDTH}x"
-                                            f"{VISION_LAYERS}-t{TEXT_WIDTH}x{TEXT_LAYERS}-seed{seed}"), seed)
-                runs += [(task, row, seed, task_dir, model) for row in ROWS]
-        # Every seed's baseline and options first and the defaults last, so the defaults can be chosen from the
-        # options' numbers while they run (a benchmark run again reuses what it finished).
-        order = sorted(range(len(runs)), key=lambda i: (runs[i][1] == "defaults", runs[i][2]))
+        models = {s: build_model(work / (f"model-{IMAGE_SIZE}px-p{PATCH_SIZE}s{SCALE_FACTOR}-v{VISION_WIDTH}x"
+                                         f"{VISION_LAYERS}-t{TEXT_WIDTH}x{TEXT_LAYERS}-seed{s}"), s) for s in splits}
+        task_splits = {(task, s): prepare_split(task, s, work) for task in TASKS for s in splits}
+        pilots = {}
+        for task in TASKS:  # one at a time, so that no pilot shares the cores with another
+            pilots[task] = pilot_seconds_per_step(task, task_splits[task, splits[0]], models[splits[0]], work)
+            print(f"{task}: seconds per step " + ", ".join(f"{r} {s:.3f}" for r, s in pilots[task].items()), flush=True)
+        runs = [(task, row, s) for task in TASKS for s in splits for row in ROWS]
 
-        def one(run_spec):
-            task, row, seed, task_dir, model = run_spec
-            r = train_and_test(task_dir, row, seed, model)
-            print(f"{task} {row} seed {seed}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, "
-                  f"{r['images']} images, {r['train_s']:.0f} s training, {r['test_s']:.0f} s test", flush=True)
+        def one(spec):
+            task, row, s = spec
+            steps = round(STEPS[task] * pilots[task][BASELINE] / pilots[task][row])
+            r = train_and_test(task, row, s, task_splits[task, s], models[s], steps, work)
+            print(f"{task} {row} split {s}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, "
+                  f"{r['steps']} steps, {r['train_s']:.0f} s training", flush=True)
             return r
         with ThreadPoolExecutor(JOBS) as pool:
-            done = dict(zip(order, pool.map(one, [runs[i] for i in order])))
+            done = list(pool.map(one, runs))
         results = {task: {row: [] for row in ROWS} for task in TASKS}
-        for i, (task, row, *_) in enumerate(runs):
-            results[task][row].append(done[i])
-    text = report(results, started, time.perf_counter() - start)
+        for (task, row, _), r in zip(runs, done):
+            results[task][row].append(r)
+    compared = comparisons(results)
+    text = report(results, compared, pilots, splits, started, time.perf_counter() - start, commit)
     print("\n" + text)
-    output = OUTPUT or ROOT / "benchmarks" / "results-accuracy.md"
+    output = OUTPUT or ROOT / "benchmarks" / f"results-accuracy-{'confirmation' if CONFIRM else 'development'}.md"
     atomic_write(output, text)
     print(f"written to {output}")
+    if CONFIRM:
+        entry = {"commit": commit, "code": code_hash(), "protocol": PROTOCOL, "splits": CONFIRMATION_SPLITS,
+                 "tasks": TASKS, "rows": list(ROWS), "started": started, "output": str(Path(output).name)}
+        write_json(LEDGER, [e for e in ledger if e != entry] + [entry])
 
 
 if __name__ == "__main__":
