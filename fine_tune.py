@@ -16,7 +16,7 @@ from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, load_model, load_processor, pick_device, pick_dtype, \
     set_resolution
 from vlmcls.training import AUGMENTS, CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_only_collator, chat_dataset, \
-    balance_classes, checkpoint_to_resume, clear_previous_run, prepare_model, rows, save
+    balance_classes, checkpoint_to_resume, clear_previous_run, prepare_model, rows, save, time_limit
 from vlmcls.validation import BEST_METRICS, read_validation, validating_trainer, validation_arguments
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # Hub id or local folder of the base model
@@ -26,6 +26,7 @@ TEST_JSON = "solar_panel_test_dataset.json"  # held-out images; eval loss at the
 OUTPUT_DIR = "./SmolVLM-256M-Instruct-finetuned"  # fine-tuned model, processor, logs and checkpoints
 EQUIVALENT_EPOCHS_TO_TRAIN = 1.0  # passes over the training rows: images, or Q&A pairs without MULTI_TURN
 MAX_STEPS = 0  # optimizer steps; 0 = derive from EQUIVALENT_EPOCHS_TO_TRAIN
+MAX_TRAIN_SECONDS = 0  # end training at the first step ending after this many seconds of it (0 = no limit)
 PER_DEVICE_TRAIN_BATCH_SIZE = 4  # images per device per step
 PER_DEVICE_EVAL_BATCH_SIZE = 4  # images per device when validating and computing the test loss
 GRADIENT_ACCUMULATION_STEPS = 4  # effective batch = this x batch size x number of processes
@@ -37,6 +38,7 @@ SAVE_STEPS = 200  # checkpoint every this many steps without validation (with it
 EVAL_STEPS = 50  # measure accuracy and macro-F1 on the validation images every this many steps
 METRIC_FOR_BEST_MODEL = "macro_f1"  # "macro_f1" or "accuracy": the best checkpoint by it is the model saved
 EARLY_STOPPING_PATIENCE = 5  # end the run after this many evaluations without improvement (0 = never)
+MIN_VALIDATION_IMAGES = 100  # fewer validation images than this: they train instead, no validation-driven steps
 CLASS_BALANCE = "none"  # "none": as the data is; "oversample": rarer classes repeated so each epoch draws all equally
 FIT_CLASS_BIAS = True  # after training, weigh the class scores against the class frequencies as validation says best
 IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is SmolVLM's shipped setting
@@ -67,7 +69,7 @@ def main():
     from trl import SFTConfig
 
     train_data = read_dataset_json(TRAIN_JSON)
-    val_data = read_validation(VAL_JSON, train_data)
+    train_data, val_data = read_validation(VAL_JSON, train_data, MIN_VALIDATION_IMAGES)
     test_data = read_dataset_json(TEST_JSON) if TEST_JSON else None
     refuse_overlap(train_data, {"validation": val_data, "test": test_data})
     resume = checkpoint_to_resume(OUTPUT_DIR, RESUME)
@@ -106,9 +108,10 @@ def main():
         dataloader_persistent_workers=bool(INPUT_CACHE_DIR and workers), report_to=["tensorboard"], seed=SEED,
         data_seed=SEED,
     )
-    stopping = [EarlyStoppingCallback(EARLY_STOPPING_PATIENCE)] if val_data and EARLY_STOPPING_PATIENCE > 0 else []
+    callbacks = [EarlyStoppingCallback(EARLY_STOPPING_PATIENCE)] if val_data and EARLY_STOPPING_PATIENCE > 0 else []
+    callbacks += [time_limit(MAX_TRAIN_SECONDS)] if MAX_TRAIN_SECONDS > 0 else []
     trainer = validating_trainer(
-        val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, stopping, model=model, args=args, processing_class=processor,
+        val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, callbacks, model=model, args=args, processing_class=processor,
         train_dataset=chat_dataset(train_rows, encoder, processor, end_ids, AUGMENT, SEED),
         data_collator=answer_only_collator(processor),
     )

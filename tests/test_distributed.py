@@ -179,3 +179,19 @@ def test_two_processes_share_the_validation_and_report_what_one_process_measures
     # The class bias was chosen on every validation image, gathered from both processes, as one process scores them.
     fitted = json.loads((tmp_path / "out" / "classes.json").read_text())["class_bias"]
     assert fitted["validation_images"] == images and fitted["validation_before"] == pytest.approx(single["macro_f1"])
+
+
+def test_a_time_limit_ends_every_process_at_the_same_step(tiny_smolvlm, colour_split, tmp_path):
+    train_json, _, _ = colour_split
+    # Were each process to read its own clock, one could stop a step before the other, which would then wait for
+    # it forever: the timeout turns such a hang into a failure.
+    proc = subprocess.run(torchrun(f"--model_path={tiny_smolvlm}", f"--train_json={train_json}", "--test_json=",
+                                   "--output_dir=out", "--max_steps=100000", "--max_train_seconds=3",
+                                   "--save_steps=100000", *FAST), cwd=tmp_path, capture_output=True, text=True,
+                          env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    ended = re.findall(r"max_train_seconds=3: training ends at step (\d+)", proc.stdout)
+    assert len(ended) == 1  # said once, by the main process
+    history = json.loads((tmp_path / "out" / "train_log_history.json").read_text())
+    assert history[-1]["step"] == int(ended[0]) < 100000
+    assert history[-1]["train_runtime"] < 60

@@ -1,5 +1,5 @@
-"""Training: rows and chats, class balance, the answer-only collator, LoRA / frozen-encoder preparation,
-checkpoints and saving."""
+"""Training: rows and chats, class balance, the answer-only collator, LoRA / frozen-encoder preparation, the time
+limit, checkpoints and saving."""
 import random
 import re
 import shutil
@@ -136,6 +136,28 @@ def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=Fal
         encoder.forward = torch.no_grad()(encoder.forward)
     return model
 
+
+def time_limit(seconds):
+    """A TrainerCallback ending training at the first step that finishes after `seconds` of training in this
+    process (validation included). Every process follows the main process's clock, so all stop at the same step.
+    The learning-rate schedule still runs to the planned steps: a run cut short ends before it has decayed."""
+    import time
+
+    from accelerate.utils import broadcast_object_list
+    from transformers import TrainerCallback
+
+    class TimeLimit(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            over = [time.monotonic() - self.start >= seconds]
+            broadcast_object_list(over)
+            if over[0]:
+                control.should_training_stop = True
+                if state.is_world_process_zero:
+                    print(f"max_train_seconds={seconds}: training ends at step {state.global_step}")
+    return TimeLimit()
 
 def last_complete_checkpoint(out):
     """The newest checkpoint-N holding trainer_state.json, which the Trainer writes last: a run killed while
