@@ -1,11 +1,13 @@
-"""vlmcls.cli: every constant on the command line, checked choices, one-sentence errors, imports without effects."""
+"""vlmcls.cli: every constant on the command line, checked choices, one-sentence errors, imports without effects,
+and the constants reference built from the same comments."""
+import re
 import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT, run_script
-from vlmcls.cli import OneOf, configure, settings_of
+from vlmcls.cli import REFERENCE, SCRIPTS as ALL_SCRIPTS, OneOf, configure, constants_reference, settings_of
 
 SCRIPTS = ["download_dataset.py", "generate_train_json.py", "fine_tune.py", "vlm_benchmark_test_dataset.py",
            "vlm_test.py"]
@@ -70,3 +72,32 @@ def test_scripts_import_without_reading_the_command_line():
             "import fine_tune; print(fine_tune.LEARNING_RATE)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "0.0003", proc.stderr
+
+
+def test_the_committed_constants_reference_is_what_the_scripts_say():
+    assert REFERENCE.read_text(encoding="utf-8") == constants_reference(), \
+        "docs/constants.md differs from the scripts' constants: run `python -m vlmcls.cli` and commit it"
+
+
+def test_the_reference_lists_each_constant_with_the_text_help_prints(tmp_path):
+    for script in ALL_SCRIPTS:  # six stand-in scripts, one with a constant added
+        (tmp_path / script).write_text(f'"""{script}: a stand-in.\n\nMore."""\nSEED = 1  # seed\n')
+    (tmp_path / "vlm_test.py").write_text('"""Step 5: a stand-in."""\nSEED = 1  # seed\n'
+                                          '# seconds before giving up\nMAX_SECONDS = 60\nPATTERN = "a|b"  # a or b\n')
+    reference = constants_reference(tmp_path)
+    assert "## `vlm_test.py`\n\nStep 5: a stand-in.\n" in reference
+    assert "| `MAX_SECONDS` | `60` | seconds before giving up |" in reference
+    assert "| `PATTERN` | `'a\\|b'` | a or b |" in reference  # a | inside a cell would split the row
+    assert reference.count("| `SEED` | `1` | seed |") == 6
+    help_text = subprocess.run([sys.executable, "-c", "import sys; from vlmcls.cli import configure; "
+                                f"ns = {{'__file__': {str(tmp_path / 'vlm_test.py')!r}, 'MAX_SECONDS': 60}}; "
+                                "configure(ns, ['--help'])"], capture_output=True, text=True, cwd=ROOT).stdout
+    assert "seconds before giving up (default: 60)" in " ".join(help_text.split())
+
+
+def test_the_readme_names_only_constants_the_scripts_have():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("The constants most often changed"):readme.index("## Try it in the browser")]
+    named = set(re.findall(r"--([a-z_]+)", table))
+    known = {name.lower() for name in re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", REFERENCE.read_text(), re.M)}
+    assert len(named) >= 10 and named <= known, named - known

@@ -1,4 +1,4 @@
-"""The browser page: images in, every class's probability and the image as the model sees it out, also as an API."""
+"""The browser page: images in, every class's probability and the image as the model sees it out; also as APIs."""
 import itertools
 import json
 from pathlib import Path
@@ -34,12 +34,11 @@ def model_view(image_processor, pixel_values):
 
 def classify_files(model, processor, paths, classes, question, *, batch_size, max_pixels, bias=None):
     """Score mode over the files, as the evaluation scripts run it (`bias`: a class bias's values). Returns
-    (table: every class of each image with its probability, the top class first, shown to 3 decimals;
+    ([(file name, every class with its probability, the top class first)] for each usable file;
     [(image as the model sees it, caption)]; one message per file that cannot be used, naming it and saying why).
 
     Each file is decoded and run through the processor once: the encoder keeps the result, which the
     prediction takes and the model's view is drawn from."""
-    import pandas as pd
     encoder = InputEncoder(processor, max_pixels)
     usable, problems = [], []
     for path in paths:
@@ -51,15 +50,21 @@ def classify_files(model, processor, paths, classes, question, *, batch_size, ma
             problems.append(str(e).replace(str(path), Path(path).name, 1))
     results = evaluate(model, processor, usable, question, classes, "score", batch_size, max_pixels,
                        encoder=encoder, bias=bias, desc="page") if usable else []
-    rows, views = [], []
+    ranked, views = [], []
     for path, result in zip(usable, results):
-        ranked = sorted(result["probs"].items(), key=lambda item: -item[1])
-        rows += [[Path(path).name, name, probability] for name, probability in ranked]
+        ranked.append((Path(path).name, sorted(result["probs"].items(), key=lambda item: -item[1])))
+        top, probability = ranked[-1][1][0]
         views.append((model_view(processor.image_processor, encoder.image_part(path)[1]["pixel_values"]),
-                      f"{Path(path).name}: {ranked[0][0]} ({ranked[0][1]:.3f})"))
-    # A styled table: the page shows the rounded numbers, the API still returns the probabilities themselves.
-    table = pd.DataFrame(rows, columns=RESULT_HEADERS).style.format({"probability": "{:.3f}"})
-    return table, views, problems
+                      f"{Path(path).name}: {top} ({probability:.3f})"))
+    return ranked, views, problems
+
+
+def results_table(ranked):
+    """Every class of each image with its probability, as a table styled to show 3 decimals: the page shows the
+    rounded numbers, the API still returns the probabilities themselves."""
+    import pandas as pd
+    rows = [[name, label, probability] for name, classes in ranked for label, probability in classes]
+    return pd.DataFrame(rows, columns=RESULT_HEADERS).style.format({"probability": "{:.3f}"})
 
 
 def example_images(model_path, test_json, count):
@@ -86,21 +91,44 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
                class_bias=True):
     """The Gradio page. `classes` ([] = those saved with the model) can be replaced on the page; a model with
     neither gets a field asking for them. With `class_bias`, the class bias saved with the model for those classes
-    is added to the scores. Classifying is also the API endpoint /classify."""
+    is added to the scores. Classifying is also the API endpoint /classify (images and class names in, the table,
+    the model's views and messages out), and /predict classifies one image in Gradio's label format."""
     import gradio as gr
     default = classes_and_question(model_path, classes)
 
-    def classify(images, class_names):
+    def scoring(class_names):
+        """(classes, question, class bias values or None) for the class names given, else the page's; None
+        when there are fewer than two."""
         found = classes_and_question(model_path, parse_class_names(class_names) or classes)
         if not found or len(found[0]) < 2:
+            return None
+        bias = saved_class_bias(model_path, found[0]) if class_bias else None
+        return (*found, bias["values"] if bias else None)
+
+    def run(paths, found):
+        return classify_files(model, processor, paths, *found[:2], batch_size=batch_size, max_pixels=max_pixels,
+                              bias=found[2])
+
+    def classify(images, class_names):
+        found = scoring(class_names)
+        if not found:
             return [], [], "Give two or more class names, separated by commas."
         if not images:
             return [], [], "Drop, paste or pick one image or several."
-        bias = saved_class_bias(model_path, found[0]) if class_bias else None
-        rows, views, problems = classify_files(model, processor, [path for path, _ in images], *found,
-                                               batch_size=batch_size, max_pixels=max_pixels,
-                                               bias=bias["values"] if bias else None)
-        return rows, views, "\n\n".join(f"**Not classified:** {p}" for p in problems)
+        ranked, views, problems = run([path for path, _ in images], found)
+        return results_table(ranked), views, "\n\n".join(f"**Not classified:** {p}" for p in problems)
+
+    def predict(image):
+        """One image in, Gradio's label format out: the top class and every class's confidence."""
+        found = scoring("")
+        if not found:
+            raise gr.Error("This model has no class names saved: give them with --classes, or call /classify.")
+        if not image:
+            raise gr.Error("Give one image.")
+        ranked, _, problems = run([image], found)
+        if problems:
+            raise gr.Error(problems[0])
+        return dict(ranked[0][1])
 
     known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"
     with gr.Blocks(title=f"{Path(model_path).name}: image classifier", analytics_enabled=False) as page:
@@ -122,6 +150,10 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
                                   interactive=False, format="png", elem_id="seen")
         outputs = [table, seen, messages]
         button.click(classify, [images, class_names], outputs, api_name="classify", concurrency_id="model")
+        # The API of Hugging Face's image classifiers: one image in, gr.Label's format out. A file component, not
+        # gr.Image, so that the file reaches the model as uploaded (gr.Image would decode and re-encode it).
+        one_image, label = gr.File(type="filepath", visible=False), gr.Label(visible=False)
+        gr.Button(visible=False).click(predict, one_image, label, api_name="predict", concurrency_id="model")
         # New images (an upload, a paste, a click on an example) are classified at once.
         images.upload(classify, [images, class_names], outputs, api_visibility="private", concurrency_id="model")
         if examples:

@@ -1,9 +1,20 @@
-"""The command line: script constants as --name=value, checked choices, one-sentence errors, settings records."""
+"""The command line: script constants as --name=value, checked choices, one-sentence errors, settings records,
+and the constants reference built from the same comments (docs/constants.md).
+
+    python -m vlmcls.cli    # rewrite docs/constants.md from the scripts' constants and comments
+"""
 import argparse
+import importlib.util
 import json
 import re
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The scripts, in the order they run; their constants make the reference.
+SCRIPTS = ["download_dataset.py", "generate_train_json.py", "fine_tune.py", "vlm_benchmark_test_dataset.py",
+           "vlm_test.py", "vlm_app.py"]
+REFERENCE = ROOT / "docs" / "constants.md"
 
 
 class UserError(Exception):
@@ -83,12 +94,14 @@ def _parser_for(default, check=None):
 
 
 def _constant_comments(source_file):
-    """The trailing '# comment' of each `NAME = value` line of a script, used as --help text."""
-    comments = {}
+    """Each `NAME = value` line's trailing '# comment' or, without one, the comment lines just above it: the
+    --help text and the reference's meaning."""
+    comments, above = {}, []
     for line in Path(source_file).read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^([A-Z][A-Z0-9_]*)\s*=.*?#\s*(.+)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2).strip()
+        match = re.match(r"^([A-Z][A-Z0-9_]*)\s*=(?:.*?#\s*(.+)|.*)$", line)
+        if match and (match.group(2) or above):
+            comments[match.group(1)] = (match.group(2) or " ".join(above)).strip()
+        above = above + [line[1:].strip()] if line.startswith("#") else []
     return comments
 
 
@@ -118,3 +131,38 @@ def configure(namespace, argv=None, choices=None):
 def settings_of(namespace):
     """Every constant's final value, as the run used it (what run_config.json and report.json record)."""
     return {name.lower(): namespace[name] for name in constant_names(namespace)}
+
+
+def _script_namespace(path):
+    """A script's globals after importing it, which reads no command line (the constants at their defaults)."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return vars(module)
+
+
+def _cell(text):
+    return text.replace("|", "\\|")
+
+
+def constants_reference(root=ROOT):
+    """docs/constants.md as text: each script's constants, default and comment, the text its --help prints."""
+    parts = ["# Constants reference", "",
+             "Every constant at the top of each script, with its default and its comment: the text `--help` "
+             "prints.", "Give any of them as `--name=value` (the name in lower case; lists and dicts as JSON).",
+             "Generated from the scripts by `python -m vlmcls.cli`; do not edit by hand (a test compares).", ""]
+    for script in SCRIPTS:
+        namespace = _script_namespace(Path(root) / script)
+        comments = _constant_comments(namespace["__file__"])
+        summary = (namespace.get("__doc__") or "").strip().split("\n\n")[0].replace("\n", " ")
+        parts += [f"## `{script}`", "", summary, "", "| constant | default | meaning |", "| --- | --- | --- |"]
+        parts += [f"| `{name}` | `{_cell(repr(namespace[name]))}` | {_cell(comments.get(name, ''))} |"
+                  for name in constant_names(namespace)]
+        parts.append("")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    from vlmcls.files import atomic_write
+    atomic_write(REFERENCE, constants_reference())
+    print(f"written to {REFERENCE.relative_to(ROOT)}")

@@ -1,0 +1,183 @@
+"""What the speed, int8 and input-path benchmarks share: measurements in fresh processes, time and memory, the
+full-size SmolVLM-256M architecture with random weights, test images, and the cells of their tables.
+
+The project's own modules are imported where they are used, not here: input_path.py's measurement must import
+them from the checkout it measures, which may be an older one.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+GB = 1e9
+CLASSES = ["Bird-drop", "Clean", "Dusty", "Electrical-damage", "Physical-Damage", "Snow-Covered"]
+SMOLVLM_256M_PARAMETERS = 256_484_928
+VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              image_size=512, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+TEXT = dict(model_type="llama", vocab_size=49280, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+            num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_act="silu", rms_norm_eps=1e-5,
+            rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=False)
+
+
+def script_env(**extra):
+    """The environment the project's scripts and the measurements run in: offline, quiet tokenizers."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+# ---------------------------------------------------------------- measuring, in the worker process
+
+def memory_gb(field):
+    """This process's resident memory from /proc (Linux): VmRSS now, or VmHWM, its peak so far."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024 / GB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_gb(torch, device):
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / GB
+    return memory_gb("VmHWM")
+
+
+def timed(torch, device, work):
+    """Wall-clock and CPU seconds (all threads of the process) that work() takes. CPU time shows the work
+    done even when other processes share the cores and stretch the wall-clock time."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def mean(pairs):
+    return [sum(column) / len(pairs) for column in zip(*pairs)]
+
+
+def fine_tune_settings(flags):
+    """fine_tune.py's constants with `flags` (as on its command line) applied, as attributes in upper case."""
+    import fine_tune
+    from vlmcls.cli import settings_of
+    settings = {**settings_of(vars(fine_tune)), **flags}
+    return SimpleNamespace(**{name.upper(): value for name, value in settings.items()})
+
+
+def make_images(size, count, seed):
+    """`count` images of random pixels, WIDTHxHEIGHT."""
+    import numpy as np
+    from PIL import Image
+    width, height = map(int, size.split("x"))
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def run_job(job, jobs, *, flags, threads, seed, device):
+    """A worker process's one measurement: jobs[job["phase"]](job, torch, fine_tune.py's settings with `flags`,
+    device), its result written as JSON to job["result"] with the memory the process held before any model."""
+    import peft  # noqa: F401  (the libraries first, so that base_gb is the process before any model)
+    import torch
+    import trl  # noqa: F401
+    from vlmcls.files import atomic_write
+    from vlmcls.models import pick_device
+    base_gb = memory_gb("VmRSS")
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    device = pick_device(device)
+    result = jobs[job["phase"]](job, torch, fine_tune_settings(flags), device)
+    result.update(base_gb=base_gb, threads=torch.get_num_threads(), device=device, load=os.getloadavg()[0])
+    atomic_write(job["result"], json.dumps(result))
+
+
+# ---------------------------------------------------------------- orchestrating, in the main process
+
+def build_model(folder, *, seed, tiny):
+    """SmolVLM-256M's architecture with random weights, with the tests' SmolVLM tokenizer and processor (with
+    `tiny`: the tests' tiny SmolVLM itself, a quick check that a benchmark runs).
+
+    The tokenizer is small, so the image token's id is not SmolVLM's 49190; any id inside the
+    49,280-token vocabulary costs the same.
+    """
+    import torch
+    from tiny_models import build_tiny_smolvlm
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+    from vlmcls.models import load_processor
+    torch.manual_seed(seed)
+    build_tiny_smolvlm(folder)  # the processor, with SmolVLM's shipped settings, and the tiny model
+    if tiny:
+        return
+    tokenizer = load_processor(folder).tokenizer
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    config = Idefics3Config(vision_config=VISION, text_config={**TEXT, **ids}, scale_factor=4,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False,
+                            **ids)
+    model = Idefics3ForConditionalGeneration(config)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"built SmolVLM-256M-Instruct's architecture: {count:,} parameters")
+    if count != SMOLVLM_256M_PARAMETERS:
+        raise RuntimeError(f"{count:,} parameters, not SmolVLM-256M-Instruct's {SMOLVLM_256M_PARAMETERS:,}")
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)  # replaces the tiny model's weights and config
+
+
+def model_name(tiny):
+    return "the tests' tiny SmolVLM" if tiny else \
+        f"SmolVLM-256M-Instruct's architecture ({SMOLVLM_256M_PARAMETERS:,} parameters)"
+
+
+def run_worker(script, job, work, label):
+    """One measurement in a fresh process, so that its peak memory is its own: `script` (the benchmark) again,
+    with the same settings and --job; returns its result."""
+    result = Path(work) / f"{label.replace(' ', '-')}.json"
+    print(f"\n--- {label} ---", flush=True)
+    subprocess.run([sys.executable, str(script), *sys.argv[1:], f"--job={json.dumps({**job, 'result': str(result)})}"],
+                   env=script_env(), check=True)
+    return {**json.loads(result.read_text()), "job": label}
+
+
+def now():
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def machine(started, elapsed):
+    """When, how long and where a benchmark ran, for its report."""
+    return (f"Run {started}, {elapsed / 60:.1f} min, on {platform.node()} ({platform.machine()}, "
+            f"{os.cpu_count()} CPUs)")
+
+
+def command(script):
+    return f"Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/{script} {' '.join(sys.argv[1:])}`"
+
+
+def ratio(a, b):
+    return f"{a / b:.1f}x" if b else "n/a"
+
+
+def seconds(key):
+    """A time cell, wall-clock then CPU seconds, and its ratio cell in the same form."""
+    return (lambda r: f"{r[key + '_s']:.2f} ({r[key + '_cpu']:.2f})",
+            lambda a, b: f"{ratio(a[key + '_s'], b[key + '_s'])} ({ratio(a[key + '_cpu'], b[key + '_cpu'])})")
+
+
+def gigabytes(r):
+    return f"{r['peak_gb']:.2f}"
+
+
+def gigabytes_ratio(a, b):
+    return ratio(a["peak_gb"], b["peak_gb"])
+
+
+def write_report(text, output):
+    """Print the report and write it to `output`, whole or not at all."""
+    from vlmcls.files import atomic_write
+    print("\n" + text)
+    atomic_write(output, text)
+    print(f"written to {output}")

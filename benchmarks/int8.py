@@ -1,0 +1,208 @@
+"""Benchmark: CPU prediction with fp32 against int8 weights (QUANTIZE=int8): speed, memory and agreement.
+
+Speed and memory: SmolVLM-256M-Instruct's architecture with random weights (as speed.py builds it), loaded as
+the evaluation scripts load it with --quantize=none and --quantize=int8, score mode on one image at a time, each
+(image size, weights) in a fresh process. Agreement: the classes and probabilities of the same elpv solar-cell
+test images predicted in fp32 and with int8 weights, by a tiny SmolVLM fine-tuned by fine_tune.py on elpv and by
+the full-size architecture. The table goes to stdout and to OUTPUT. benchmarks/README.md says what the numbers
+do and do not say.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/int8.py --threads=1 --images=3   # ~50 min on 2 CPU cores
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/int8.py --tiny=true --agreement=false --images=1  # smoke check
+"""
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
+
+from common import CLASSES, ROOT, build_model, command, gigabytes, gigabytes_ratio, machine, make_images, mean, \
+    memory_gb, model_name, now, peak_gb, ratio, run_job, run_worker, script_env, seconds, timed, \
+    write_report  # noqa: E402
+from vlmcls.app import example_images  # noqa: E402
+from vlmcls.cli import configure, run_main  # noqa: E402
+from vlmcls.images import read_dataset_json  # noqa: E402
+from vlmcls.models import load_for_inference, quantize_model  # noqa: E402
+from vlmcls.prediction import PromptBatches, evaluate, score_mode  # noqa: E402
+from vlmcls.prompt import classification_question  # noqa: E402
+
+SIZES = ["300x300", "640x480"]  # image sizes, WIDTHxHEIGHT
+WARMUP = 1  # untimed images before timing
+IMAGES = 2  # timed images per measurement
+THREADS = 0  # torch CPU threads in each measurement; 0: torch's default (one per core)
+TINY = False  # the tests' tiny SmolVLM instead of the full-size one: a quick check that the benchmark runs
+AGREEMENT = True  # also the agreement of fp32 and int8 predictions on elpv images (False: speed and memory only)
+AGREEMENT_IMAGES = 40  # elpv test images on which the full-size model's fp32 and int8 predictions are compared
+FINE_TUNE_STEPS = 300  # fine_tune.py steps of the tiny model on elpv images, whose predictions are compared
+OUTPUT = ""  # where the table is also written; "": benchmarks/results-int8.md (results-int8-tiny.md with --tiny)
+SEED = 0  # seed for the random weights and images
+JOB = ""  # internal: one measurement as JSON, run by the benchmark in a fresh process
+
+RSS_FIELDS = ("VmRSS", "RssAnon", "RssFile")  # resident memory: all, anonymous, pages of mapped files
+
+
+# ---------------------------------------------------------------- measuring, in the worker process
+
+def int8_job(job, torch, ft, device):
+    """Seconds per image in score mode and memory, with the model loaded as the evaluation scripts and the app
+    load it with QUANTIZE=job["quantize"]: resident memory once loaded and after the images, each split into
+    anonymous memory and pages of mapped files (the weights file among them), and the peak."""
+    processor, model = load_for_inference(job["model"], device=device, dtype=torch.float32, quantize=job["quantize"],
+                                          image_longest_edge=ft.IMAGE_LONGEST_EDGE,
+                                          image_splitting=ft.IMAGE_SPLITTING)
+    loaded = {field: memory_gb(field) for field in RSS_FIELDS}
+    images = make_images(job["size"], WARMUP + IMAGES, SEED)
+    question = classification_question(CLASSES)
+    prompts = PromptBatches(processor, question, 10**9, ft.ENLARGE_IMAGES)
+    for image in images[:WARMUP]:
+        score_mode(model, processor, prompts([image]), question, CLASSES)
+    score_s, score_cpu = mean([timed(torch, device,
+                                     lambda: score_mode(model, processor, prompts([im]), question, CLASSES))
+                               for im in images[WARMUP:]])
+    return {"score_s": score_s, "score_cpu": score_cpu, "loaded": loaded,
+            "after": {field: memory_gb(field) for field in RSS_FIELDS}, "peak_gb": peak_gb(torch, device)}
+
+
+def agreement_job(job, torch, ft, device):
+    """One model's score-mode predictions on the same test images in fp32, then with int8 weights."""
+    data = read_dataset_json(job["test_json"])
+    paths = example_images(job["model"], job["test_json"], job["limit"] or len(data["samples"]))
+    label = {s["image"]: s["label"] for s in data["samples"]}
+    processor, model = load_for_inference(job["model"], device="cpu", dtype=torch.float32, quantize="none",
+                                          image_longest_edge=ft.IMAGE_LONGEST_EDGE,
+                                          image_splitting=ft.IMAGE_SPLITTING)
+    runs = {}
+    for how in ("none", "int8"):
+        model = quantize_model(model, how, "cpu")
+        runs[how] = evaluate(model, processor, paths, data["question"], data["classes"], "score", 8,
+                             data["max_image_pixels"], desc=f"agreement, {how}")
+    pairs = list(zip(runs["none"], runs["int8"]))
+    return {"images": len(paths), "identical": sum(a["pred"] == b["pred"] for a, b in pairs),
+            "max_prob_diff": max(abs(a["probs"][c] - b["probs"][c]) for a, b in pairs for c in data["classes"]),
+            **{f"accuracy_{how}": sum(r["pred"] == label[p] for p, r in zip(paths, results)) / len(paths)
+               for how, results in runs.items()},
+            "predicted_classes": len({r["pred"] for r in runs["none"]}), "classes": len(data["classes"]),
+            "peak_gb": peak_gb(torch, device)}
+
+
+# ---------------------------------------------------------------- orchestrating, in the main process
+
+def worker(job, work, label):
+    return run_worker(__file__, job, work, label)
+
+
+def elpv_test_json(work):
+    """elpv's solar-cell images split as the pipeline splits them, and a tiny SmolVLM fine-tuned on them with
+    fine_tune.py (a real fine-tune; the full-size model cannot be fine-tuned on 2 CPU cores in reasonable time).
+    Returns (test JSON, fine-tuned model folder)."""
+    from tiny_models import build_tiny_smolvlm
+    for script, *flags in [
+            ("download_dataset.py", "--source=elpv", "--dataset_dir=elpv"),
+            ("generate_train_json.py", "--dataset_dir=elpv", "--train_json=train.json", "--test_json=test.json"),
+            ("fine_tune.py", f"--model_path={build_tiny_smolvlm(Path(work) / 'tiny')}", "--output_dir=tiny-elpv",
+             "--train_json=train.json", "--test_json=", f"--max_steps={FINE_TUNE_STEPS}",
+             "--gradient_accumulation_steps=1", "--learning_rate=3e-3", "--warmup_steps=20", f"--seed={SEED}")]:
+        print(f"\n--- {script} {' '.join(flags)} ---", flush=True)
+        subprocess.run([sys.executable, str(ROOT / script), *flags], cwd=work, env=script_env(), check=True)
+    return Path(work) / "test.json", Path(work) / "tiny-elpv"
+
+
+def resident(memory):
+    return f"{memory['VmRSS']:.2f} ({memory['RssAnon']:.2f} + {memory['RssFile']:.2f})"
+
+
+def int8_report(speed, agreement, started, elapsed):
+    """The int8 comparison as markdown: speed and memory per image size, agreement per model, targets."""
+    lines = ["| image | measure | fp32 | int8 | fp32 / int8 |", "|---|---|---|---|---|"]
+    for size in SIZES:
+        fp32, int8 = speed["none", size], speed["int8", size]
+        lines += [f"| {size} | score: s/image, wall (CPU) | {seconds('score')[0](fp32)} | {seconds('score')[0](int8)} "
+                  f"| {seconds('score')[1](fp32, int8)} |",
+                  *[f"| {size} | RSS {when}, GB: all (anonymous + mapped files) | {resident(fp32[key])} | "
+                    f"{resident(int8[key])} | {ratio(fp32[key]['VmRSS'], int8[key]['VmRSS'])} |"
+                    for key, when in (("loaded", "once loaded"), ("after", "after the images"))],
+                  f"| {size} | peak RSS (VmHWM), GB | {gigabytes(fp32)} | {gigabytes(int8)} "
+                  f"| {gigabytes_ratio(fp32, int8)} |"]
+    lines += ["", "| model (weights) | images | identical predictions | largest probability difference | "
+              "fp32 accuracy | int8 accuracy | classes predicted (fp32) |", "|---|---|---|---|---|---|---|"] \
+        if agreement else ["", "Agreement: not measured in this run (--agreement=false)."]
+    for name, r in agreement.items():
+        lines.append(f"| {name} | {r['images']} | {r['identical'] / r['images']:.1%} ({r['identical']}/{r['images']}) "
+                     f"| {r['max_prob_diff']:.4f} | {r['accuracy_none']:.3f} | {r['accuracy_int8']:.3f} "
+                     f"| {r['predicted_classes']} of {r['classes']} |")
+    checks = []
+    for size in SIZES:
+        fp32, int8 = speed["none", size], speed["int8", size]
+        checks += [(f"{size}: int8 at least 1.4x faster per image ({seconds('score')[1](fp32, int8)})",
+                    fp32["score_s"] >= 1.4 * int8["score_s"]),
+                   (f"{size}: less peak memory with int8 ({int8['peak_gb']:.2f} vs {fp32['peak_gb']:.2f} GB)",
+                    int8["peak_gb"] < fp32["peak_gb"]),
+                   (f"{size}: less resident memory with int8 after the images ({int8['after']['VmRSS']:.2f} vs "
+                    f"{fp32['after']['VmRSS']:.2f} GB)", int8["after"]["VmRSS"] < fp32["after"]["VmRSS"])]
+    checks += [(f"{name}: at least 98% identical predictions ({r['identical'] / r['images']:.1%})",
+                r["identical"] >= 0.98 * r["images"]) for name, r in agreement.items()]
+    first = next(iter(speed.values()))
+    base_gb = max(r["base_gb"] for r in speed.values())
+    return f"""# CPU prediction: fp32 against int8 weights (QUANTIZE=int8)
+
+{command("int8.py")}
+
+- {machine(started, elapsed)},
+  torch threads {first['threads']}; 1-minute load average at the end of each measurement:
+  {", ".join(f"{r['job']} {r['load']:.1f}" for r in [*speed.values(), *agreement.values()])}.
+- int8: torch's dynamic quantisation of every linear layer (int8 weights, activations quantised per batch),
+  loaded as the scripts load it with --quantize=int8 (vlmcls.models.load_int8_model: each linear layer
+  quantised as its weights are read, so the float32 weights are never all held).
+- Speed and memory: {model_name(TINY)}, random weights, score mode (vlmcls.prediction.score_mode) on one image at a
+  time, {WARMUP} warm-up + {IMAGES} timed images, mean; fine_tune.py's image settings (512 px, one tile).
+  Each measurement in a fresh process, which holds about {base_gb:.2f} GB before any model (the libraries).
+  Memory is the process's resident set (/proc/self/status) once the model is loaded and again after the
+  images: VmRSS, split into anonymous memory (RssAnon) and pages of mapped files (RssFile: fp32 maps the
+  weights file and reads its pages in as the first image uses them), and the peak (VmHWM).
+- Agreement: the same elpv solar-cell test images (download_dataset.py --source=elpv, split by
+  generate_train_json.py), predicted in fp32 and then with int8 weights by the same model in one process.
+  "tiny, fine-tuned" is the tests' tiny SmolVLM fine-tuned by fine_tune.py for {FINE_TUNE_STEPS} steps on
+  the elpv training images, all test images; "256M, random weights" is the full-size architecture above,
+  untrained, on {AGREEMENT_IMAGES} of them (taken from each class in turn). Random weights put the classes'
+  probabilities close together, so they are a harder test of agreement than a trained model; the full-size
+  model could not be fine-tuned on this machine in reasonable time.
+
+{chr(10).join(lines)}
+
+Targets:
+{chr(10).join(f"- {'met' if ok else 'MISSED'}: {text}" for text, ok in checks)}
+"""
+
+
+def compare_int8(model_dir, work):
+    """fp32 against int8: speed and memory for each image size, agreement of the two on elpv images."""
+    started, start = now(), time.perf_counter()
+    speed = {(how, size): worker({"phase": "int8", "size": size, "model": str(model_dir), "quantize": how}, work,
+                                 f"{size} {how}") for size in SIZES for how in ("none", "int8")}
+    agreement = {}
+    if AGREEMENT:
+        test_json, fine_tuned = elpv_test_json(work)
+        agreement = {name: worker({"phase": "agreement", "model": str(model), "test_json": str(test_json),
+                                   "limit": limit}, work, f"agreement {label}")
+                     for name, label, model, limit in [("tiny, fine-tuned", "tiny", fine_tuned, 0),
+                                                       ("256M, random weights", "256M", model_dir, AGREEMENT_IMAGES)]}
+    return int8_report(speed, agreement, started, time.perf_counter() - start)
+
+
+def main():
+    if JOB:
+        return run_job(json.loads(JOB), {"int8": int8_job, "agreement": agreement_job}, flags={}, threads=THREADS,
+                       seed=SEED, device="cpu")
+    with tempfile.TemporaryDirectory(prefix="int8-benchmark-") as work:
+        model_dir = Path(work) / "model"
+        build_model(model_dir, seed=SEED, tiny=TINY)
+        text = compare_int8(model_dir, work)
+    write_report(text, OUTPUT or ROOT / "benchmarks" / f"results-int8{'-tiny' if TINY else ''}.md")
+
+
+if __name__ == "__main__":
+    configure(globals())
+    run_main(main)
