@@ -40,7 +40,8 @@ TRAINED = {
 }
 
 
-@pytest.mark.parametrize("name", TRAINED)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "llava_frozen" else n
+                                  for n in TRAINED])
 def test_the_head_learns_the_colours_and_the_scripts_classify_with_it(name, colour_work, request):
     family, settings = TRAINED[name]
     out = colour_work / name
@@ -141,7 +142,7 @@ def test_the_app_gives_the_heads_probabilities(colour_dataset, tiny_smolvlm):
             assert shown[Path(path).name, name] == pytest.approx(probability, abs=1e-6)
 
 
-@pytest.mark.parametrize("family", ["tiny_smolvlm", "tiny_llava"])
+@pytest.mark.parametrize("family", ["tiny_smolvlm", pytest.param("tiny_llava", marks=pytest.mark.slow)])
 def test_cached_states_train_the_head_the_backbone_would_train(family, colour_work, request):
     folder = request.getfixturevalue(family)
     heads = []
@@ -202,3 +203,38 @@ def test_weighted_loss_weighs_each_class_by_its_inverse_frequency():
     per_image = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     expected = (per_image * torch.tensor(weights)).sum() / sum(weights)
     torch.testing.assert_close(loss, expected)
+
+
+def test_a_padded_batch_pools_each_prompts_own_last_token(tiny_smolvlm, tmp_path):
+    """Images of different tile counts make prompts of different lengths: training pads them on the right,
+    prediction on the left; either way each image's state and probabilities are those it has alone."""
+    from PIL import Image
+
+    from vlmcls.head import pooled_state
+    from vlmcls.inputs import InputEncoder, collate
+    from vlmcls.models import set_resolution
+    from vlmcls.prediction import evaluate
+    from vlmcls.prompt import render_segments
+    processor, model = load_tiny(tiny_smolvlm)
+    set_resolution(processor, 1024, True)
+    torch.manual_seed(3)
+    attach_head(model, len(CLASSES))
+    paths = []
+    for name, size in (("wide", (1000, 600)), ("small", (64, 48))):
+        Image.effect_noise(size, 60).convert("RGB").save(tmp_path / f"{name}.png")
+        paths.append(str(tmp_path / f"{name}.png"))
+    encoder = InputEncoder(processor, 10**8)
+    examples = [encoder.example(p, render_segments(processor, [(QUESTION, None)])) for p in paths]
+    assert len(examples[0]["input_ids"]) > len(examples[1]["input_ids"])
+
+    def states(group):
+        batch = collate(group, processor.tokenizer.pad_token_id, "right")
+        del batch["labels"]
+        with torch.no_grad():
+            return pooled_state(model, batch)
+    torch.testing.assert_close(states(examples), torch.cat([states([e]) for e in examples]), rtol=1e-4, atol=1e-5)
+
+    def probs(batch_size):
+        results = evaluate(model, processor, paths, QUESTION, CLASSES, "score", batch_size, 10**8, encoder=encoder)
+        return torch.tensor([[r["probs"][c] for c in CLASSES] for r in results])
+    torch.testing.assert_close(probs(2), probs(1), rtol=1e-4, atol=1e-5)
