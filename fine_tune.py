@@ -1,6 +1,7 @@
 """Step 3: fine-tune a vision-language model on the training JSON with TRL's SFTTrainer.
 
-Only the answer and its end-of-answer token are learned. With a validation set, the images of VAL_JSON are
+Only the answer and its end-of-answer token are learned; or, with OBJECTIVE=head, a linear classifier on the
+final hidden state at the last prompt token (docs/head.md). With a validation set, the images of VAL_JSON are
 classified every EVAL_STEPS steps as the evaluation scripts classify them; the best checkpoint by
 METRIC_FOR_BEST_MODEL is the model saved, a run that stops improving can end early, and the class bias that
 suits the validation images best is saved with the model (see the README). Runs on CUDA

@@ -99,17 +99,11 @@ def prepare_for_head(model, freeze_backbone):
         output.requires_grad_(False)
 
 
-def plain_head(module):
-    """The Linear itself, also where peft holds the trained copy in a ModulesToSaveWrapper."""
-    copies = getattr(module, "modules_to_save", None)
-    return copies[module.active_adapter if isinstance(module.active_adapter, str) else module.active_adapter[0]] \
-        if copies is not None else module
-
-
 @contextlib.contextmanager
 def without_head(model):
     """The model without its head and head forward for the duration (to save it as the base model it is), the
-    plain head yielded (None where it has none)."""
+    head yielded (None where it has none). A LoRA model is merged first: peft's merge turns its copy of the head
+    (modules_to_save) back into the Linear."""
     base = base_of(model)
     head = getattr(base, HEAD_NAME, None)
     if head is None:
@@ -118,7 +112,7 @@ def without_head(model):
     delattr(base, HEAD_NAME)
     forward = base.__dict__.pop("forward")
     try:
-        yield plain_head(head)
+        yield head
     finally:
         setattr(base, HEAD_NAME, head)
         base.forward = forward
