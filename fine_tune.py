@@ -1,6 +1,7 @@
 """Step 3: fine-tune a vision-language model on the training JSON with TRL's SFTTrainer.
 
-Only the answer and its end-of-answer token are learned. With a validation set, the images of VAL_JSON are
+Only the answer and its end-of-answer token are learned; or, with OBJECTIVE=head, a linear classifier on the
+final hidden state at the last prompt token (docs/head.md). With a validation set, the images of VAL_JSON are
 classified every EVAL_STEPS steps as the evaluation scripts classify them; the best checkpoint by
 METRIC_FOR_BEST_MODEL is the model saved, a run that stops improving can end early, and the class bias that
 suits the validation images best is saved with the model (see the README). Runs on CUDA
@@ -11,6 +12,8 @@ the same command.
 from vlmcls.calibration import fit_class_bias
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.compat import library_versions
+from vlmcls.head import OBJECTIVES, attach_head, check_settings, class_weights, head_collator, head_dataset, \
+    head_loss, pooled_states
 from vlmcls.images import read_dataset_json, refuse_overlap
 from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, load_model, load_processor, pick_device, pick_dtype, \
@@ -39,7 +42,11 @@ EVAL_STEPS = 50  # measure accuracy and macro-F1 on the validation images every 
 METRIC_FOR_BEST_MODEL = "macro_f1"  # "macro_f1" or "accuracy": the best checkpoint by it is the model saved
 EARLY_STOPPING_PATIENCE = 5  # end the run after this many evaluations without improvement (0 = never)
 MIN_VALIDATION_IMAGES = 100  # fewer validation images than this: they train instead, no validation-driven steps
-CLASS_BALANCE = "none"  # "none": as the data is; "oversample": rarer classes repeated so each epoch draws all equally
+OBJECTIVE = "answer"  # "answer": learn to write the class name; "head": a linear classifier on the prompt's last state
+FREEZE_BACKBONE = False  # objective=head: train the head alone, on each image's state computed once (docs/head.md)
+CACHE_FROZEN_STATES = True  # with freeze_backbone: compute each image's state once (False: at every step, as a check)
+LABEL_SMOOTHING = 0.0  # objective=head: label smoothing of the cross-entropy (0: none)
+CLASS_BALANCE = "none"  # "none": as is; "oversample": rarer classes repeated; "weighted" (head): loss weights
 FIT_CLASS_BIAS = True  # after training, weigh the class scores against the class frequencies as validation says best
 IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is SmolVLM's shipped setting
 IMAGE_SPLITTING = False  # cut large images into 512px tiles plus a global view (the original: true)
@@ -64,10 +71,14 @@ SEED = 42  # seed for weight init of adapters and for the data order
 
 
 def main():
+    from functools import partial
+
     import torch
     from transformers import EarlyStoppingCallback
     from trl import SFTConfig
 
+    check_settings(OBJECTIVE, freeze_backbone=FREEZE_BACKBONE, use_lora=USE_LORA, class_balance=CLASS_BALANCE,
+                   augment=AUGMENT, cached=CACHE_FROZEN_STATES)
     train_data = read_dataset_json(TRAIN_JSON)
     train_data, val_data = read_validation(VAL_JSON, train_data, MIN_VALIDATION_IMAGES)
     test_data = read_dataset_json(TEST_JSON) if TEST_JSON else None
@@ -80,9 +91,13 @@ def main():
     processor = load_processor(MODEL_PATH)
     set_resolution(processor, IMAGE_LONGEST_EDGE, IMAGE_SPLITTING)
     # Weights stay in float32; bf16/fp16 run as autocast mixed precision, which AdamW and fp16 need.
-    model = prepare_model(load_model(MODEL_PATH, torch.float32), freeze_vision=FREEZE_VISION, use_lora=USE_LORA,
-                          lora_vision=LORA_VISION, lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
-                          lora_target_modules=LORA_TARGET_MODULES)
+    model = load_model(MODEL_PATH, torch.float32)
+    head = OBJECTIVE == "head"
+    if head:
+        attach_head(model, len(train_data["classes"]))
+    model = prepare_model(model, freeze_vision=FREEZE_VISION, use_lora=USE_LORA, lora_vision=LORA_VISION,
+                          lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
+                          lora_target_modules=LORA_TARGET_MODULES, freeze_backbone=FREEZE_BACKBONE)
     end_ids = end_token_ids(processor, model)
     # Workers encode the images once; batches of the encoded images in memory then need no workers of their own.
     workers = auto_workers(NUM_WORKERS)
@@ -108,13 +123,29 @@ def main():
         dataloader_persistent_workers=bool(INPUT_CACHE_DIR and workers), report_to=["tensorboard"], seed=SEED,
         data_seed=SEED,
     )
+    states = None
+    if FREEZE_BACKBONE and CACHE_FROZEN_STATES:  # the head trains on these; the backbone never runs again
+        autocast = partial(torch.autocast, args.device.type, dtype=dtype, enabled=dtype != torch.float32)
+        states = pooled_states(model.to(args.device), processor, encoder, [image for image, _ in train_rows]
+                               + [s["image"] for s in (test_data or {"samples": []})["samples"]] + val_images,
+                               train_data["question"], PER_DEVICE_EVAL_BATCH_SIZE, autocast)
     callbacks = [EarlyStoppingCallback(EARLY_STOPPING_PATIENCE)] if val_data and EARLY_STOPPING_PATIENCE > 0 else []
     callbacks += [time_limit(MAX_TRAIN_SECONDS)] if MAX_TRAIN_SECONDS > 0 else []
-    trainer = validating_trainer(
-        val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, callbacks, model=model, args=args, processing_class=processor,
-        train_dataset=chat_dataset(train_rows, encoder, processor, end_ids, AUGMENT, SEED),
-        data_collator=answer_only_collator(processor),
-    )
+    if head:
+        weights = class_weights([s["label"] for s in trained["samples"]], train_data["classes"], CLASS_BALANCE)
+        pad = processor.tokenizer.pad_token_id or 0
+        trainer = validating_trainer(
+            val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, callbacks, model=model, args=args, processing_class=processor,
+            head_loss=partial(head_loss, weights=weights, label_smoothing=LABEL_SMOOTHING), states=states,
+            train_dataset=head_dataset(trained["samples"], train_data["classes"], encoder, processor,
+                                       train_data["question"], AUGMENT, SEED, states),
+            data_collator=head_collator(pad))
+    else:
+        trainer = validating_trainer(
+            val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, callbacks, model=model, args=args, processing_class=processor,
+            train_dataset=chat_dataset(train_rows, encoder, processor, end_ids, AUGMENT, SEED),
+            data_collator=answer_only_collator(processor),
+        )
     if trainer.is_world_process_zero():
         if USE_LORA:
             trainer.model.print_trainable_parameters()
@@ -130,16 +161,20 @@ def main():
                                 METRIC_FOR_BEST_MODEL) if val_data and FIT_CLASS_BIAS else None
     if test_rows:
         trainer.remove_callback(EarlyStoppingCallback)  # the test loss is no validation score to stop on
-        metrics = trainer.evaluate(chat_dataset(test_rows, encoder, processor, end_ids), metric_key_prefix="test")
+        test_set = head_dataset(test_data["samples"], train_data["classes"], encoder, processor,
+                                train_data["question"], states=states) if head else \
+            chat_dataset(test_rows, encoder, processor, end_ids)
+        metrics = trainer.evaluate(test_set, metric_key_prefix="test")
         if trainer.is_world_process_zero():
-            print(f"test loss (classification answers): {metrics['test_loss']:.4f}")
+            print(f"test loss ({'head cross-entropy' if head else 'classification answers'}): "
+                  f"{metrics['test_loss']:.4f}")
     save(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
-         class_bias=class_bias, run_config={"settings": settings_of(globals()), "device": device,
+         class_bias=class_bias, objective=OBJECTIVE, run_config={"settings": settings_of(globals()), "device": device,
                                             "dtype": str(dtype).replace("torch.", ""), "versions": library_versions()})
 
 
 if __name__ == "__main__":
     configure(globals(), choices={"DEVICE": DEVICES, "DTYPE": DTYPES, "RESUME": RESUMES,
                                   "METRIC_FOR_BEST_MODEL": BEST_METRICS, "CLASS_BALANCE": CLASS_BALANCES,
-                                  "TRAIN_QUESTIONS": QUESTION_SETS, "AUGMENT": AUGMENTS})
+                                  "TRAIN_QUESTIONS": QUESTION_SETS, "AUGMENT": AUGMENTS, "OBJECTIVE": OBJECTIVES})
     run_main(main)

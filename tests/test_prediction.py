@@ -43,7 +43,7 @@ def test_untrained_model_in_every_mode_names_a_class_or_says_none(tiny_smolvlm, 
     classes = ["red", "green", "blue"]
     scored = evaluate(model, processor, paths, "Colour?", classes, "score", 3, 10**6)
     generated = evaluate(model, processor, paths, "Colour?", classes, "generate", 3, 10**6)
-    assert set(MODES) == {"score", "generate"}
+    assert set(MODES) == {"score", "generate", "head"}  # the head mode: tests/test_head.py
     assert len(scored) == len(generated) == 4
     for r in scored:
         assert r["pred"] in classes

@@ -34,7 +34,7 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
         print(f"\n=== {model_path} ({len(paths)} images, {mode} mode, {device}{int8}) ===\nquestion: {question}")
         processor, model = load_for_inference(model_path, device=device, dtype=dtype, quantize=quantize,
                                               image_longest_edge=image_longest_edge, image_splitting=image_splitting)
-        bias = saved_class_bias(model_path, classes) if class_bias and mode == "score" else None
+        bias = saved_class_bias(model_path, classes) if class_bias and mode in ("score", "head") else None
         if bias:
             print(f"class bias of strength {bias['strength']:.1f}, chosen on the validation images, added to the "
                   "scores (class_bias=false: without)")

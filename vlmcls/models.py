@@ -231,7 +231,8 @@ def load_for_inference(model_path, *, device, dtype, image_longest_edge, image_s
     processor = load_processor(model_path)
     set_resolution(processor, image_longest_edge, image_splitting)
     model = load_int8_model(model_path) if quantize == "int8" else load_model(model_path, dtype, device).eval()
-    return processor, model
+    from .head import attach_saved_head  # the head module builds on this one
+    return processor, attach_saved_head(model_path, model, saved_classes(model_path))
 
 
 def find_vision_encoder(model):

@@ -3,6 +3,7 @@ import math
 
 from .cli import OneOf, UserError
 from .compat import generation_position_ids
+from .head import head_prediction
 from .inputs import InputEncoder, collate, through_end
 from .models import end_token_ids
 from .prompt import match_answer, render, render_segments
@@ -116,8 +117,17 @@ def generate_mode(model, processor, batch, question, classes):
     return results
 
 
+def head_mode(model, processor, batch, question, classes):
+    """A model with a classification head (vlmcls.head): the softmax of its logits, one forward pass per batch."""
+    import torch
+    with torch.inference_mode():
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        logits = model(**batch, position_ids=generation_position_ids(model, batch)).logits
+    return [ranked(classes, row) for row in logits.float().softmax(-1).tolist()]
+
+
 # The prediction modes by name: a new mode is one function of this shape and one entry here.
-MODES = {"score": score_mode, "generate": generate_mode}
+MODES = {"score": score_mode, "generate": generate_mode, "head": head_mode}
 PREDICTIONS = OneOf(*MODES)
 
 
@@ -130,7 +140,7 @@ def evaluate(model, processor, images, question, classes, mode, batch_size, max_
     from tqdm import tqdm
     if mode not in MODES:
         raise UserError(f"prediction mode {mode!r}: use {' or '.join(MODES)}")
-    predict = MODES[mode]
+    predict = MODES[head_prediction(model, mode)]
     batches = DataLoader(list(images), batch_size=batch_size, num_workers=workers if len(images) > batch_size else 0,
                          collate_fn=PromptBatches(processor, question, max_pixels, enlarge, encoder))
     results = []

@@ -10,13 +10,14 @@ from pathlib import Path
 from .calibration import describe
 from .cli import OneOf, UserError, existing_path
 from .files import write_json
+from .head import HEAD_NAME, attach_head, head_of, prepare_for_head, save_head, without_head
 from .inputs import collate
 from .models import VISION_MODULES, find_vision_encoder, load_model
 from .prompt import render_segments
 
 RESUMES = OneOf("auto", "overwrite", other=("a checkpoint folder", existing_path))
 QUESTION_SETS = OneOf("all", "classification")  # the values of fine_tune.py's TRAIN_QUESTIONS
-CLASS_BALANCES = OneOf("none", "oversample")
+CLASS_BALANCES = OneOf("none", "oversample", "weighted")  # weighted: objective=head's loss weights
 AUGMENTS = OneOf("none", "hflip", "flips", "dihedral")  # the values of fine_tune.py's AUGMENT
 FINISHED_MARKER = "train_log_history.json"  # written last into the output folder by a run that completed
 
@@ -37,7 +38,7 @@ def balance_classes(data, how, seed):
     largest ("oversample"): all of a class's images as many times as they fit, then a seeded choice of the
     remainder. Every epoch then draws each class equally often, and no image is left out. The list is the same on
     every run with the seed, so the Trainer's seeded shuffle, and with it a resumed run's data order, is too."""
-    if how == "none":
+    if how != "oversample":  # "weighted" weighs the loss instead (vlmcls.head.class_weights)
         return data
     rng = random.Random(seed)
     by_class = defaultdict(list)
@@ -112,8 +113,11 @@ def answer_only_collator(processor):
 
 
 def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=False, lora_r=16, lora_alpha=32,
-                  lora_dropout=0.05, lora_target_modules="all-linear", skip_frozen_backward=True):
-    """Freeze the vision encoder and/or wrap the model with LoRA adapters, as the settings ask.
+                  lora_dropout=0.05, lora_target_modules="all-linear", freeze_backbone=False,
+                  skip_frozen_backward=True):
+    """Freeze the vision encoder and/or wrap the model with LoRA adapters, as the settings ask. A model with a
+    classification head (vlmcls.head) trains it too (in LoRA, whole, as peft's modules_to_save), or only it
+    (freeze_backbone).
 
     A vision encoder left with no trainable weight runs without autograd (skip_frozen_backward=False keeps the
     old behaviour, for comparison): nothing before it is trained either, so no gradient needs it, yet the
@@ -121,6 +125,8 @@ def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=Fal
     """
     import torch
     encoder = find_vision_encoder(model)
+    if head_of(model) is not None:
+        prepare_for_head(model, freeze_backbone)
     if freeze_vision:
         encoder.requires_grad_(False)
     if use_lora:
@@ -130,6 +136,7 @@ def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=Fal
         vision_adapters = lora_vision and not freeze_vision
         config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                             target_modules=lora_target_modules, task_type="CAUSAL_LM",
+                            modules_to_save=[HEAD_NAME] if head_of(model) is not None else None,
                             exclude_modules=None if vision_adapters else rf".*\.({'|'.join(VISION_MODULES)})\..*")
         model = get_peft_model(model, config)
     if skip_frozen_backward and not any(p.requires_grad for p in encoder.parameters()):
@@ -190,34 +197,49 @@ def clear_previous_run(output_dir):
     (out / FINISHED_MARKER).unlink(missing_ok=True)
 
 
-def save_merged_lora(trainer, out, base_model_path):
+def save_merged_lora(trainer, out, base_model_path, head_classes=0):
     """The Trainer gathers the adapters from all processes (whether DDP, FSDP or DeepSpeed holds them); the main
-    process merges them into a freshly loaded base model, as sharded weights cannot be merged in place."""
+    process merges them into a freshly loaded base model, as sharded weights cannot be merged in place. A head
+    (over head_classes) travels in the adapter and is saved beside the merged model."""
     import torch
     from peft import PeftModel
     adapter = Path(out) / "lora_adapter"
     trainer.save_model(str(adapter))
     if trainer.is_world_process_zero():
-        merged = PeftModel.from_pretrained(load_model(base_model_path, torch.float32), adapter).merge_and_unload()
-        merged.save_pretrained(out)
+        base = load_model(base_model_path, torch.float32)
+        if head_classes:  # the adapter's copy of the head needs a head to load into
+            attach_head(base, head_classes)
+        merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+        save_model_and_head(merged, out, merged.save_pretrained)
         shutil.rmtree(adapter)
 
 
-def save(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config, class_bias=None):
-    """Model (LoRA merged in), processor with its resolution, class list (with the class bias, if one was
-    fitted), run_config.json and training log."""
+def save_model_and_head(model, out, save_model, main=True):
+    """save_model(out) of the model without its head, and the head (if it has one) as its own file, written by
+    the main process."""
+    with without_head(model) as head:
+        save_model(str(out))
+    if head is not None and main:
+        save_head(head, out)
+
+
+def save(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config, class_bias=None,
+         objective="answer"):
+    """Model (LoRA merged in; a head as its own file), processor with its resolution, class list (with the
+    objective, and the class bias if one was fitted), run_config.json and training log."""
     out = Path(output_dir)
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model is gathered into one file
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     if merge_lora:
-        save_merged_lora(trainer, out, base_model_path)
+        save_merged_lora(trainer, out, base_model_path, len(data["classes"]) if objective == "head" else 0)
     else:
-        trainer.save_model(str(out))
+        save_model_and_head(trainer.model, out, trainer.save_model, trainer.is_world_process_zero())
     if not trainer.is_world_process_zero():
         return
     processor.save_pretrained(out)
     write_json(out / "classes.json", {"classes": data["classes"], "question": data["question"],
-                                      "max_image_pixels": data["max_image_pixels"], "class_bias": class_bias})
+                                      "max_image_pixels": data["max_image_pixels"], "class_bias": class_bias,
+                                      "objective": objective})
     if class_bias:
         print(describe(class_bias))
     write_json(out / "run_config.json", run_config)

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 from .cli import OneOf, UserError
+from .head import results_from_states
 from .images import read_dataset_json
 from .prediction import evaluate
 from .report import metrics
@@ -79,14 +80,30 @@ def measure(model, processor, data, batch_size, rank=0, world=1, encoder=None):
     return scored(data, predict_all(model, processor, data, batch_size, rank, world, encoder))
 
 
-def validating_trainer(validation, batch_size, encoder, callbacks, **kwargs):
+def validating_trainer(validation, batch_size, encoder, callbacks, head_loss=None, states=None, **kwargs):
     """An SFTTrainer whose evaluation (at every eval_steps, and trainer.evaluate() with no data set) is measure()
-    on the validation data; trainer.evaluate(dataset) still computes that data set's loss."""
+    on the validation data; trainer.evaluate(dataset) still computes that data set's loss. With `head_loss`
+    (loss, outputs) = head_loss(model, inputs), the loss of a model with a head (vlmcls.head), whose validation
+    takes the pooled states of `states` where given."""
     from trl import SFTTrainer
 
     class ValidatingSFTTrainer(SFTTrainer):
+        def __init__(self, **arguments):
+            super().__init__(**arguments)
+            if head_loss:  # a mean over the batch, which the Trainer divides by the accumulation steps
+                self.model_accepts_loss_kwargs = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if head_loss is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = head_loss(model, inputs)
+            return (loss, outputs) if return_outputs else loss
+
         def validation_results(self):
             """Score-mode results of the model as it is now on every validation image (every process takes part)."""
+            if states is not None:
+                return results_from_states(self.model, states, [s["image"] for s in validation["samples"]],
+                                           validation["classes"])
             training = self.model.training
             self.model.eval()
             with self.accelerator.autocast():

@@ -1,0 +1,243 @@
+"""The classification head: a linear layer on the final hidden state at the last prompt token, its loss, its
+training data (encoded images, or each image's state computed once when the backbone is frozen) and its file."""
+import contextlib
+import types
+from pathlib import Path
+
+from .cli import OneOf, UserError
+
+OBJECTIVES = OneOf("answer", "head")  # the values of fine_tune.py's OBJECTIVE
+HEAD_NAME = "classifier_head"  # the head's attribute on the model (and its key prefix in checkpoints)
+HEAD_FILE = "classifier.safetensors"  # the head's weights in a saved model folder
+
+
+def check_settings(objective, *, freeze_backbone, use_lora, class_balance, augment, cached):
+    """Refuse settings that mean nothing together, before anything loads."""
+    if objective != "head" and (freeze_backbone or class_balance == "weighted"):
+        raise UserError("freeze_backbone and class_balance=weighted apply to objective=head only (the answer "
+                        "objective trains the model itself; class_balance=oversample balances it)")
+    if freeze_backbone and use_lora:
+        raise UserError("freeze_backbone trains the head alone: LoRA adapters would stay untrained; use one of them")
+    if freeze_backbone and cached and augment != "none":
+        raise UserError(f"freeze_backbone computes each image's state once, so augment={augment} could not vary it: "
+                        "use augment=none, or cache_frozen_states=false")
+
+
+def head_of(model):
+    """The model's head (through a peft wrapper), or None: a model with a head classifies with it."""
+    return getattr(model, HEAD_NAME, None)
+
+
+def head_prediction(model, mode):
+    """The prediction mode for `mode` asked of this model: a model with a head classifies with it in score mode
+    (its answers were never trained); it writes no answers to generate."""
+    has_head = head_of(model) is not None
+    if mode == "generate" and has_head:
+        raise UserError("this model was fine-tuned with objective=head: it classifies with its head and writes no "
+                        "answers; use --prediction=score")
+    if mode == "head" and not has_head:
+        raise UserError("prediction=head needs a model fine-tuned with objective=head (classifier.safetensors)")
+    return "head" if has_head else mode
+
+
+def base_of(model):
+    """The transformers model inside a peft wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def last_positions(attention_mask):
+    """The index of each row's last attended token: the last prompt token, whichever side the padding is on."""
+    return attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(-1)
+
+
+def pooled_state(model, batch):
+    """The final hidden state (after the language model's last norm) at each row's last prompt token, as float32.
+
+    The inner model (Idefics3Model, LlavaModel, ...) is run without the language-model head: the vocabulary's
+    logits are not needed."""
+    import torch
+    inputs = {k: v for k, v in batch.items() if v is not None and k not in (
+        "labels", "logits_to_keep", "return_dict", "output_attentions", "output_hidden_states", "use_cache")}
+    hidden = base_of(model).model(**inputs, use_cache=False).last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, last_positions(batch["attention_mask"]).to(hidden.device)].float()
+
+
+def _head_forward(self, pooled=None, **batch):
+    """The model's forward while it has a head: logits over the classes, from the images and prompts of a batch, or
+    from their pooled states computed before. Training calls it through the model (and DDP's wrapper of it), so
+    that the head is part of the graph every process sees."""
+    from transformers.modeling_outputs import SequenceClassifierOutput
+    head = getattr(self, HEAD_NAME)
+    state = pooled if pooled is not None else pooled_state(self, batch)
+    weight = next(head.parameters())
+    return SequenceClassifierOutput(logits=head(state.to(weight.device, weight.dtype)))
+
+
+def attach_head(model, n_classes, state=None):
+    """Give the model a head over n_classes (weights `state`, or freshly initialised from the current seed) and
+    make its forward return the head's logits. Returns the model."""
+    import torch
+    head = torch.nn.Linear(model.config.get_text_config().hidden_size, n_classes, device=model.device)
+    if state is not None:
+        head.load_state_dict(state)
+    setattr(model, HEAD_NAME, head)
+    model.forward = types.MethodType(_head_forward, model)
+    return model
+
+
+def prepare_for_head(model, freeze_backbone):
+    """The trainable parts for the head objective: with freeze_backbone the head alone. Otherwise an output layer
+    of its own (not tied to the input embeddings) is frozen, as the head objective never uses it: a trainable
+    weight without a gradient stops DDP."""
+    if freeze_backbone:
+        model.requires_grad_(False)
+        head_of(model).requires_grad_(True)
+        return
+    output, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is not None and output.weight is not embeddings.weight:
+        output.requires_grad_(False)
+
+
+@contextlib.contextmanager
+def without_head(model):
+    """The model without its head and head forward for the duration (to save it as the base model it is), the
+    head yielded (None where it has none). A LoRA model is merged first: peft's merge turns its copy of the head
+    (modules_to_save) back into the Linear."""
+    base = base_of(model)
+    head = getattr(base, HEAD_NAME, None)
+    if head is None:
+        yield None
+        return
+    delattr(base, HEAD_NAME)
+    forward = base.__dict__.pop("forward")
+    try:
+        yield head
+    finally:
+        setattr(base, HEAD_NAME, head)
+        base.forward = forward
+
+
+def save_head(head, out):
+    """The head's weights as HEAD_FILE in the output folder."""
+    from safetensors.torch import save
+
+    from .files import atomic_write
+    atomic_write(Path(out) / HEAD_FILE, save({k: v.detach().float().cpu().contiguous()
+                                              for k, v in head.state_dict().items()}))
+
+
+def attach_saved_head(model_path, model, saved):
+    """A loaded model with the head saved beside it, where classes.json (`saved`) records the head objective."""
+    if not saved or saved.get("objective", "answer") != "head":
+        return model
+    file = Path(model_path) / HEAD_FILE
+    if not file.is_file():
+        raise UserError(f"{model_path}: classes.json records objective=head, but {HEAD_FILE} is missing")
+    from safetensors.torch import load_file
+    state = load_file(str(file))
+    return attach_head(model, state["weight"].shape[0], state)
+
+
+def head_example(encoder, image, segments, label):
+    """One training example of the head: the prompt's inputs (InputEncoder.example) and the class index."""
+    return {**encoder.example(image, segments), "class": label}
+
+
+def head_collator(pad_id):
+    """Batches of head examples: right-padded prompts (or their pooled states), and the class indices as labels."""
+    import torch
+
+    from .inputs import collate
+
+    def to_batch(examples):
+        labels = torch.tensor([e["class"] for e in examples])
+        if "pooled" in examples[0]:
+            return {"pooled": torch.stack([e["pooled"] for e in examples]), "labels": labels}
+        batch = collate(examples, pad_id, "right")
+        batch["labels"] = labels
+        return batch
+    return to_batch
+
+
+def head_dataset(samples, classes, encoder, processor, question, how_augment="none", seed=0, states=None):
+    """Head training examples of `samples` as a datasets.Dataset: each image's prompt inputs (augmented as
+    training.chat_dataset does), or with `states` ({image path: pooled state}) its state computed before."""
+    import random
+
+    from datasets import Dataset
+
+    from .prompt import render_segments
+    from .training import augment
+    segments = render_segments(processor, [(question, None)])
+    items = [(s["image"], classes.index(s["label"])) for s in samples]
+    rng = random.Random(seed)
+
+    def to_inputs(batch):
+        if states is not None:
+            return {"pooled": [states[items[i][0]] for i in batch["row"]],
+                    "class": [items[i][1] for i in batch["row"]]}
+        examples = [head_example(encoder, items[i][0], segments, items[i][1]) for i in batch["row"]]
+        if how_augment != "none":
+            examples = [{**e, "tensors": augment(e["tensors"], how_augment, rng)} for e in examples]
+        return {key: [e[key] for e in examples] for key in examples[0]}
+    return Dataset.from_dict({"row": list(range(len(items)))}).with_transform(to_inputs)
+
+
+def pooled_states(model, processor, encoder, paths, question, batch_size, autocast, desc="computing states"):
+    """{image path: pooled state (CPU, float32)} of every image, computed once with the frozen backbone: the head
+    then trains on these. The prompts are left-padded as prediction pads them, with the same positions."""
+    import torch
+    from tqdm import tqdm
+
+    from .compat import generation_position_ids
+    from .prediction import PromptBatches
+    paths = list(dict.fromkeys(str(p) for p in paths))
+    batches = PromptBatches(processor, question, None, False, encoder)
+    states = {}
+    model.eval()
+    with torch.inference_mode(), autocast(), tqdm(total=len(paths), desc=desc, unit="img") as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            batch = batches(chunk)
+            if isinstance(batch, str):
+                raise UserError(batch)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            pooled = pooled_state(model, {**batch, "position_ids": generation_position_ids(base_of(model), batch)})
+            states.update(zip(chunk, pooled.cpu()))
+            bar.update(len(chunk))
+    return states
+
+
+def class_weights(train_labels, classes, how):
+    """Cross-entropy weights per class: with class_balance=weighted each class weighs its inverse frequency
+    (scaled so that the weights average 1 over the training images), else None (all equal)."""
+    from collections import Counter
+    if how != "weighted":
+        return None
+    counts = Counter(train_labels)
+    return [len(train_labels) / (len(classes) * max(counts[name], 1)) for name in classes]
+
+
+def head_loss(model, inputs, weights, label_smoothing):
+    """(mean cross-entropy of the head's logits against the class labels, the model's outputs)."""
+    import torch
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    outputs = model(**inputs)
+    weight = torch.tensor(weights, device=outputs.logits.device) if weights else None
+    loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels.to(outputs.logits.device), weight=weight,
+                                             label_smoothing=label_smoothing)
+    return loss, outputs
+
+
+def results_from_states(model, states, paths, classes):
+    """Prediction results (as prediction.head_mode gives them) of images whose pooled states were computed."""
+    import torch
+
+    from .prediction import ranked
+    head = head_of(model)
+    weight = next(head.parameters())
+    with torch.inference_mode():
+        logits = head(torch.stack([states[str(p)] for p in paths]).to(weight.device, weight.dtype))
+    return [ranked(classes, row) for row in logits.float().softmax(-1).tolist()]
