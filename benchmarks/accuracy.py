@@ -59,8 +59,7 @@ TASKS = ["elpv2", "elpv4", "digits", "digits_small"]  # names from TASK_DATA
 ROWS = {  # recipe name -> fine_tune.py settings; BASELINE is the original's recipe
     "original": {"multi_turn": False, "train_questions": "all", "val_json": "", "class_balance": "none"},
     "multi_turn": {"multi_turn": True, "train_questions": "all", "val_json": "", "class_balance": "none"},
-    "validation": {"multi_turn": False, "train_questions": "all", "class_balance": "none", "fit_class_bias": True},
-    "defaults": {},
+    "defaults": {},  # the original's rows with validation: best checkpoint, early stopping, class bias
 }
 BASELINE = "original"  # the row every other row is compared with
 DEVELOPMENT_SPLITS = [0, 1, 2]  # split seeds (and model seeds) that choices are made on
