@@ -56,7 +56,7 @@ def test_two_processes_train_one_model_that_classifies(tiny_smolvlm, colour_spli
     epochs = 12
     proc = run_torchrun(f"--model_path={tiny_smolvlm}", f"--train_json={train_json}", f"--test_json={test_json}",
                         "--output_dir=out", f"--equivalent_epochs_to_train={epochs}", "--learning_rate=6e-3",
-                        "--class_balance=none", *FAST, cwd=tmp_path)
+                        "--class_balance=none", "--train_questions=classification", *FAST, cwd=tmp_path)
 
     # One output folder, written by the main process only; its summary lines appear once.
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
