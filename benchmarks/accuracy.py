@@ -11,7 +11,7 @@ The protocol (PROTOCOL, version 1), enforced by this script:
    scores of the DEVELOPMENT_SPLITS (split seeds of generate_train_json.py; split s trains a model initialised
    from seed s, with fine_tune.py's --seed=s). This is what a run without --confirm measures; its table goes to
    benchmarks/results-accuracy-development.md.
-2. Confirmation: claims are made on the CONFIRMATION_SPLITS, which no choice looked at. --confirm runs them for
+2. Confirmation: claims are made on the CONFIRMATION_SPLITS, which no choice looked at. --confirm=true runs them for
    the current commit (the code must be committed) and writes benchmarks/results-accuracy-confirmation.md, which
    records the commit, the code hash, the protocol version and that it is a confirmation run, and adds the run
    to LEDGER. Confirming again on split seeds that the ledger has seen with other code is refused: looking at a
@@ -27,7 +27,7 @@ The protocol (PROTOCOL, version 1), enforced by this script:
    settings, fine_tune.py's defaults included; so is a pilot.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py --work_dir=/work/acc            # development
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py --work_dir=/work/acc --confirm  # confirmation
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py --work_dir=/work/acc --confirm=true  # confirmation
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py --steps='{"digits": 20}' --tasks='["digits"]' \\
         --development_splits='[0]' --pilot_seconds=3                                          # smoke check
 
