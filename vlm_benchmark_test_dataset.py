@@ -19,7 +19,7 @@ REPORT_DIR = ""  # where reports go; "" = <model>/reports/test_set
 IMAGE_LONGEST_EDGE = None  # None = the resolution saved with the model
 IMAGE_SPLITTING = None  # None = as saved with the model
 ENLARGE_IMAGES = False  # resize smaller images up to the longest edge, as the processor does (the original)
-NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1: one per CPU core
+NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1: one per CPU core (shared under torchrun), at least 1
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved

@@ -33,6 +33,9 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
     rank, world, device = join_processes(pick_device(device))
     dtype = pick_dtype(device, dtype)
     say = print if rank == 0 else lambda *_: None
+    # -1: at least one worker, also where a process's share of the cores is one (torchrun with a GPU per core):
+    # the next images are then decoded while the model runs, not in turn with it.
+    workers = max(auto_workers(num_workers), 1) if num_workers < 0 else num_workers
     outcomes = []
     for model_path in model_paths:
         int8 = ", int8" if quantize == "int8" else ""
@@ -56,7 +59,7 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
             say(f"class bias of strength {bias['strength']:.1f}, chosen on the validation images, added to the "
                 "scores (class_bias=false: without)")
         predict = partial(predict_batches, model, processor, question=question, classes=classes, mode=mode,
-                          max_pixels=max_pixels, enlarge=enlarge_images, workers=auto_workers(num_workers),
+                          max_pixels=max_pixels, enlarge=enlarge_images, workers=workers,
                           bias=bias["values"] if bias else None)
         predict_into(files, predict, paths, true, start=start, batch_size=batch_size, rank=rank, world=world,
                      echo=true is None)
