@@ -8,6 +8,7 @@ from vlmcls.evaluation import evaluate_models
 from vlmcls.images import read_dataset_json
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
 from vlmcls.prediction import PREDICTIONS
+from vlmcls.streaming import RESUMES
 
 MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to evaluate: local folder or Hub id
 TEST_JSON = "solar_panel_test_dataset.json"  # from generate_train_json.py
@@ -18,11 +19,12 @@ REPORT_DIR = ""  # where reports go; "" = <model>/reports/test_set
 IMAGE_LONGEST_EDGE = None  # None = the resolution saved with the model
 IMAGE_SPLITTING = None  # None = as saved with the model
 ENLARGE_IMAGES = False  # resize smaller images up to the longest edge, as the processor does (the original)
-NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1: one per CPU core
+NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1: one per CPU core (shared under torchrun), at least 1
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved
 CLASS_BIAS = True  # score mode: add the class bias fine_tune.py chose on the validation images (False: raw scores)
+RESUME = "auto"  # "auto": continue an interrupted run in REPORT_DIR (same settings only); "overwrite": predict afresh
 
 
 def main():
@@ -34,10 +36,10 @@ def main():
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                     enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,
                     max_pixels=data["max_image_pixels"], report_dir=REPORT_DIR, report_name="test_set",
-                    quantize=QUANTIZE, class_bias=CLASS_BIAS, record=settings_of(globals()))
+                    quantize=QUANTIZE, class_bias=CLASS_BIAS, resume=RESUME, record=settings_of(globals()))
 
 
 if __name__ == "__main__":
     configure(globals(), choices={"PREDICTION": PREDICTIONS, "DEVICE": DEVICES, "DTYPE": DTYPES,
-                                  "QUANTIZE": QUANTIZATIONS})
+                                  "QUANTIZE": QUANTIZATIONS, "RESUME": RESUMES})
     run_main(main)

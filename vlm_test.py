@@ -7,10 +7,11 @@ from pathlib import Path
 
 from vlmcls.cli import UserError, configure, run_main, settings_of
 from vlmcls.evaluation import evaluate_models
-from vlmcls.images import class_folders, list_files, print_skipped, scan_images
+from vlmcls.images import class_folders, list_files
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS, classes_and_question
 from vlmcls.prediction import PREDICTIONS
 from vlmcls.prompt import classification_question
+from vlmcls.streaming import RESUMES
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # model to evaluate: local folder or Hub id
 DATASET_DIR = "./Faulty_solar_panel"  # class folders, a folder of unlabelled images, or one image
@@ -23,11 +24,12 @@ MAX_IMAGE_PIXELS = 40_000_000  # larger images are skipped (decompression bombs)
 IMAGE_LONGEST_EDGE = None  # None = the resolution saved with the model
 IMAGE_SPLITTING = None  # None = as saved with the model
 ENLARGE_IMAGES = False  # resize smaller images up to the longest edge, as the processor does (the original)
-NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1: one per CPU core
+NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1: one per CPU core (shared under torchrun), at least 1
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved
 CLASS_BIAS = True  # score mode: add the class bias fine_tune.py chose on the validation images (False: raw scores)
+RESUME = "auto"  # "auto": continue an interrupted run in REPORT_DIR (same settings only); "overwrite": predict afresh
 
 
 def labelled_images():
@@ -53,11 +55,8 @@ def classes_for_unlabelled():
 
 def main():
     paths, labels, classes = labelled_images()
-    good, skipped = scan_images(paths, MAX_IMAGE_PIXELS)
-    print_skipped(skipped)
-    paths = [p for p, _ in good]
     if not paths:
-        raise UserError(f"{DATASET_DIR}: no usable image")
+        raise UserError(f"{DATASET_DIR}: no files")
     classes, question = (classes, classification_question(classes)) if classes else classes_for_unlabelled()
     evaluate_models([MODEL_PATH] + ([COMPARE_WITH] if COMPARE_WITH else []), paths,
                     [labels[p] for p in paths] if labels else None, classes, question,
@@ -65,10 +64,11 @@ def main():
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                     enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,
                     max_pixels=MAX_IMAGE_PIXELS, report_dir=REPORT_DIR, quantize=QUANTIZE, class_bias=CLASS_BIAS,
-                    report_name="full_dataset" if labels else "predictions", record=settings_of(globals()))
+                    resume=RESUME, report_name="full_dataset" if labels else "predictions",
+                    record=settings_of(globals()))
 
 
 if __name__ == "__main__":
     configure(globals(), choices={"PREDICTION": PREDICTIONS, "DEVICE": DEVICES, "DTYPE": DTYPES,
-                                  "QUANTIZE": QUANTIZATIONS})
+                                  "QUANTIZE": QUANTIZATIONS, "RESUME": RESUMES})
     run_main(main)

@@ -302,9 +302,10 @@ def train_and_test(task, row, seed, splits, model, steps, work):
         return stored
     out.mkdir(parents=True, exist_ok=True)
     train_s = run("fine_tune.py", *args, cwd=out, log=out / "train.log")
+    # --resume=overwrite: a run of other code retrains the model, whose earlier report must not be continued
     test_s = run("vlm_benchmark_test_dataset.py", f"--model_path={out / 'model'}",
                  f"--test_json={splits['split'] / 'test.json'}", f"--report_dir={out / 'report'}",
-                 f"--batch_size={EVAL_BATCH}", cwd=out, log=out / "test.log")
+                 f"--batch_size={EVAL_BATCH}", "--resume=overwrite", cwd=out, log=out / "test.log")
     report = json.loads((out / "report" / "report.json").read_text())
     with open(out / "report" / "predictions.csv", newline="") as f:
         predictions = sorted((r["path"], r["true_class"], r["predicted_class"]) for r in csv.DictReader(f))

@@ -1,14 +1,16 @@
 """Evaluation runs: each model over the same images, with its reports and a side-by-side comparison."""
 import re
+from functools import partial
 from pathlib import Path
 
 from .calibration import saved_class_bias
+from .cli import UserError
 from .compat import library_versions
-from .files import write_csv
 from .inputs import auto_workers
 from .models import load_for_inference, pick_device, pick_dtype
-from .prediction import evaluate
-from .report import PREDICTION_HEADER, prediction_rows, print_accuracy, print_comparison, write_report
+from .prediction import predict_batches
+from .report import PREDICTION_HEADER, print_accuracy, print_comparison, write_summary
+from .streaming import PredictionFiles, images_digest, join_processes, model_files, open_files, predict_into
 
 
 def default_report_dir(model_path, name):
@@ -20,46 +22,71 @@ def default_report_dir(model_path, name):
 
 def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,
                     image_longest_edge, image_splitting, enlarge_images, num_workers, max_pixels, report_dir,
-                    report_name, quantize="none", class_bias=True, record=None):
+                    report_name, quantize="none", class_bias=True, resume="auto", record=None):
     """Evaluate each model on the same images, print the original's lines for each and, for two or more,
-    a side-by-side table. With labels, writes report.json, predictions.csv and confusion_matrix.png;
-    without, predictions.csv only; report.json also records `record` (the script's settings) and the library
+    a side-by-side table. predictions.csv (and skipped.csv: files that cannot be used) grow as batches finish;
+    an interrupted run is continued (`resume` "auto") or started afresh ("overwrite"); under torchrun each process
+    predicts its share and the main process writes. With labels, report.json and confusion_matrix.png follow,
+    computed from the rows written; report.json also records `record` (the script's settings) and the library
     versions. `quantize` ("none" or "int8") applies to every model; with `class_bias`, score mode adds the class
-    bias saved with a model. Returns each model's metrics (None without labels)."""
-    device = pick_device(device)
+    bias saved with a model. Returns each model's metrics (None without labels, or in the other processes)."""
+    rank, world, device = join_processes(pick_device(device))
     dtype = pick_dtype(device, dtype)
+    say = print if rank == 0 else lambda *_: None
+    # -1: at least one worker, also where a process's share of the cores is one (torchrun with a GPU per core):
+    # the next images are then decoded while the model runs, not in turn with it.
+    workers = max(auto_workers(num_workers), 1) if num_workers < 0 else num_workers
     outcomes = []
     for model_path in model_paths:
         int8 = ", int8" if quantize == "int8" else ""
-        print(f"\n=== {model_path} ({len(paths)} images, {mode} mode, {device}{int8}) ===\nquestion: {question}")
-        processor, model = load_for_inference(model_path, device=device, dtype=dtype, quantize=quantize,
-                                              image_longest_edge=image_longest_edge, image_splitting=image_splitting)
+        processes = f", {world} processes" if world > 1 else ""
+        say(f"\n=== {model_path} ({len(paths)} images, {mode} mode, {device}{int8}{processes}) ===\n"
+            f"question: {question}")
         bias = saved_class_bias(model_path, classes) if class_bias and mode in ("score", "head") else None
-        if bias:
-            print(f"class bias of strength {bias['strength']:.1f}, chosen on the validation images, added to the "
-                  "scores (class_bias=false: without)")
-        results = evaluate(model, processor, paths, question, classes, mode, batch_size, max_pixels,
-                           enlarge=enlarge_images, workers=auto_workers(num_workers),
-                           bias=bias["values"] if bias else None)
         out = Path(report_dir) / Path(model_path).name if report_dir and len(model_paths) > 1 else \
             Path(report_dir) if report_dir else default_report_dir(model_path, report_name)
-        if true is None:
-            write_csv(out / "predictions.csv", PREDICTION_HEADER, prediction_rows(paths, results))
-            for path, r in zip(paths, results):
-                prob = f" ({r['probs'][r['pred']]:.3f})" if r["probs"] else ""
-                print(f"{path}: {r['pred']}{prob}")
-            outcomes.append(None)
-        else:
-            extra = {"model": str(model_path), "prediction": mode, "classes": classes, "question": question,
-                     "class_bias": bias["bias"] if bias else None, "settings": record or {},
-                     "versions": library_versions()}
-            result = write_report(out, paths, results, true, classes, extra)
-            print_accuracy(result)
-            outcomes.append(result)
-        print(f"report written to {out}")
+        settings = {"model": str(Path(model_path).resolve()) if Path(model_path).is_dir() else model_path,
+                    "model_files": model_files(model_path), "images": images_digest(paths, true),
+                    "image_count": len(paths), "prediction": mode, "classes": classes, "question": question,
+                    "class_bias": bias["values"] if bias else None, "image_longest_edge": image_longest_edge,
+                    "image_splitting": image_splitting, "enlarge_images": enlarge_images, "max_image_pixels": max_pixels,
+                    "quantize": quantize, "dtype": str(dtype)}
+        files = PredictionFiles(out, PREDICTION_HEADER, settings)
+        start = open_files(files, resume, len(paths), rank)
+        processor, model = load_for_inference(model_path, device=device, dtype=dtype, quantize=quantize,
+                                              image_longest_edge=image_longest_edge, image_splitting=image_splitting)
+        if bias:
+            say(f"class bias of strength {bias['strength']:.1f}, chosen on the validation images, added to the "
+                "scores (class_bias=false: without)")
+        predict = partial(predict_batches, model, processor, question=question, classes=classes, mode=mode,
+                          max_pixels=max_pixels, enlarge=enlarge_images, workers=workers,
+                          bias=bias["values"] if bias else None)
+        predict_into(files, predict, paths, true, start=start, batch_size=batch_size, rank=rank, world=world,
+                     echo=true is None)
         del model
-    if true is not None and len(model_paths) > 1:
+        if rank != 0:
+            continue
+        outcomes.append(report_rows(files, out, len(paths), true, classes, {
+            "model": str(model_path), "prediction": mode, "classes": classes, "question": question,
+            "class_bias": bias["bias"] if bias else None, "settings": record or {}, "versions": library_versions()}))
+    if rank == 0 and true is not None and len(model_paths) > 1:
         print_comparison(model_paths, outcomes, classes)
     return outcomes
 
 
+def report_rows(files, out, total, true, classes, extra):
+    """The end of a run, from the rows written (a continued run's too): what was skipped, and with labels the
+    reports and the original's lines. Returns the metrics (None without labels)."""
+    skipped = files.rows("skipped")
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) that cannot be used (listed in {files.paths['skipped']})")
+    rows = files.rows()
+    if not rows:
+        raise UserError(f"no usable image among the {total} file(s) (see {files.paths['skipped']})")
+    result = None
+    if true is not None:
+        result = write_summary(out, [r["true_class"] for r in rows], [r["predicted_class"] for r in rows], classes,
+                               extra)
+        print_accuracy(result)
+    print(f"report written to {out}")
+    return result

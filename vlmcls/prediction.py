@@ -13,7 +13,7 @@ NO_CLASS = "(no class)"  # what an answer that names no class is reported as
 
 class PromptBatches:
     """Left-padded batches of the question's prompt with each image, as the processor makes them (run in data-loader
-    workers; a file that cannot be used comes back as its message, to be raised in the main process)."""
+    workers; a file that cannot be used comes back as its message, to be raised or reported in the main process)."""
 
     def __init__(self, processor, question, max_pixels, enlarge, encoder=None):
         self.encoder = encoder or InputEncoder(processor, max_pixels, enlarge=enlarge, cache=False)
@@ -21,12 +21,24 @@ class PromptBatches:
         self.pad = processor.tokenizer.pad_token_id or 0
 
     def __call__(self, images):
-        try:
-            batch = collate([self.encoder.example(image, self.segments) for image in images], self.pad, "left")
-        except UserError as e:
-            return str(e)
+        batch, _, problems = self.checked(images)
+        return problems[0][1] if problems else batch
+
+    def checked(self, images):
+        """Each image checked as it is encoded (one decode): (the batch of those that can be used, or None; their
+        positions in `images`; [(position, message)] of those that cannot)."""
+        examples, kept, problems = [], [], []
+        for i, image in enumerate(images):
+            try:
+                examples.append(self.encoder.example(image, self.segments))
+                kept.append(i)
+            except UserError as e:
+                problems.append((i, str(e)))
+        if not examples:
+            return None, kept, problems
+        batch = collate(examples, self.pad, "left")
         del batch["labels"]
-        return batch
+        return batch, kept, problems
 
 
 def class_answer_ids(processor, model, completions):
@@ -131,24 +143,40 @@ MODES = {"score": score_mode, "generate": generate_mode, "head": head_mode}
 PREDICTIONS = OneOf(*MODES)
 
 
-def evaluate(model, processor, images, question, classes, mode, batch_size, max_pixels, *, enlarge=False,
-             workers=0, encoder=None, bias=None, desc="evaluating"):
-    """Predict every image (file paths, or decoded images) in batches, the next batches prepared by `workers`
-    processes while the model runs, or taken from `encoder`'s cache; with `bias` (a class bias's values), score
-    mode's results are shifted by it. Returns one dict per image: answer, predicted class, class probabilities."""
+def predict_batches(model, processor, batches, question, classes, mode, max_pixels, *, enlarge=False, workers=0,
+                    encoder=None, bias=None):
+    """Predict each batch of images (file paths, or decoded images), the next batches prepared by `workers` processes
+    while the model runs, or taken from `encoder`'s cache; each image is checked as it is prepared. With `bias` (a
+    class bias's values), score mode's results are shifted by it. Yields, per batch, (positions in the batch of the
+    images predicted, one result dict each: answer, predicted class, class probabilities; [(position, message)] of
+    the files that cannot be used)."""
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
     if mode not in MODES:
         raise UserError(f"prediction mode {mode!r}: use {' or '.join(MODES)}")
     predict = MODES[head_prediction(model, mode)]
-    batches = DataLoader(list(images), batch_size=batch_size, num_workers=workers if len(images) > batch_size else 0,
-                         collate_fn=PromptBatches(processor, question, max_pixels, enlarge, encoder))
+    loader = DataLoader(batches, batch_size=None, num_workers=workers if len(batches) > 1 else 0,
+                        collate_fn=PromptBatches(processor, question, max_pixels, enlarge, encoder).checked)
+    for batch, kept, problems in loader:
+        results = predict(model, processor, batch, question, classes) if batch is not None else []
+        yield kept, shift(results, classes, bias) if bias else results, problems
+
+
+def in_batches(items, size):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def evaluate(model, processor, images, question, classes, mode, batch_size, max_pixels, *, enlarge=False,
+             workers=0, encoder=None, bias=None, desc="evaluating"):
+    """predict_batches over every image, in batches of `batch_size`; a file that cannot be used stops it with its
+    name and reason. Returns one result dict per image."""
+    from tqdm import tqdm
     results = []
     with tqdm(total=len(images), desc=desc, unit="img") as bar:
-        for batch in batches:
-            if isinstance(batch, str):
-                raise UserError(batch)
-            batch_results = predict(model, processor, batch, question, classes)
-            results += shift(batch_results, classes, bias) if bias else batch_results
-            bar.update(len(batch["input_ids"]))
+        for _, batch_results, problems in predict_batches(
+                model, processor, in_batches(list(images), batch_size), question, classes, mode, max_pixels,
+                enlarge=enlarge, workers=workers, encoder=encoder, bias=bias):
+            if problems:
+                raise UserError(problems[0][1])
+            results += batch_results
+            bar.update(len(batch_results))
     return results

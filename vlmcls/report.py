@@ -60,10 +60,16 @@ def prediction_rows(paths, results, true=None):
 
 def write_report(report_dir, paths, results, true, classes, extra):
     """report.json, predictions.csv and confusion_matrix.png in report_dir; returns the metrics."""
+    write_csv(Path(report_dir) / "predictions.csv", PREDICTION_HEADER, prediction_rows(paths, results, true))
+    return write_summary(report_dir, true, [r["pred"] for r in results], classes, extra)
+
+
+def write_summary(report_dir, true, pred, classes, extra):
+    """report.json and confusion_matrix.png in report_dir, from the true and predicted classes; returns the
+    metrics."""
     report_dir = Path(report_dir)
-    result = metrics(true, [r["pred"] for r in results], classes)
+    result = metrics(true, pred, classes)
     write_json(report_dir / "report.json", {**extra, **result})
-    write_csv(report_dir / "predictions.csv", PREDICTION_HEADER, prediction_rows(paths, results, true))
     buffer = io.BytesIO()
     draw_confusion_matrix(result["confusion_matrix"], classes, result["labels"], result["accuracy"]).save(buffer, "PNG")
     atomic_write(report_dir / "confusion_matrix.png", buffer.getvalue())
