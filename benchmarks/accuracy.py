@@ -225,7 +225,8 @@ def fine_tune_args(task, row, splits, seed, model, out, steps):
     return [f"--model_path={model}", f"--output_dir={out}", "--resume=overwrite",
             f"--train_json={split / 'train.json'}", f"--val_json={split / 'val.json' if validating(row) else ''}",
             "--test_json=", f"--max_steps={steps}", f"--per_device_train_batch_size={BATCH}",
-            "--gradient_accumulation_steps=1", f"--learning_rate={LEARNING_RATE[task]}", f"--warmup_steps={WARMUP_STEPS}",
+            "--gradient_accumulation_steps=1", f"--learning_rate={LEARNING_RATE[task]}",
+            f"--warmup_steps={WARMUP_STEPS}",
             "--logging_steps=25", f"--save_steps={steps}", f"--eval_steps={EVAL_STEPS}",
             f"--per_device_eval_batch_size={EVAL_BATCH}", f"--image_longest_edge={IMAGE_SIZE}",
             "--gradient_checkpointing=false", f"--seed={seed}",
@@ -345,7 +346,7 @@ def paired_interval(runs, baseline, metric, resamples, seed=0):
                            for values in (run["true"], run["pred"], base["pred"])))
     n = len(runs[0]["classes"])
     for (true, row, base), run, base_run in zip(units, runs, baseline):  # the scoring agrees with the reports'
-        if abs(macro_f1(true, row, n) - run["macro_f1"]) > 1e-9 or abs(macro_f1(true, base, n) - base_run["macro_f1"]) > 1e-9:
+        if max(abs(macro_f1(true, row, n) - run["macro_f1"]), abs(macro_f1(true, base, n) - base_run["macro_f1"])) > 1e-9:
             sys.exit("error: the benchmark's macro-F1 differs from vlm_benchmark_test_dataset.py's")
 
     def score(true, pred):
@@ -394,7 +395,8 @@ def table(results, compared):
                 f"| {task} | {row} | {mean_spread([r['accuracy'] for r in runs])} | "
                 f"{mean_spread([r['macro_f1'] for r in runs])} | {interval(*f1) if f1 else '-'} | "
                 f"{interval(*acc) if acc else '-'} | {statistics.mean(r['steps'] for r in runs):.0f} | "
-                f"{statistics.mean(r['steps'] for r in runs) * BATCH:.0f} | {mean_spread([r['train_s'] for r in runs], 0)} | "
+                f"{statistics.mean(r['steps'] for r in runs) * BATCH:.0f} | "
+                f"{mean_spread([r['train_s'] for r in runs], 0)} | "
                 f"{' / '.join(f'{x:.1f}' for x in strengths) if strengths else '-'} |")
     return "\n".join(lines)
 
@@ -434,7 +436,8 @@ Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy.py {' '.join(sys
 - Equal training time: {BASELINE} trains {', '.join(f'{STEPS[t]} steps ({t})' for t in TASKS)} of {BATCH}
   rows; every other row as many steps as fit in
   that time, from its pilot's seconds per step ({PILOT_SECONDS}-second pilots of every row side by side, median of
-  {PILOT_REPEATS} rounds; the seconds below include validation where a row validates). Learning rate {', '.join(f'{LEARNING_RATE[t]} ({t})' for t in TASKS)},
+  {PILOT_REPEATS} rounds; the seconds below include validation where a row validates). Learning rate
+  {', '.join(f'{LEARNING_RATE[t]} ({t})' for t in TASKS)},
   {WARMUP_STEPS} warm-up steps,
   validation every {EVAL_STEPS} steps where the row validates.
 - Scores: score mode on each split's held-out images (with the class bias where a row fitted one). Accuracy and
@@ -463,17 +466,18 @@ def check_confirmation(commit):
     for entry in ledger:
         spent = sorted(set(entry["splits"]) & set(CONFIRMATION_SPLITS))
         if spent and entry["code"] != code_hash():
-            used = max(s for e in ledger for s in e["splits"])
+            block = max(s for e in ledger for s in e["splits"]) // 100 * 100 + 100
             sys.exit(f"error: split seeds {spent} were confirmed at commit {entry['commit']} with other code; "
                      f"confirming again on them would let them choose. Draw new ones, e.g. "
-                     f"--confirmation_splits='{list(range(used // 100 * 100 + 100, used // 100 * 100 + 100 + len(CONFIRMATION_SPLITS)))}'")
+                     f"--confirmation_splits='{list(range(block, block + len(CONFIRMATION_SPLITS)))}'")
     return ledger
 
 
 def main():
     unknown = [t for t in TASKS if t not in TASK_DATA or t not in STEPS or t not in LEARNING_RATE]
     if unknown or BASELINE not in ROWS:
-        sys.exit(f"error: unknown task(s) {unknown} (tasks: {list(TASK_DATA)}, each with STEPS and LEARNING_RATE) or baseline "
+        sys.exit(f"error: unknown task(s) {unknown} (tasks: {list(TASK_DATA)}, each with STEPS and LEARNING_RATE) "
+                 "or baseline "
                  f"{BASELINE!r} not among the rows")
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     ledger = check_confirmation(commit) if CONFIRM else None

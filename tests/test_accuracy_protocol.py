@@ -58,7 +58,8 @@ def test_confirmation_splits_seen_with_other_code_are_refused(tmp_path, monkeypa
     monkeypatch.setattr(accuracy, "git", lambda *args: "")  # a clean working tree
     monkeypatch.setattr(accuracy, "CONFIRMATION_SPLITS", [101, 102, 103])
     monkeypatch.setattr(accuracy, "code_hash", lambda: "new")
-    with pytest.raises(SystemExit, match=r"split seeds \[101, 102\] were confirmed at commit abc1234.*\[200, 201, 202\]"):
+    spent = r"split seeds \[101, 102\] were confirmed at commit abc1234.*\[200, 201, 202\]"
+    with pytest.raises(SystemExit, match=spent):
         accuracy.check_confirmation("def5678")
     monkeypatch.setattr(accuracy, "code_hash", lambda: "old")  # the same code may run them again
     assert accuracy.check_confirmation("abc1234")[0]["commit"] == "abc1234"
