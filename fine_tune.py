@@ -41,7 +41,7 @@ SAVE_STEPS = 200  # checkpoint every this many steps without validation (with it
 EVAL_STEPS = 50  # measure accuracy and macro-F1 on the validation images every this many steps
 METRIC_FOR_BEST_MODEL = "macro_f1"  # "macro_f1" or "accuracy": the best checkpoint by it is the model saved
 EARLY_STOPPING_PATIENCE = 5  # end the run after this many evaluations without improvement (0 = never)
-MIN_VALIDATION_IMAGES = 0  # fewer validation images than this: they train instead, no validation-driven steps
+MIN_VALIDATION_IMAGES = 100  # fewer validation images than this: they train instead, no validation-driven steps
 OBJECTIVE = "answer"  # "answer": learn to write the class name; "head": a linear classifier on the prompt's last state
 FREEZE_BACKBONE = False  # objective=head: train the head alone, on each image's state computed once (docs/head.md)
 CACHE_FROZEN_STATES = True  # with freeze_backbone: compute each image's state once (False: at every step, as a check)

@@ -15,7 +15,7 @@ from vlmcls.prompt import classification_question
 
 DATASET_DIR = "./Faulty_solar_panel"  # image folder: one sub-folder per class
 TRAIN_RATIO = 0.8  # share of each class's images used for training and validation; the rest is the test set
-VAL_RATIO = 0.1  # share of each class's images taken from the training side for validation (0: none)
+VAL_RATIO = 0.0  # share of each class's images taken from the training side for validation (0: none; e.g. 0.1)
 SEED = 42  # seed of the split: same seed, same split
 TRAIN_JSON = "solar_panel_train_dataset.json"  # output: training questions and answers
 VAL_JSON = "solar_panel_val_dataset.json"  # output: validation images ("" = not written)

@@ -153,13 +153,15 @@ def test_two_processes_share_the_validation_and_report_what_one_process_measures
     from vlmcls.validation import measure
 
     make_colour_images(tmp_path / "images", per_class=10)
-    run_script("generate_train_json.py", "--dataset_dir=images", "--question_templates=[]", cwd=tmp_path)
+    run_script("generate_train_json.py", "--dataset_dir=images", "--question_templates=[]", "--val_ratio=0.1",
+               cwd=tmp_path)
     val = read_dataset_json(tmp_path / "solar_panel_val_dataset.json")
     images = len(val["samples"])
     assert images % PROCESSES, "an uneven count, so that one share is padded"
     steps = 8
     proc = run_torchrun(f"--model_path={tiny_smolvlm}", "--output_dir=out", f"--max_steps={steps}",
-                        f"--eval_steps={steps}", "--learning_rate=3e-3", "--per_device_eval_batch_size=2", *FAST,
+                        f"--eval_steps={steps}", "--learning_rate=3e-3", "--per_device_eval_batch_size=2",
+                        "--min_validation_images=1", *FAST,
                         cwd=tmp_path)
     # Each process classified its half (one image repeated to even the shares up), not every image.
     for rank in range(PROCESSES):

@@ -14,7 +14,7 @@ from vlmcls.prompt import classification_question
 CLASSES = sorted(COLOURS)
 QUESTION = classification_question(CLASSES)
 FAST = ["--objective=head", "--per_device_train_batch_size=4", "--gradient_accumulation_steps=1", "--warmup_steps=3",
-        "--logging_steps=10", "--num_workers=0"]
+        "--logging_steps=10", "--num_workers=0", "--min_validation_images=1"]
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,14 @@ from vlmcls.images import read_dataset_json
 from vlmcls.validation import read_validation, share
 
 FAST = ["--per_device_train_batch_size=4", "--gradient_accumulation_steps=1", "--learning_rate=3e-3",
-        "--warmup_steps=5", "--logging_steps=5", "--gradient_checkpointing=false"]
+        "--warmup_steps=5", "--logging_steps=5", "--gradient_checkpointing=false", "--min_validation_images=1"]
 
 
 @pytest.fixture(scope="module")
 def colour_jsons(tmp_path_factory, colour_dataset):
     """Training, validation and test JSON of the colour images, in a folder of their own."""
     folder = tmp_path_factory.mktemp("colour_jsons")
-    run_script("generate_train_json.py", f"--dataset_dir={colour_dataset}", cwd=folder)
+    run_script("generate_train_json.py", f"--dataset_dir={colour_dataset}", "--val_ratio=0.1", cwd=folder)
     return folder
 
 
@@ -110,7 +110,7 @@ def test_too_few_validation_images_train_instead_of_choosing(tiny_smolvlm, colou
 
 def test_fine_tune_trains_on_too_few_validation_images_with_a_note(tiny_smolvlm, colour_jsons, tmp_path):
     proc = run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", *data_args(colour_jsons), "--test_json=",
-                      "--max_steps=2", "--eval_steps=1", "--min_validation_images=1000", "--output_dir=out", *FAST,
+                      "--max_steps=2", "--eval_steps=1", "--output_dir=out", *FAST, "--min_validation_images=1000",
                       cwd=tmp_path)
     assert "fewer than min_validation_images=1000" in proc.stdout
     history = json.loads((tmp_path / "out" / "train_log_history.json").read_text())
