@@ -2,8 +2,9 @@
 
 Every image is decoded once; files that cannot be used are listed in skipped.csv with the reason.
 The split is by image (identical pictures stay together), stratified per class and seeded, so
-no test image is ever seen in training. The validation images, which fine_tune.py measures while it
-trains, are taken from the training side by the same rules; the test split does not depend on them.
+no test image is ever seen in training. Validation images (VAL_RATIO > 0; none by default), which
+fine_tune.py measures while it trains, are taken from the training side by the same rules; the test split does
+not depend on them.
 """
 import os
 from pathlib import Path

@@ -67,7 +67,7 @@ def images_of(data):
 
 def test_no_image_in_two_files_and_every_class_in_each(tmp_path):
     make_colour_images(tmp_path / "images", per_class=7)
-    train, val, test = split(tmp_path)
+    train, val, test = split(tmp_path, "--val_ratio=0.1")
     assert not set(images_of(train)) & set(images_of(test))
     assert len(images_of(train)) + len(images_of(val)) + len(images_of(test)) == 21
     for data in (train, val, test):
