@@ -20,7 +20,7 @@ from vlmcls.models import DEVICES, DTYPES, end_token_ids, load_model, load_proce
     set_resolution
 from vlmcls.training import AUGMENTS, CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_only_collator, chat_dataset, \
     balance_classes, checkpoint_to_resume, clear_previous_run, prepare_model, rows, save, time_limit
-from vlmcls.validation import BEST_METRICS, read_validation, validating_trainer, validation_arguments
+from vlmcls.validation import BEST_METRICS, enough_validation, read_validation, validating_trainer, validation_arguments
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # Hub id or local folder of the base model
 TRAIN_JSON = "solar_panel_train_dataset.json"  # from generate_train_json.py
@@ -80,9 +80,10 @@ def main():
     check_settings(OBJECTIVE, freeze_backbone=FREEZE_BACKBONE, use_lora=USE_LORA, class_balance=CLASS_BALANCE,
                    augment=AUGMENT, cached=CACHE_FROZEN_STATES)
     train_data = read_dataset_json(TRAIN_JSON)
-    train_data, val_data = read_validation(VAL_JSON, train_data, MIN_VALIDATION_IMAGES)
+    val_data = read_validation(VAL_JSON, train_data)
     test_data = read_dataset_json(TEST_JSON) if TEST_JSON else None
     refuse_overlap(train_data, {"validation": val_data, "test": test_data})
+    train_data, val_data = enough_validation(train_data, val_data, MIN_VALIDATION_IMAGES)
     resume = checkpoint_to_resume(OUTPUT_DIR, RESUME)
     device = pick_device(DEVICE)
     dtype = pick_dtype(device, DTYPE)

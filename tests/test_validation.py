@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from conftest import run_script
 from vlmcls.training import balance_classes
 from vlmcls.images import read_dataset_json
-from vlmcls.validation import read_validation, share
+from vlmcls.validation import enough_validation, read_validation, share
 
 FAST = ["--per_device_train_batch_size=4", "--gradient_accumulation_steps=1", "--learning_rate=3e-3",
         "--warmup_steps=5", "--logging_steps=5", "--gradient_checkpointing=false", "--min_validation_images=1"]
@@ -100,9 +100,10 @@ def test_too_few_validation_images_train_instead_of_choosing(tiny_smolvlm, colou
     train = read_dataset_json(colour_jsons / "solar_panel_train_dataset.json")
     val_json = colour_jsons / "solar_panel_val_dataset.json"
     n_val = len(read_dataset_json(val_json)["samples"])
-    kept_train, kept_val = read_validation(val_json, train, min_images=n_val)
-    assert kept_train == train and len(kept_val["samples"]) == n_val
-    merged, none = read_validation(val_json, train, min_images=n_val + 1)
+    val = read_validation(val_json, train)
+    kept_train, kept_val = enough_validation(train, val, min_images=n_val)
+    assert kept_train == train and kept_val == val and len(val["samples"]) == n_val
+    merged, none = enough_validation(train, val, min_images=n_val + 1)
     assert none is None
     assert merged["samples"] == train["samples"] + read_dataset_json(val_json)["samples"]
     assert merged["classes"] == train["classes"] and merged["question"] == train["question"]
@@ -112,7 +113,7 @@ def test_fine_tune_trains_on_too_few_validation_images_with_a_note(tiny_smolvlm,
     proc = run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", *data_args(colour_jsons), "--test_json=",
                       "--max_steps=2", "--eval_steps=1", "--output_dir=out", *FAST, "--min_validation_images=1000",
                       cwd=tmp_path)
-    assert "fewer than min_validation_images=1000" in proc.stdout
+    assert "validation images, fewer than min_validation_images=1000" in proc.stdout
     history = json.loads((tmp_path / "out" / "train_log_history.json").read_text())
     assert not eval_entries(history) and "best checkpoint" not in proc.stdout
     assert json.loads((tmp_path / "out" / "classes.json").read_text())["class_bias"] is None

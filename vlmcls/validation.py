@@ -12,28 +12,32 @@ from .report import metrics
 BEST_METRICS = OneOf("macro_f1", "accuracy")  # what the evaluation scripts report, as METRIC_FOR_BEST_MODEL
 
 
-def read_validation(path, train_data, min_images=0):
-    """(training data, validation data or None). Without a validation file, or with an empty one, training runs
-    without validation, with a note. With fewer than `min_images` validation images, too few to choose a
-    checkpoint or a class bias on, the validation images join the training images instead, with a note."""
+def read_validation(path, train_data):
+    """The validation data set, or None, with a note, where there is none (the run then trains as before)."""
     if not path or not Path(path).is_file():
         why = "val_json is empty" if not path else f"{path} does not exist"
         print(f"note: {why}, so training runs without validation: the last checkpoint is saved and no run stops "
-              "early (generate_train_json.py writes the validation images with VAL_RATIO > 0)")
-        return train_data, None
+              "early (generate_train_json.py writes validation images with VAL_RATIO > 0)")
+        return None
     data = read_dataset_json(path)
     if data["classes"] != train_data["classes"] or data["question"] != train_data["question"]:
         raise UserError(f"{path}: its classes or question differ from the training data's ({data['classes']} vs "
                         f"{train_data['classes']}); write both with one run of generate_train_json.py")
     if not data["samples"]:
         print(f"note: {path} holds no images (VAL_RATIO was 0), so training runs without validation")
-        return train_data, None
-    if len(data["samples"]) < min_images:
-        print(f"note: {path} holds {len(data['samples'])} images, fewer than min_validation_images={min_images}: "
-              "too few to choose a checkpoint or a class bias on, so they are training images too and training "
-              "runs without validation")
-        return {**train_data, "samples": train_data["samples"] + data["samples"]}, None
-    return train_data, data
+        return None
+    return data
+
+
+def enough_validation(train_data, val_data, min_images):
+    """(training data, validation data or None): with fewer than `min_images` validation images, too few to choose a
+    checkpoint or a class bias on, they join the training images instead, with a note."""
+    if val_data is None or len(val_data["samples"]) >= min_images:
+        return train_data, val_data
+    print(f"note: {len(val_data['samples'])} validation images, fewer than min_validation_images={min_images}: too "
+          "few to choose a checkpoint or a class bias on, so they are training images too and training runs "
+          "without validation")
+    return {**train_data, "samples": train_data["samples"] + val_data["samples"]}, None
 
 
 def validation_arguments(validating, eval_steps, save_steps, metric):
