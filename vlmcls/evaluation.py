@@ -10,7 +10,8 @@ from .inputs import auto_workers
 from .models import load_for_inference, pick_device, pick_dtype
 from .prediction import predict_batches
 from .report import PREDICTION_HEADER, print_accuracy, print_comparison, write_summary
-from .streaming import PredictionFiles, images_digest, join_processes, model_files, open_files, predict_into
+from .streaming import PredictionFiles, images_digest, join_processes, leave_processes, model_files, open_files, \
+    predict_into
 
 
 def default_report_dir(model_path, name):
@@ -71,6 +72,7 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
             "class_bias": bias["bias"] if bias else None, "settings": record or {}, "versions": library_versions()}))
     if rank == 0 and true is not None and len(model_paths) > 1:
         print_comparison(model_paths, outcomes, classes)
+    leave_processes(world)
     return outcomes
 
 
