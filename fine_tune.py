@@ -134,19 +134,15 @@ def main():
     callbacks += [time_limit(MAX_TRAIN_SECONDS)] if MAX_TRAIN_SECONDS > 0 else []
     if head:
         weights = class_weights([s["label"] for s in trained["samples"]], train_data["classes"], CLASS_BALANCE)
-        pad = processor.tokenizer.pad_token_id or 0
-        trainer = validating_trainer(
-            val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, callbacks, model=model, args=args, processing_class=processor,
-            head_loss=partial(head_loss, weights=weights, label_smoothing=LABEL_SMOOTHING), states=states,
-            train_dataset=head_dataset(trained["samples"], train_data["classes"], encoder, processor,
-                                       train_data["question"], AUGMENT, SEED, states),
-            data_collator=head_collator(pad))
+        objective = dict(head_loss=partial(head_loss, weights=weights, label_smoothing=LABEL_SMOOTHING), states=states,
+                         train_dataset=head_dataset(trained["samples"], train_data["classes"], encoder, processor,
+                                                    train_data["question"], AUGMENT, SEED, states),
+                         data_collator=head_collator(processor.tokenizer.pad_token_id or 0))
     else:
-        trainer = validating_trainer(
-            val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, callbacks, model=model, args=args, processing_class=processor,
-            train_dataset=chat_dataset(train_rows, encoder, processor, end_ids, AUGMENT, SEED),
-            data_collator=answer_only_collator(processor),
-        )
+        objective = dict(train_dataset=chat_dataset(train_rows, encoder, processor, end_ids, AUGMENT, SEED),
+                         data_collator=answer_only_collator(processor))
+    trainer = validating_trainer(val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, callbacks, model=model, args=args,
+                                 processing_class=processor, **objective)
     if trainer.is_world_process_zero():
         if USE_LORA:
             trainer.model.print_trainable_parameters()

@@ -163,6 +163,7 @@ def refuse_overlap(train_data, held_out):
                                 "write the splits with one run of generate_train_json.py, which keeps copies "
                                 "together")
 
+
 def read_dataset_json(path):
     """A data set written by generate_train_json.py, with image paths made absolute."""
     path = Path(path)
