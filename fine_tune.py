@@ -16,8 +16,8 @@ from vlmcls.head import OBJECTIVES, attach_head, check_settings, class_weights, 
     head_loss, pooled_states
 from vlmcls.images import read_dataset_json, refuse_overlap
 from vlmcls.inputs import InputEncoder, auto_workers
-from vlmcls.models import DEVICES, DTYPES, end_token_ids, load_model, load_processor, pick_device, pick_dtype, \
-    set_resolution
+from vlmcls.models import DEVICES, DTYPES, end_token_ids, leave_processes, load_model, load_processor, pick_device, \
+    pick_dtype, set_resolution
 from vlmcls.training import AUGMENTS, CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_only_collator, chat_dataset, \
     balance_classes, checkpoint_to_resume, clear_previous_run, prepare_model, rows, save, time_limit
 from vlmcls.validation import BEST_METRICS, enough_validation, read_validation, validating_trainer, validation_arguments
@@ -168,6 +168,7 @@ def main():
     save(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
          class_bias=class_bias, objective=OBJECTIVE, run_config={"settings": settings_of(globals()), "device": device,
                                             "dtype": str(dtype).replace("torch.", ""), "versions": library_versions()})
+    leave_processes(args.world_size)
 
 
 if __name__ == "__main__":

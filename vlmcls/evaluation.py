@@ -7,11 +7,10 @@ from .calibration import saved_class_bias
 from .cli import UserError
 from .compat import library_versions
 from .inputs import auto_workers
-from .models import load_for_inference, pick_device, pick_dtype
+from .models import join_processes, leave_processes, load_for_inference, pick_device, pick_dtype
 from .prediction import predict_batches
 from .report import PREDICTION_HEADER, print_accuracy, print_comparison, write_summary
-from .streaming import PredictionFiles, images_digest, join_processes, leave_processes, model_files, open_files, \
-    predict_into
+from .streaming import PredictionFiles, images_digest, model_files, open_files, predict_into
 
 
 def default_report_dir(model_path, name):

@@ -1,4 +1,4 @@
-"""Models: device and dtype choice, loading a processor and model, image resolution, end tokens, saved classes."""
+"""Models: device and dtype choice, torchrun's process group, loading a processor and model, image resolution, end tokens, saved classes."""
 import json
 import re
 from pathlib import Path
@@ -34,6 +34,25 @@ def pick_dtype(device, name="auto"):
     if str(device).startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def join_processes(device):
+    """(rank, number of processes, device) of this process. Under torchrun the processes join one group (gloo on
+    the CPU, NCCL on GPUs) and "cuda" becomes this process's own GPU; alone, it is rank 0 of 1."""
+    from accelerate import PartialState
+    state = PartialState(cpu=device == "cpu")
+    if state.num_processes > 1 and device == "cuda":
+        device = str(state.device)
+    return state.process_index, state.num_processes, device
+
+
+def leave_processes(world):
+    """Under torchrun, leave the process group once the last collective is done: a process exiting with gloo's
+    threads still running can abort ("terminate called without an active exception"). No barrier: a main process
+    that stops on an error while writing the reports must not leave the others waiting."""
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
 
 
 def end_token_ids(processor, model):

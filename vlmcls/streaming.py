@@ -16,25 +16,6 @@ RESUMES = OneOf("auto", "overwrite")  # the values of the evaluation scripts' RE
 SKIPPED_HEADER = ["path", "reason"]
 
 
-def join_processes(device):
-    """(rank, number of processes, device) of this process. Under torchrun the processes join one group (gloo on
-    the CPU, NCCL on GPUs) and "cuda" becomes this process's own GPU; alone, it is rank 0 of 1."""
-    from accelerate import PartialState
-    state = PartialState(cpu=device == "cpu")
-    if state.num_processes > 1 and device == "cuda":
-        device = str(state.device)
-    return state.process_index, state.num_processes, device
-
-
-def leave_processes(world):
-    """Under torchrun, leave the process group once the last collective is done: a process exiting with gloo's
-    threads still running can abort ("terminate called without an active exception"). No barrier: a main process
-    that stops on an error while writing the reports must not leave the others waiting."""
-    if world > 1:
-        import torch.distributed as dist
-        dist.destroy_process_group()
-
-
 def model_files(model_path):
     """What identifies a model folder's weights and settings cheaply: each top-level file's name, size and
     modification time (a retrained or edited model differs); a Hub id stands for itself."""
