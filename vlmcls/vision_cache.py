@@ -34,7 +34,10 @@ class VisionCache:
         import torch
         from transformers.modeling_outputs import BaseModelOutput
         masks = patch_attention_mask if patch_attention_mask is not None else [None] * len(pixel_values)
-        keys = [image_key(p, m) for p, m in zip(pixel_values, masks)]
+        # Outputs made under inference mode cannot enter autograd later (a trainable connector would save them):
+        # they are kept apart from the others.
+        inference = torch.is_inference_mode_enabled()
+        keys = [(inference, image_key(p, m)) for p, m in zip(pixel_values, masks)]
         missing = [i for i, key in enumerate(keys) if key not in self.memo]
         if missing:
             rows = torch.tensor(missing, device=pixel_values.device)
@@ -56,8 +59,7 @@ class VisionCache:
         return BaseModelOutput(last_hidden_state=torch.stack([o[0] for o in outputs]), hidden_states=hidden)
 
     def summary(self):
-        return (f"vision encoder: {self.encoded} images encoded once, their outputs reused {self.reused} times "
-                "(cache_vision)")
+        return f"vision encoder: ran on {self.encoded} images, their outputs reused {self.reused} times (cache_vision)"
 
 
 def vision_cache_of(model):
