@@ -119,3 +119,18 @@ def fine_tuned_smolvlm(tmp_path_factory, tiny_smolvlm):
                "--per_device_train_batch_size=4", "--gradient_accumulation_steps=1", "--learning_rate=3e-3",
                "--warmup_steps=5", "--logging_steps=20", "--save_steps=1000", "--min_validation_images=1", cwd=work)
     return work
+
+
+@pytest.fixture(scope="session")
+def fine_tuned_head(tmp_path_factory, tiny_smolvlm):
+    """A tiny SmolVLM fine-tuned by fine_tune.py with objective=head on colour images (about 20 s): its work folder,
+    where the scripts ran and the split JSON files are, with the model and its classifier.safetensors in
+    work/head."""
+    work = tmp_path_factory.mktemp("fine-tuned-head")
+    make_colour_images(work / "data", per_class=12)
+    run_script("generate_train_json.py", "--dataset_dir=data", "--train_ratio=0.5", "--val_ratio=0.25", cwd=work)
+    run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", "--output_dir=head", "--objective=head",
+               "--max_steps=20", "--eval_steps=10", "--learning_rate=3e-3", "--per_device_train_batch_size=4",
+               "--gradient_accumulation_steps=1", "--warmup_steps=3", "--logging_steps=10", "--num_workers=0",
+               "--min_validation_images=1", cwd=work)
+    return work

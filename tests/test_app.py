@@ -1,4 +1,5 @@
 """vlm_app.py: the page in a real browser, its API through gradio_client, and the parts it is built from."""
+import contextlib
 import csv
 import json
 import os
@@ -41,13 +42,14 @@ def wait_until_up(url, proc, log, timeout=120):
     raise AssertionError(f"vlm_app.py did not answer within {timeout} s:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="module")
-def app(fine_tuned_smolvlm):
-    """vlm_app.py serving the fine-tuned model, started as a user starts it; yields its URL."""
-    url, log = f"http://127.0.0.1:{free_port()}/", fine_tuned_smolvlm / "app.log"
+@contextlib.contextmanager
+def serving(work, model):
+    """vlm_app.py serving the model folder `model` of the work folder, started there as a user starts it; yields
+    its URL."""
+    url, log = f"http://127.0.0.1:{free_port()}/", work / "app.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "vlm_app.py"), "--model_path=finetuned",
-                                 f"--port={url.rsplit(':', 1)[1].strip('/')}"], cwd=fine_tuned_smolvlm,
+        proc = subprocess.Popen([sys.executable, str(ROOT / "vlm_app.py"), f"--model_path={model}",
+                                 f"--port={url.rsplit(':', 1)[1].strip('/')}"], cwd=work,
                                 stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
     try:
@@ -58,10 +60,17 @@ def app(fine_tuned_smolvlm):
         proc.wait(30)
 
 
-def vlm_test_says(work, image):
+@pytest.fixture(scope="module")
+def app(fine_tuned_smolvlm):
+    """vlm_app.py serving the fine-tuned model; yields its URL."""
+    with serving(fine_tuned_smolvlm, "finetuned") as url:
+        yield url
+
+
+def vlm_test_says(work, image, model="finetuned"):
     """(class, probability to 3 decimals as printed, probability to 6 decimals from predictions.csv)."""
     report = work / "reports" / image.stem
-    out = run_script("vlm_test.py", "--model_path=finetuned", f"--dataset_dir={image}", f"--report_dir={report}",
+    out = run_script("vlm_test.py", f"--model_path={model}", f"--dataset_dir={image}", f"--report_dir={report}",
                      cwd=work).stdout
     name, printed = re.search(rf"{re.escape(str(image))}: (\S+) \((\d\.\d+)\)", out).groups()
     row = next(csv.DictReader(open(report / "predictions.csv")))
@@ -191,6 +200,43 @@ def test_predict_takes_one_image_and_answers_in_gradios_label_format(app, fine_t
         client.predict(handle_file(str(fake)), api_name="/predict")
     table, _, _ = client.predict([{"image": handle_file(str(image)), "caption": None}], "", api_name="/classify")
     assert table["data"][0][1:] == [result["label"], pytest.approx(confidences[0]["confidence"], abs=1e-9)]
+
+
+def test_a_head_models_endpoints_give_the_heads_probabilities(fine_tuned_head):
+    """A model fine-tuned with objective=head, served by vlm_app.py: /predict and /classify answer with its head's
+    probabilities (the class bias saved with it added), those vlm_test.py gives."""
+    import torch
+    from gradio_client import Client, handle_file
+
+    from vlmcls.calibration import saved_class_bias
+    from vlmcls.models import load_for_inference, saved_classes
+    from vlmcls.prediction import PromptBatches, head_mode, shift
+    model = fine_tuned_head / "head"
+    images = [fine_tuned_head / "data" / name for name in ("green/green_04.png", "red/red_09.png")]
+    saved = saved_classes(model)
+    classes, question = saved["classes"], saved["question"]
+    processor, loaded = load_for_inference(str(model), device="cpu", dtype=torch.float32, image_longest_edge=None,
+                                           image_splitting=None, quantize="none")
+    # The head's forward pass itself, not the choice of prediction mode that the scripts and the app share: scoring
+    # the class answers, as for a model without a head, gives other numbers.
+    batch = PromptBatches(processor, question, 10**8, False)([str(p) for p in images])
+    bias = saved_class_bias(model, classes)
+    expected = shift(head_mode(loaded, processor, batch, question, classes), classes, bias["values"])
+    name, _, probability = vlm_test_says(fine_tuned_head, images[0], model="head")
+    assert (name, probability) == (expected[0]["pred"], pytest.approx(expected[0]["probs"][name], abs=1e-6))
+
+    with serving(fine_tuned_head, "head") as url:
+        client = Client(url, verbose=False)
+        result = client.predict(handle_file(str(images[0])), api_name="/predict")
+        table, _, messages = client.predict([{"image": handle_file(str(p)), "caption": None} for p in images], "",
+                                            api_name="/classify")
+    assert result["label"] == name
+    assert {c["label"]: c["confidence"] for c in result["confidences"]} == \
+        pytest.approx(expected[0]["probs"], abs=1e-6)
+    assert messages == ""
+    assert {(image, label): p for image, label, p in table["data"]} == \
+        pytest.approx({(path.name, label): p for path, r in zip(images, expected) for label, p in r["probs"].items()},
+                      abs=1e-6)
 
 
 def test_model_view_is_the_image_as_the_model_gets_it(fine_tuned_smolvlm, tiny_smolvlm):

@@ -197,3 +197,38 @@ def test_a_time_limit_ends_every_process_at_the_same_step(tiny_smolvlm, colour_s
     history = json.loads((tmp_path / "out" / "train_log_history.json").read_text())
     assert history[-1]["step"] == int(ended[0]) < 100000
     assert history[-1]["train_runtime"] < 60
+
+
+def saved_weights(folder):
+    """Every tensor of a saved model folder (the base model's and the head's), by file and name."""
+    from safetensors.torch import load_file
+    return {(file.name, name): tensor for file in Path(folder).glob("*.safetensors")
+            for name, tensor in load_file(str(file)).items()}
+
+
+def test_two_processes_train_the_head_one_process_trains(tiny_smolvlm, colour_split, tmp_path):
+    import torch
+    train_json, test_json, images = colour_split
+    steps, eval_batch = 3, 3
+    assert images >= steps * BATCH * PROCESSES  # full batches only, which both runs split alike
+    # The Trainer weighs a padded last evaluation batch otherwise in either run: full ones give both the exact mean.
+    assert len(json.loads(test_json.read_text())["samples"]) % (eval_batch * PROCESSES) == 0
+    args = [f"--model_path={tiny_smolvlm}", f"--train_json={train_json}", f"--test_json={test_json}", "--val_json=",
+            "--objective=head", f"--max_steps={steps}", "--learning_rate=3e-3", "--warmup_steps=1",
+            f"--per_device_train_batch_size={BATCH}", f"--per_device_eval_batch_size={eval_batch}", "--num_workers=0"]
+    two = run_torchrun(*args, "--output_dir=two", "--gradient_accumulation_steps=1", cwd=tmp_path)
+    # One process accumulates, in each step, the batches that the two processes take side by side.
+    one = run_script("fine_tune.py", *args, "--output_dir=one", f"--gradient_accumulation_steps={PROCESSES}",
+                     cwd=tmp_path)
+
+    loss = r"test loss \(head cross-entropy\): (\S+)"
+    assert re.findall(loss, two.stdout) == re.findall(loss, one.stdout) != []
+    # Were the head's gradients not averaged across the processes (its forward outside DDP's wrapper, say) or the
+    # batches not split between them, the main process would save a head and backbone trained otherwise. The
+    # weights moved by over 1e-3; the runs differ by rounding (about 3e-8).
+    expected, got = saved_weights(tmp_path / "one"), saved_weights(tmp_path / "two")
+    assert got.keys() == expected.keys() and ("classifier.safetensors", "weight") in got
+    base = saved_weights(tiny_smolvlm)
+    assert max((expected[key] - base[key]).abs().max() for key in base) > 1e-3
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=lambda m: f"{key}: {m}")

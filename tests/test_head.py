@@ -65,13 +65,11 @@ def test_the_head_learns_the_colours_and_the_scripts_classify_with_it(name, colo
     assert refused.returncode == 1 and "objective=head" in refused.stderr
 
 
-def test_int8_classifies_as_float32_does(colour_work, tiny_smolvlm):
-    run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", "--output_dir=int8_model", "--max_steps=20",
-               "--eval_steps=10", "--learning_rate=3e-3", *FAST, cwd=colour_work)
+def test_int8_classifies_as_float32_does(fine_tuned_head):
     for quantize in ("none", "int8"):
-        run_script("vlm_benchmark_test_dataset.py", "--model_path=int8_model", f"--quantize={quantize}",
-                   f"--report_dir={quantize}_report", "--num_workers=0", cwd=colour_work)
-    assert accuracy_in(colour_work / "int8_report") == accuracy_in(colour_work / "none_report") >= 0.9
+        run_script("vlm_benchmark_test_dataset.py", "--model_path=head", f"--quantize={quantize}",
+                   f"--report_dir={quantize}_report", "--num_workers=0", cwd=fine_tuned_head)
+    assert accuracy_in(fine_tuned_head / "int8_report") == accuracy_in(fine_tuned_head / "none_report") >= 0.9
 
 
 def colour_paths(folder):
