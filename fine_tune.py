@@ -21,6 +21,7 @@ from vlmcls.models import DEVICES, DTYPES, end_token_ids, leave_processes, load_
 from vlmcls.training import AUGMENTS, CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_only_collator, chat_dataset, \
     balance_classes, checkpoint_to_resume, clear_previous_run, prepare_model, rows, save, time_limit
 from vlmcls.validation import BEST_METRICS, enough_validation, read_validation, validating_trainer, validation_arguments
+from vlmcls.vision_cache import vision_cache_of
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # Hub id or local folder of the base model
 TRAIN_JSON = "solar_panel_train_dataset.json"  # from generate_train_json.py
@@ -62,6 +63,7 @@ LORA_DROPOUT = 0.05  # dropout on the LoRA branch
 LORA_TARGET_MODULES = "all-linear"  # peft target_modules: "all-linear" or a list of module names
 LORA_VISION = False  # also adapt the vision encoder with LoRA (more memory: backprop through 1,024 patches)
 FREEZE_VISION = False  # keep the vision encoder's weights fixed
+CACHE_VISION = True  # a frozen vision encoder (freeze_vision, or LoRA without lora_vision) runs once per image
 GRADIENT_CHECKPOINTING = True  # recompute activations in the backward pass: less memory, ~30% slower
 RESUME = "auto"  # "auto": continue from the last checkpoint; "overwrite": start afresh; or a checkpoint path
 DEVICE = "auto"  # auto, cuda, mps or cpu
@@ -98,7 +100,8 @@ def main():
         attach_head(model, len(train_data["classes"]))
     model = prepare_model(model, freeze_vision=FREEZE_VISION, use_lora=USE_LORA, lora_vision=LORA_VISION,
                           lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
-                          lora_target_modules=LORA_TARGET_MODULES, freeze_backbone=FREEZE_BACKBONE)
+                          lora_target_modules=LORA_TARGET_MODULES, freeze_backbone=FREEZE_BACKBONE,
+                          cache_vision=CACHE_VISION)
     end_ids = end_token_ids(processor, model)
     # Workers encode the images once; batches of the encoded images in memory then need no workers of their own.
     workers = auto_workers(NUM_WORKERS)
@@ -151,6 +154,8 @@ def main():
         if resume:
             print(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero() and vision_cache_of(model):
+        print(vision_cache_of(model).summary())
     if trainer.is_world_process_zero() and trainer.state.best_model_checkpoint:
         print(f"best checkpoint: {trainer.state.best_model_checkpoint} (validation {METRIC_FOR_BEST_MODEL} "
               f"{trainer.state.best_metric:.4f}), the model saved")

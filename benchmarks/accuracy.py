@@ -58,12 +58,16 @@ from vlmcls.files import atomic_write, write_json  # noqa: E402
 TASKS = ["elpv2", "elpv4", "digits", "digits_small"]  # names from TASK_DATA
 ROWS = {  # recipe name -> fine_tune.py settings; BASELINE is the original's recipe
     "original": {"multi_turn": False, "train_questions": "all", "val_json": "", "class_balance": "none"},
-    "multi_turn": {"multi_turn": True, "train_questions": "all", "val_json": "", "class_balance": "none"},
     "defaults": {},  # the original's rows with validation: best checkpoint, early stopping, class bias
+    "head": {"objective": "head", "val_json": ""},  # the classification head, every weight trained
+    # the head alone on the frozen backbone's states (computed once): few seconds of training, so a fixed step
+    # count, not BASELINE's time (ROW_OWN); its learning rate chosen on the development splits
+    "head_frozen": {"objective": "head", "freeze_backbone": True, "val_json": "", "learning_rate": 3e-2,
+                    "max_steps": 2000},
 }
 BASELINE = "original"  # the row every other row is compared with
 DEVELOPMENT_SPLITS = [0, 1, 2]  # split seeds (and model seeds) that choices are made on
-CONFIRMATION_SPLITS = [100, 101, 102]  # split seeds of --confirm, never looked at before a choice is frozen
+CONFIRMATION_SPLITS = [200, 201, 202]  # split seeds of --confirm, never looked at before a choice is frozen
 CONFIRM = False  # run the confirmation splits for the committed code and record it in LEDGER
 STEPS = {"elpv2": 800, "elpv4": 800, "digits": 800, "digits_small": 400}  # BASELINE's optimizer steps per task
 BATCH = 16  # training rows per step (one process, no gradient accumulation)
@@ -100,7 +104,10 @@ TASK_DATA = {
     "digits_small": {"digits": True, "split": ["--train_ratio=0.14", "--val_ratio=0.025"]},
 }
 # fine_tune.py settings that change what a training step costs; the rest (validation, the class bias) do not
-COST_SETTINGS = ["multi_turn", "train_questions", "class_balance", "augment"]
+COST_SETTINGS = ["multi_turn", "train_questions", "class_balance", "augment", "objective", "freeze_backbone"]
+# row settings the benchmark applies itself: a row's own learning rate, and a fixed step count instead of
+# BASELINE's training time (for a row that needs far less; the table shows its seconds)
+ROW_OWN = ("val_json", "learning_rate", "max_steps")
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -222,15 +229,16 @@ def validating(row):
 def fine_tune_args(task, row, splits, seed, model, out, steps):
     """fine_tune.py's command line for a row: the benchmark's common settings, then the row's own."""
     split = splits["split" if validating(row) else "split_no_val"]
+    own = ROWS[row]
     return [f"--model_path={model}", f"--output_dir={out}", "--resume=overwrite",
             f"--train_json={split / 'train.json'}", f"--val_json={split / 'val.json' if validating(row) else ''}",
             "--test_json=", f"--max_steps={steps}", f"--per_device_train_batch_size={BATCH}",
-            "--gradient_accumulation_steps=1", f"--learning_rate={LEARNING_RATE[task]}",
+            "--gradient_accumulation_steps=1", f"--learning_rate={own.get('learning_rate', LEARNING_RATE[task])}",
             f"--warmup_steps={WARMUP_STEPS}",
             "--logging_steps=25", f"--save_steps={steps}", f"--eval_steps={EVAL_STEPS}",
             f"--per_device_eval_batch_size={EVAL_BATCH}", f"--image_longest_edge={IMAGE_SIZE}",
             "--gradient_checkpointing=false", f"--seed={seed}",
-            *[flag(k, v) for k, v in ROWS[row].items() if k != "val_json"]]
+            *[flag(k, v) for k, v in own.items() if k not in ROW_OWN]]
 
 
 def reusable(result_file, key):
@@ -258,7 +266,7 @@ def pilot_seconds_per_step(task, splits, model, work):
     PILOT_REPEATS such rounds."""
     defaults = settings_of(vars(fine_tune))
     kinds = {}  # what sets a step's cost -> the rows that train so
-    for row in ROWS:
+    for row in (r for r in ROWS if "max_steps" not in ROWS[r]):
         kind = tuple(flag(k, {**defaults, **ROWS[row]}[k]) for k in COST_SETTINGS)
         kinds.setdefault(kind, []).append(row)
     common = [f"--model_path={model}", "--resume=overwrite", f"--train_json={splits['split_no_val'] / 'train.json'}",
@@ -498,7 +506,7 @@ def main():
 
         def one(spec):
             task, row, s = spec
-            steps = round(STEPS[task] * pilots[task][row]["factor"])
+            steps = ROWS[row].get("max_steps") or round(STEPS[task] * pilots[task][row]["factor"])
             r = train_and_test(task, row, s, task_splits[task, s], models[s], steps, work)
             print(f"{task} {row} split {s}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, "
                   f"{r['steps']} steps, {r['train_s']:.0f} s training", flush=True)

@@ -10,10 +10,11 @@ from pathlib import Path
 from .calibration import describe
 from .cli import OneOf, UserError, existing_path
 from .files import write_json
-from .head import HEAD_NAME, attach_head, head_of, prepare_for_head, save_head, without_head
+from .head import HEAD_NAME, attach_head, base_of, head_of, prepare_for_head, save_head, without_head
 from .inputs import collate
 from .models import VISION_MODULES, find_vision_encoder, load_model
 from .prompt import render_segments
+from .vision_cache import VisionCache
 
 RESUMES = OneOf("auto", "overwrite", other=("a checkpoint folder", existing_path))
 QUESTION_SETS = OneOf("all", "classification")  # the values of fine_tune.py's TRAIN_QUESTIONS
@@ -114,7 +115,7 @@ def answer_only_collator(processor):
 
 def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=False, lora_r=16, lora_alpha=32,
                   lora_dropout=0.05, lora_target_modules="all-linear", freeze_backbone=False,
-                  skip_frozen_backward=True):
+                  skip_frozen_backward=True, cache_vision=False):
     """Freeze the vision encoder and/or wrap the model with LoRA adapters, as the settings ask. A model with a
     classification head (vlmcls.head) trains it too (in LoRA, whole, as peft's modules_to_save), or only it
     (freeze_backbone).
@@ -122,6 +123,7 @@ def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=Fal
     A vision encoder left with no trainable weight runs without autograd (skip_frozen_backward=False keeps the
     old behaviour, for comparison): nothing before it is trained either, so no gradient needs it, yet the
     input-gradient hook of gradient checkpointing would make every step back-propagate through all its layers.
+    With cache_vision such an encoder also runs once per image (vlmcls.vision_cache).
     """
     import torch
     encoder = find_vision_encoder(model)
@@ -139,8 +141,11 @@ def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=Fal
                             modules_to_save=[HEAD_NAME] if head_of(model) is not None else None,
                             exclude_modules=None if vision_adapters else rf".*\.({'|'.join(VISION_MODULES)})\..*")
         model = get_peft_model(model, config)
-    if skip_frozen_backward and not any(p.requires_grad for p in encoder.parameters()):
+    frozen = not any(p.requires_grad for p in encoder.parameters())
+    if skip_frozen_backward and frozen:
         encoder.forward = torch.no_grad()(encoder.forward)
+    if cache_vision and frozen:
+        VisionCache(encoder, getattr(base_of(model).config, "vision_feature_layer", ()))
     return model
 
 
