@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
-from common import CLASSES, ROOT, build_model, command, fine_tune_settings, machine, model_name, now, peak_gb, \
+from common import CLASSES, ROOT, build_model, command, machine, model_name, now, peak_gb, \
     run_job, run_worker, script_env, timed, write_report  # noqa: E402
 from vlmcls.cli import OneOf, configure, run_main  # noqa: E402
 
@@ -149,19 +149,12 @@ def flag(value):
 
 def fine_tune(row, model_dir, train_json, work):
     """One fine_tune.py run, as a user runs it; its seconds (whole process, and the Trainer's train_runtime)."""
-    known = fine_tune_settings({})
-    missing = {name: value for name, value in ROW_FLAGS[row].items() if not hasattr(known, name.upper())}
-    if any(value is not False for value in missing.values()):
-        print(f"\n--- {row}: not run: fine_tune.py has no {', '.join(missing)} setting in this checkout ---")
-        return {"skipped": f"not run: fine_tune.py has no `{', '.join(missing)}` setting in this checkout"}
-    # A setting fine_tune.py does not have yet, asked to be off, is what it does without it: left out.
-    row_flags = {name: value for name, value in ROW_FLAGS[row].items() if name not in missing}
     out = work / f"out-{row}"
     flags = {"model_path": model_dir, "train_json": train_json, "val_json": "", "test_json": "", "output_dir": out,
              "equivalent_epochs_to_train": EPOCHS, "per_device_train_batch_size": BATCH_SIZE,
              "per_device_eval_batch_size": BATCH_SIZE, "gradient_accumulation_steps": ACCUMULATION,
              "train_questions": "classification", "device": DEVICE, "resume": "overwrite", "seed": SEED,
-             **FINE_TUNE_FLAGS, **row_flags}
+             **FINE_TUNE_FLAGS, **ROW_FLAGS[row]}
     log = work / f"{row}.log"
     print(f"\n--- {row}: fine_tune.py, log in {log} ---", flush=True)
     wall, cpu = time.perf_counter(), children_cpu()
@@ -176,8 +169,7 @@ def fine_tune(row, model_dir, train_json, work):
     history = json.loads((out / "train_log_history.json").read_text())
     summary = next(h for h in reversed(history) if "train_runtime" in h)
     print(f"{wall:.1f} s, train_runtime {summary['train_runtime']:.1f} s, {summary['step']} steps", flush=True)
-    return {"total_s": wall, "total_cpu": cpu, "train_runtime": summary["train_runtime"], "steps": summary["step"],
-            "left_out": list(missing)}
+    return {"total_s": wall, "total_cpu": cpu, "train_runtime": summary["train_runtime"], "steps": summary["step"]}
 
 
 def threads_env():
@@ -206,13 +198,8 @@ def table(floor, runs):
              "epoch (train_runtime) | total / floor, wall (CPU) | train_runtime / floor | target | met? |",
              "|---" * 10 + "|"]
     for row, r in runs.items():
-        left_out = r.get("left_out", ())
-        flags = " ".join(f"--{k}={flag(v)}" for k, v in ROW_FLAGS[row].items() if k not in left_out)
-        flags += "".join(f" (no --{k} in fine_tune.py yet: left out)" for k in left_out)
+        flags = " ".join(f"--{k}={flag(v)}" for k, v in ROW_FLAGS[row].items())
         target = f"<= {TARGETS[row]}x" if row in TARGETS else "-"
-        if "skipped" in r:
-            lines.append(f"| {row} | {flags} | {r['skipped']} | | | | | | {target} | |")
-            continue
         ratio = r["total_s"] / floor["floor_s"]
         met = ("met" if ratio <= TARGETS[row] else "MISSED") if row in TARGETS else ""
         cells = [f"{r['total_s']:.1f} ({r['total_cpu']:.1f})", f"{r['train_runtime']:.1f}",
@@ -225,7 +212,7 @@ def table(floor, runs):
 
 def report(floor, runs, started, load, elapsed):
     n = floor["images"]
-    steps = sorted({r["steps"] for r in runs.values() if "steps" in r})
+    steps = sorted({r["steps"] for r in runs.values()})
     return f"""# Speed: fine-tuning with a frozen vision encoder against the encoder's floor
 
 {command("frozen.py")}

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from .calibration import saved_class_bias
 from .cli import UserError
+from .head import head_of
 from .images import read_dataset_json
 from .inputs import InputEncoder
 from .models import classes_and_question
@@ -132,8 +133,10 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
 
     known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"
     with gr.Blocks(title=f"{Path(model_path).name}: image classifier", analytics_enabled=False) as page:
-        gr.Markdown(f"## {Path(model_path).name}\n{known}. Every class is scored by the likelihood of its answer "
-                    f"(score mode{', int8 weights' if quantize == 'int8' else ''}).")
+        scored = "its classification head" if head_of(model) is not None else \
+            "the likelihood of its answer (score mode)"
+        gr.Markdown(f"## {Path(model_path).name}\n{known}. Every class is scored by {scored}"
+                    f"{' (int8 weights)' if quantize == 'int8' else ''}.")
         with gr.Row():
             with gr.Column():
                 images = gr.Gallery(label="Images: drop, paste or pick one or several", type="filepath",

@@ -1,4 +1,5 @@
-"""Models: device and dtype choice, torchrun's process group, loading a processor and model, image resolution, end tokens, saved classes."""
+"""Models: device and dtype choice, torchrun's process group, loading a processor and model, image resolution,
+end tokens, saved classes."""
 import json
 import re
 from pathlib import Path
