@@ -12,13 +12,12 @@ the same command.
 from vlmcls.calibration import fit_class_bias
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.compat import library_versions
-from vlmcls.head import OBJECTIVES, attach_head, check_settings, class_weights, head_collator, head_dataset, \
-    head_loss, pooled_states
+from vlmcls.head import OBJECTIVES, attach_head, check_settings, head_dataset, head_objective, pooled_states
 from vlmcls.images import read_dataset_json, refuse_overlap
 from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, leave_processes, load_model, load_processor, pick_device, \
     pick_dtype, set_resolution
-from vlmcls.training import AUGMENTS, CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_only_collator, chat_dataset, \
+from vlmcls.training import AUGMENTS, CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_objective, chat_dataset, \
     balance_classes, checkpoint_to_resume, clear_previous_run, prepare_model, rows, save, time_limit
 from vlmcls.validation import BEST_METRICS, enough_validation, read_validation, validating_trainer, validation_arguments
 from vlmcls.vision_cache import vision_cache_of
@@ -135,15 +134,10 @@ def main():
                                train_data["question"], PER_DEVICE_EVAL_BATCH_SIZE, autocast)
     callbacks = [EarlyStoppingCallback(EARLY_STOPPING_PATIENCE)] if val_data and EARLY_STOPPING_PATIENCE > 0 else []
     callbacks += [time_limit(MAX_TRAIN_SECONDS)] if MAX_TRAIN_SECONDS > 0 else []
-    if head:
-        weights = class_weights([s["label"] for s in trained["samples"]], train_data["classes"], CLASS_BALANCE)
-        objective = dict(head_loss=partial(head_loss, weights=weights, label_smoothing=LABEL_SMOOTHING), states=states,
-                         train_dataset=head_dataset(trained["samples"], train_data["classes"], encoder, processor,
-                                                    train_data["question"], AUGMENT, SEED, states),
-                         data_collator=head_collator(processor.tokenizer.pad_token_id or 0))
-    else:
-        objective = dict(train_dataset=chat_dataset(train_rows, encoder, processor, end_ids, AUGMENT, SEED),
-                         data_collator=answer_only_collator(processor))
+    objective = head_objective(trained["samples"], train_data["classes"], encoder, processor, train_data["question"],
+                               class_balance=CLASS_BALANCE, label_smoothing=LABEL_SMOOTHING, how_augment=AUGMENT,
+                               seed=SEED, states=states) if head else \
+        answer_objective(train_rows, encoder, processor, end_ids, AUGMENT, SEED)
     trainer = validating_trainer(val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, callbacks, model=model, args=args,
                                  processing_class=processor, **objective)
     if trainer.is_world_process_zero():

@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys

@@ -231,6 +231,17 @@ def head_loss(model, inputs, weights, label_smoothing):
     return loss, outputs
 
 
+def head_objective(samples, classes, encoder, processor, question, *, class_balance, label_smoothing, how_augment,
+                   seed, states):
+    """validation.validating_trainer's arguments for the head objective: its loss (class weights, label
+    smoothing), the training examples of `samples` (from `states` where they were computed) and their collator."""
+    from functools import partial
+    weights = class_weights([s["label"] for s in samples], classes, class_balance)
+    return dict(head_loss=partial(head_loss, weights=weights, label_smoothing=label_smoothing), states=states,
+                train_dataset=head_dataset(samples, classes, encoder, processor, question, how_augment, seed, states),
+                data_collator=head_collator(processor.tokenizer.pad_token_id or 0))
+
+
 def results_from_states(model, states, paths, classes):
     """Prediction results (as prediction.head_mode gives them) of images whose pooled states were computed."""
     import torch

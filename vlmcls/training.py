@@ -60,7 +60,6 @@ def augment(tensors, how, rng):
     up-down; dihedral also turns a quarter (the eight symmetries of a square, for images with no up, such as cells
     or aerial views). A flip of the tile is the processor's tile of the flipped image, so the cached encoding serves
     every variant. Only one tile per image can be flipped this way: a tile grid would also have to be reordered."""
-    import torch
     pixels = tensors.get("pixel_values")
     one_tile = pixels is not None and (pixels.dim() == 4 or pixels.dim() == 5 and pixels.shape[1] == 1)
     if not one_tile or pixels.shape[-3] != 3:
@@ -111,6 +110,13 @@ def answer_only_collator(processor):
     """Right-padded training batches; labels on the answers and their end tokens only (InputEncoder.example)."""
     pad = processor.tokenizer.pad_token_id
     return partial(collate, pad_id=pad if pad is not None else 0, padding_side="right")
+
+
+def answer_objective(train_rows, encoder, processor, end_ids, how_augment, seed):
+    """validation.validating_trainer's arguments for the answer objective: the training chats of `train_rows` and
+    the answer-only collator (the model's own loss)."""
+    return dict(train_dataset=chat_dataset(train_rows, encoder, processor, end_ids, how_augment, seed),
+                data_collator=answer_only_collator(processor))
 
 
 def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=False, lora_r=16, lora_alpha=32,
