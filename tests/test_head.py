@@ -60,6 +60,7 @@ def test_the_head_learns_the_colours_and_the_scripts_classify_with_it(name, colo
                "--num_workers=0", cwd=colour_work)
     report = report_in(colour_work / f"{name}_full")
     assert report["accuracy"] >= 0.9 and report["total"] == 3 * 12
+    assert report["prediction"] == "head"  # the report says how the images were classified
     refused = run_script("vlm_benchmark_test_dataset.py", f"--model_path={name}", "--prediction=generate",
                          "--num_workers=0", cwd=colour_work, check=False)
     assert refused.returncode == 1 and "objective=head" in refused.stderr

@@ -7,7 +7,7 @@ from .calibration import saved_class_bias
 from .cli import UserError
 from .compat import library_versions
 from .inputs import auto_workers
-from .models import join_processes, leave_processes, load_for_inference, pick_device, pick_dtype
+from .models import join_processes, leave_processes, load_for_inference, pick_device, pick_dtype, saved_classes
 from .prediction import predict_batches
 from .report import PREDICTION_HEADER, print_accuracy, print_comparison, write_summary
 from .streaming import PredictionFiles, images_digest, model_files, open_files, predict_into
@@ -18,6 +18,13 @@ def default_report_dir(model_path, name):
     if Path(model_path).is_dir():
         return Path(model_path) / "reports" / name
     return Path("reports") / re.sub(r"[^\w.-]+", "_", model_path) / name
+
+
+def used_mode(model_path, mode):
+    """The prediction mode the model is run in, as its reports record it: score mode of a model fine-tuned with a
+    head classifies with the head."""
+    saved = saved_classes(model_path) or {}
+    return "head" if mode == "score" and saved.get("objective") == "head" else mode
 
 
 def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,
@@ -40,14 +47,15 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
     for model_path in model_paths:
         int8 = ", int8" if quantize == "int8" else ""
         processes = f", {world} processes" if world > 1 else ""
-        say(f"\n=== {model_path} ({len(paths)} images, {mode} mode, {device}{int8}{processes}) ===\n"
+        used = used_mode(model_path, mode)
+        say(f"\n=== {model_path} ({len(paths)} images, {used} mode, {device}{int8}{processes}) ===\n"
             f"question: {question}")
         bias = saved_class_bias(model_path, classes) if class_bias and mode in ("score", "head") else None
         out = Path(report_dir) / Path(model_path).name if report_dir and len(model_paths) > 1 else \
             Path(report_dir) if report_dir else default_report_dir(model_path, report_name)
         settings = {"model": str(Path(model_path).resolve()) if Path(model_path).is_dir() else model_path,
                     "model_files": model_files(model_path), "images": images_digest(paths, true),
-                    "image_count": len(paths), "prediction": mode, "classes": classes, "question": question,
+                    "image_count": len(paths), "prediction": used, "classes": classes, "question": question,
                     "class_bias": bias["values"] if bias else None, "image_longest_edge": image_longest_edge,
                     "image_splitting": image_splitting, "enlarge_images": enlarge_images, "max_image_pixels": max_pixels,
                     "quantize": quantize, "dtype": str(dtype)}
@@ -67,7 +75,7 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
         if rank != 0:
             continue
         outcomes.append(report_rows(files, out, len(paths), true, classes, {
-            "model": str(model_path), "prediction": mode, "classes": classes, "question": question,
+            "model": str(model_path), "prediction": used, "classes": classes, "question": question,
             "class_bias": bias["bias"] if bias else None, "settings": record or {}, "versions": library_versions()}))
     if rank == 0 and true is not None and len(model_paths) > 1:
         print_comparison(model_paths, outcomes, classes)
