@@ -67,7 +67,8 @@ ROWS = {  # recipe name -> fine_tune.py settings; BASELINE is the original's rec
 }
 BASELINE = "original"  # the row every other row is compared with
 DEVELOPMENT_SPLITS = [0, 1, 2]  # split seeds (and model seeds) that choices are made on
-CONFIRMATION_SPLITS = [200, 201, 202]  # split seeds of --confirm, never looked at before a choice is frozen
+# split seeds of --confirm, never looked at before a choice is frozen (100-102 and 200-202 are spent: LEDGER)
+CONFIRMATION_SPLITS = [300, 301, 302]
 CONFIRM = False  # run the confirmation splits for the committed code and record it in LEDGER
 STEPS = {"elpv2": 800, "elpv4": 800, "digits": 800, "digits_small": 400}  # BASELINE's optimizer steps per task
 BATCH = 16  # training rows per step (one process, no gradient accumulation)
