@@ -100,7 +100,8 @@ def main():
     model = prepare_model(model, freeze_vision=FREEZE_VISION, use_lora=USE_LORA, lora_vision=LORA_VISION,
                           lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                           lora_target_modules=LORA_TARGET_MODULES, freeze_backbone=FREEZE_BACKBONE,
-                          cache_vision=CACHE_VISION)
+                          # cached states are all the head reads: the encoder's outputs would never be read again
+                          cache_vision=CACHE_VISION and not (FREEZE_BACKBONE and CACHE_FROZEN_STATES))
     end_ids = end_token_ids(processor, model)
     # Workers encode the images once; batches of the encoded images in memory then need no workers of their own.
     workers = auto_workers(NUM_WORKERS)
@@ -148,8 +149,8 @@ def main():
         if resume:
             print(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
-    if trainer.is_world_process_zero() and vision_cache_of(model):
-        print(vision_cache_of(model).summary())
+    if trainer.is_world_process_zero() and (cache := vision_cache_of(model)):
+        print(cache.summary())
     if trainer.is_world_process_zero() and trainer.state.best_model_checkpoint:
         print(f"best checkpoint: {trainer.state.best_model_checkpoint} (validation {METRIC_FOR_BEST_MODEL} "
               f"{trainer.state.best_metric:.4f}), the model saved")

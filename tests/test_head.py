@@ -147,10 +147,12 @@ def test_cached_states_train_the_head_the_backbone_would_train(family, colour_wo
     heads = []
     for cached in ("true", "false"):
         name = f"cache_{cached}_{family}"
-        run_script("fine_tune.py", f"--model_path={folder}", f"--output_dir={name}", "--max_steps=6",
-                   "--freeze_backbone=true", f"--cache_frozen_states={cached}", "--val_json=", "--test_json=",
-                   "--learning_rate=3e-2", "--save_steps=100", *FAST, cwd=colour_work)
+        proc = run_script("fine_tune.py", f"--model_path={folder}", f"--output_dir={name}", "--max_steps=6",
+                          "--freeze_backbone=true", f"--cache_frozen_states={cached}", "--val_json=", "--test_json=",
+                          "--learning_rate=3e-2", "--save_steps=100", *FAST, cwd=colour_work)
         heads.append(head_weights(colour_work / name))
+        # With the states cached the backbone never runs again: no encoder outputs are kept for it.
+        assert ("vision encoder:" in proc.stdout) == (cached == "false"), proc.stdout
     for key in heads[0]:
         torch.testing.assert_close(heads[0][key], heads[1][key], rtol=1e-4, atol=1e-5)
 
