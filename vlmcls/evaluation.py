@@ -6,6 +6,7 @@ from pathlib import Path
 from .calibration import saved_class_bias
 from .cli import UserError
 from .compat import library_versions
+from .head import trained_with_head
 from .inputs import auto_workers
 from .models import join_processes, leave_processes, load_for_inference, pick_device, pick_dtype, saved_classes
 from .prediction import predict_batches
@@ -23,8 +24,7 @@ def default_report_dir(model_path, name):
 def used_mode(model_path, mode):
     """The prediction mode the model is run in, as its reports record it: score mode of a model fine-tuned with a
     head classifies with the head."""
-    saved = saved_classes(model_path) or {}
-    return "head" if mode == "score" and saved.get("objective") == "head" else mode
+    return "head" if mode == "score" and trained_with_head(saved_classes(model_path)) else mode
 
 
 def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,

@@ -127,9 +127,14 @@ def save_head(head, out):
                                               for k, v in head.state_dict().items()}))
 
 
+def trained_with_head(saved):
+    """Whether a model's classes.json (`saved`, or None) records the head objective."""
+    return bool(saved) and saved.get("objective", "answer") == "head"
+
+
 def attach_saved_head(model_path, model, saved):
     """A loaded model with the head saved beside it, where classes.json (`saved`) records the head objective."""
-    if not saved or saved.get("objective", "answer") != "head":
+    if not trained_with_head(saved):
         return model
     file = Path(model_path) / HEAD_FILE
     if not file.is_file():
