@@ -48,11 +48,12 @@ def join_processes(device):
 
 
 def leave_processes(world):
-    """Under torchrun, leave the process group once the last collective is done: a process exiting with gloo's
-    threads still running can abort ("terminate called without an active exception"). No barrier: a main process
-    that stops on an error while writing the reports must not leave the others waiting."""
+    """Under torchrun, wait for every process, then leave the process group: a process tearing gloo down while
+    another still runs can abort ("terminate called without an active exception") or hang joining its threads.
+    A process that stops on an error instead makes torchrun end the others, so none waits here forever."""
     if world > 1:
         import torch.distributed as dist
+        dist.barrier()
         dist.destroy_process_group()
 
 
