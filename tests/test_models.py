@@ -59,3 +59,51 @@ def test_library_versions_name_every_library():
     versions = compat.library_versions()
     assert set(versions) == {"python", "torch", "transformers", "trl", "peft", "accelerate", "datasets"}
     assert versions["torch"].split("+")[0] == torch.__version__.split("+")[0]
+
+
+def test_the_fused_lm_head_scores_only_the_answers_with_the_same_loss_and_gradients(tiny_smolvlm, tmp_path,
+                                                                                    monkeypatch):
+    """compat.score_labelled_positions_only: on the CPU, TRL's fused LM head projects only the labelled positions
+    (fails if the patch no longer reaches TRL: every position is projected), and the loss, metrics and gradients
+    equal those of projecting every position (fails if it scores the wrong positions)."""
+    from trl.trainer import utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from conftest import load_tiny, red_image
+    from vlmcls.inputs import InputEncoder
+    from vlmcls.models import end_token_ids
+    from vlmcls.prompt import render_segments
+    from vlmcls.training import answer_only_collator
+    processor, model = load_tiny(tiny_smolvlm)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    red_image().save(tmp_path / "red.png")
+    ends = end_token_ids(processor, model)
+    encoder = InputEncoder(processor, 10**8)
+    batch = answer_only_collator(processor)([
+        encoder.example(str(tmp_path / "red.png"), render_segments(processor, [("Colour?", answer)], ends), ends)
+        for answer in ("red", "a dark shade of green")])
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < labelled < batch["labels"][:, 1:].numel() // 4
+    projected = []
+    chunked = utils._ChunkedLogProbFunction
+
+    class Spy(chunked):
+        @staticmethod
+        def forward(ctx, hidden, *args):
+            projected.append(hidden.shape[0])
+            return chunked.forward(ctx, hidden, *args)
+    monkeypatch.setattr(utils, "_ChunkedLogProbFunction", Spy)
+
+    def run():
+        model.zero_grad()
+        out = model(**batch, fused_lm_head=True)
+        out.loss.backward()
+        weight = model.lm_head.weight.grad.clone()
+        return out.loss.item(), out.entropy.sum().item(), out.is_top1.sum().item(), weight
+    every = run()
+    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)  # undone after the test
+    compat.score_labelled_positions_only()
+    answers = run()
+    assert projected == [batch["labels"][:, 1:].numel(), labelled]
+    assert answers[:3] == pytest.approx(every[:3], rel=1e-5)
+    assert torch.allclose(answers[3], every[3], atol=1e-6)

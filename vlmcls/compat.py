@@ -4,7 +4,7 @@ from importlib import metadata
 from .cli import UserError
 
 # Packages whose private or unexported parts are used below, and the release series they were checked against.
-TESTED = {"transformers": "5."}
+TESTED = {"transformers": "5.", "trl": "1."}
 RECORDED = ("torch", "transformers", "trl", "peft", "accelerate", "datasets")
 
 
@@ -49,3 +49,24 @@ def idefics3_resized_size(height, width, longest_edge):
         _check("transformers", "image_processing_pil_idefics3.get_resize_output_image_size")
         raise
     return get_resize_output_image_size(np.empty((0, height, width)), longest_edge)  # reads the shape alone
+
+
+def score_labelled_positions_only():
+    """Make TRL's fused LM head (SFTTrainer's loss) project only the labelled positions (the answers) through the
+    vocabulary on the CPU and MPS too, as it does on CUDA with Triton. Elsewhere it projects every position, to keep
+    the shapes of compiled (Neuron) graphs fixed, which eager CPU and MPS do not need; the loss and the logged
+    metrics are the same either way. On the CPU, projecting every position was a fifth of a LoRA step of the 256M
+    architecture (docs/head.md)."""
+    try:
+        from trl.trainer import utils
+        original = utils._use_triton
+    except (ImportError, AttributeError):
+        _check("trl", "trl.trainer.utils._use_triton")
+        raise
+    if getattr(original, "labelled_only", False):
+        return
+
+    def compact(device):
+        return device.type in ("cpu", "mps") or original(device)
+    compact.labelled_only = True
+    utils._use_triton = compact

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 from .cli import OneOf, UserError
+from .compat import score_labelled_positions_only
 from .head import results_from_states
 from .images import read_dataset_json
 from .prediction import evaluate
@@ -90,6 +91,7 @@ def validating_trainer(validation, batch_size, encoder, callbacks, head_loss=Non
     (loss, outputs) = head_loss(model, inputs), the loss of a model with a head (vlmcls.head), whose validation
     takes the pooled states of `states` where given."""
     from trl import SFTTrainer
+    score_labelled_positions_only()
 
     class ValidatingSFTTrainer(SFTTrainer):
         def __init__(self, **arguments):
