@@ -55,8 +55,8 @@ def score_labelled_positions_only():
     """Make TRL's fused LM head (SFTTrainer's loss) project only the labelled positions (the answers) through the
     vocabulary on the CPU and MPS too, as it does on CUDA with Triton. Elsewhere it projects every position, to keep
     the shapes of compiled (Neuron) graphs fixed, which eager CPU and MPS do not need; the loss and the logged
-    metrics are the same either way. On the CPU, projecting every position was a fifth of a LoRA step of the 256M
-    architecture (docs/head.md)."""
+    metrics are the same either way. On the CPU, projecting every position was a fifth of what a LoRA run of the
+    256M architecture with a cached encoder spends above the encoder's own pass (benchmarks/README.md, frozen.py)."""
     try:
         from trl.trainer import utils
         original = utils._use_triton
