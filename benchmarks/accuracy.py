@@ -51,6 +51,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
 import fine_tune  # noqa: E402
+from common import flag, git  # noqa: E402
 from vlmcls.cli import configure, run_main, settings_of  # noqa: E402
 from vlmcls.files import atomic_write, write_json  # noqa: E402
 
@@ -119,10 +120,6 @@ def code_hash():
     for f in files:
         digest.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
-
-
-def git(*args):
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def run(script, *args, cwd, log):
@@ -217,10 +214,6 @@ def build_model(folder, seed):
     model.save_pretrained(building)  # replaces the 512 px tiny model's weights and config
     building.rename(folder)
     return folder
-
-
-def flag(name, value):
-    return f"--{name}={json.dumps(value) if isinstance(value, bool) else value}"
 
 
 def validating(row):

@@ -147,6 +147,16 @@ def now():
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def git(*args):
+    """git's output in the project's checkout ("" where git fails)."""
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
+
+
+def flag(name, value):
+    """A script setting as its command line takes it: --name=value, booleans, numbers, lists and dicts as JSON."""
+    return f"--{name}={value if isinstance(value, (str, Path)) else json.dumps(value)}"
+
+
 def machine(started, elapsed):
     """When, how long and where a benchmark ran, for its report."""
     return (f"Run {started}, {elapsed / 60:.1f} min, on {platform.node()} ({platform.machine()}, "

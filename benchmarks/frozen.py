@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
-from common import CLASSES, ROOT, build_model, command, machine, model_name, now, peak_gb, \
+from common import CLASSES, ROOT, build_model, command, flag, git, machine, model_name, now, peak_gb, \
     run_job, run_worker, script_env, timed, write_report  # noqa: E402
 from vlmcls.cli import OneOf, configure, run_main  # noqa: E402
 
@@ -146,10 +146,6 @@ def children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def flag(value):
-    return value if isinstance(value, (str, Path)) else json.dumps(value)
-
-
 def fine_tune(row, model_dir, train_json, work):
     """One fine_tune.py run, as a user runs it; its seconds (whole process, and the Trainer's train_runtime)."""
     out = work / f"out-{row}"
@@ -161,7 +157,7 @@ def fine_tune(row, model_dir, train_json, work):
     log = work / f"{row}.log"
     print(f"\n--- {row}: fine_tune.py, log in {log} ---", flush=True)
     wall, cpu = time.perf_counter(), children_cpu()
-    arguments = [f"--{name}={flag(value)}" for name, value in flags.items()]
+    arguments = [flag(name, value) for name, value in flags.items()]
     with open(log, "w") as output:
         done = subprocess.run([sys.executable, str(ROOT / "fine_tune.py"), *arguments], env=script_env(**threads_env()),
                               cwd=work, stdout=output, stderr=subprocess.STDOUT)
@@ -190,8 +186,6 @@ def work_folder():
 
 
 def commit():
-    def git(*args):
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
     changed = git("status", "--porcelain", "--untracked-files=no")
     return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if changed else "")
 
@@ -202,7 +196,7 @@ def table(floor, runs):
              "epoch (train_runtime) | total / floor, wall (CPU) | train_runtime / floor | target | met? |",
              "|---" * 10 + "|"]
     for row, r in runs.items():
-        flags = " ".join(f"--{k}={flag(v)}" for k, v in ROW_FLAGS[row].items())
+        flags = " ".join(flag(k, v) for k, v in ROW_FLAGS[row].items())
         target = f"<= {TARGETS[row]}x" if row in TARGETS else "-"
         ratio = r["total_s"] / floor["floor_s"]
         met = ("met" if ratio <= TARGETS[row] else "MISSED") if row in TARGETS else ""
