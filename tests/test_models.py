@@ -107,3 +107,11 @@ def test_the_fused_lm_head_scores_only_the_answers_with_the_same_loss_and_gradie
     assert projected == [batch["labels"][:, 1:].numel(), labelled]
     assert answers[:3] == pytest.approx(every[:3], rel=1e-5)
     assert torch.allclose(answers[3], every[3], atol=1e-6)
+
+
+def test_a_trl_without_the_answers_only_switch_trains_on_with_a_note(monkeypatch, capsys):
+    from trl.trainer import utils
+    monkeypatch.delattr(utils, "_use_triton")
+    compat.score_labelled_positions_only()
+    assert "every position goes through the vocabulary" in capsys.readouterr().out
+    assert not hasattr(utils, "_use_triton")
