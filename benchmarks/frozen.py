@@ -65,12 +65,13 @@ JOB = ""  # internal: the floor measurement as JSON, run by the benchmark in a f
 ROW_FLAGS = {
     "lora": {"use_lora": True, "freeze_vision": True, "cache_vision": False},  # today's LoRA
     "lora_cached": {"use_lora": True, "freeze_vision": True, "cache_vision": True},  # encoder output computed once
-    # and no recomputation of the language model's activations: faster, more memory (docs/head.md)
+    # and no recomputation of the language model's activations: faster, more memory (benchmarks/README.md)
     "lora_cached_no_checkpointing": {"use_lora": True, "freeze_vision": True, "cache_vision": True,
                                      "gradient_checkpointing": False},
     "head_frozen": {"objective": "head", "freeze_backbone": True},  # each image's pooled state computed once
 }
-TARGETS = {"lora_cached": 2.5, "lora_cached_no_checkpointing": 2.5, "head_frozen": 1.3}  # at most this many times the floor's seconds (the issue's)
+# at most this many times the floor's seconds (the issue's)
+TARGETS = {"lora_cached": 2.5, "lora_cached_no_checkpointing": 2.5, "head_frozen": 1.3}
 
 
 # ---------------------------------------------------------------- the floor, in the worker process
