@@ -17,8 +17,9 @@ from vlmcls.images import read_dataset_json, refuse_overlap
 from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, leave_processes, load_model, load_processor, pick_device, \
     pick_dtype, set_resolution
-from vlmcls.training import AUGMENTS, CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_objective, chat_dataset, \
-    balance_classes, checkpoint_to_resume, clear_previous_run, prepare_model, rows, save, time_limit
+from vlmcls.training import AUGMENTS, CHECKPOINTING, CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_objective, \
+    balance_classes, chat_dataset, checkpoint_to_resume, checkpointing, clear_previous_run, prepare_model, rows, save, \
+    time_limit
 from vlmcls.validation import BEST_METRICS, enough_validation, read_validation, validating_trainer, validation_arguments
 from vlmcls.vision_cache import vision_cache_of
 
@@ -63,7 +64,7 @@ LORA_TARGET_MODULES = "all-linear"  # peft target_modules: "all-linear" or a lis
 LORA_VISION = False  # also adapt the vision encoder with LoRA (more memory: backprop through 1,024 patches)
 FREEZE_VISION = False  # keep the vision encoder's weights fixed
 CACHE_VISION = True  # a frozen vision encoder (freeze_vision, or LoRA without lora_vision) runs once per image
-GRADIENT_CHECKPOINTING = True  # recompute activations in the backward pass: less memory, ~30% slower
+GRADIENT_CHECKPOINTING = "auto"  # recompute activations in backward: less memory, slower; "auto": where vision trains
 RESUME = "auto"  # "auto": continue from the last checkpoint; "overwrite": start afresh; or a checkpoint path
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
@@ -121,7 +122,8 @@ def main():
         learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, logging_steps=LOGGING_STEPS, save_total_limit=2,
         **validation_arguments(val_data is not None, EVAL_STEPS, SAVE_STEPS, METRIC_FOR_BEST_MODEL),
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device == "cpu",
-        gradient_checkpointing=GRADIENT_CHECKPOINTING, gradient_checkpointing_kwargs={"use_reentrant": False},
+        gradient_checkpointing=checkpointing(GRADIENT_CHECKPOINTING, model),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         max_length=None, remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
         dataloader_num_workers=workers if INPUT_CACHE_DIR else 0,
         dataloader_persistent_workers=bool(INPUT_CACHE_DIR and workers), report_to=["tensorboard"], seed=SEED,
@@ -167,6 +169,7 @@ def main():
                   f"{metrics['test_loss']:.4f}")
     save(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
          class_bias=class_bias, objective=OBJECTIVE, run_config={"settings": settings_of(globals()), "device": device,
+                                            "gradient_checkpointing": args.gradient_checkpointing,
                                             "dtype": str(dtype).replace("torch.", ""), "versions": library_versions()})
     leave_processes(args.world_size)
 
@@ -174,5 +177,6 @@ def main():
 if __name__ == "__main__":
     configure(globals(), choices={"DEVICE": DEVICES, "DTYPE": DTYPES, "RESUME": RESUMES,
                                   "METRIC_FOR_BEST_MODEL": BEST_METRICS, "CLASS_BALANCE": CLASS_BALANCES,
-                                  "TRAIN_QUESTIONS": QUESTION_SETS, "AUGMENT": AUGMENTS, "OBJECTIVE": OBJECTIVES})
+                                  "TRAIN_QUESTIONS": QUESTION_SETS, "AUGMENT": AUGMENTS, "OBJECTIVE": OBJECTIVES,
+                                  "GRADIENT_CHECKPOINTING": CHECKPOINTING})
     run_main(main)

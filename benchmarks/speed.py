@@ -29,7 +29,7 @@ from vlmcls.inputs import InputEncoder  # noqa: E402
 from vlmcls.models import end_token_ids, load_model, load_processor, pick_dtype, set_resolution  # noqa: E402
 from vlmcls.prediction import PromptBatches, predict_generate, predict_scores  # noqa: E402
 from vlmcls.prompt import classification_question, render_segments  # noqa: E402
-from vlmcls.training import answer_only_collator, prepare_model  # noqa: E402
+from vlmcls.training import answer_only_collator, checkpointing, prepare_model  # noqa: E402
 
 CONFIGS = ["original", "defaults", "lora"]  # names from CONFIG_FLAGS; the first is the baseline of the ratios
 SIZES = ["300x300", "640x480"]  # image sizes, WIDTHxHEIGHT
@@ -51,6 +51,7 @@ CONFIG_FLAGS = {
     "shipped": {"image_longest_edge": 2048, "image_splitting": True},
     "defaults": {},
     "lora": {"use_lora": True},
+    "lora_checkpointing": {"use_lora": True, "gradient_checkpointing": True},  # the default before "auto"
     "lora_before": {"use_lora": True, "skip_frozen_backward": False},
     "freeze_vision": {"freeze_vision": True},
     "freeze_vision_before": {"freeze_vision": True, "skip_frozen_backward": False},
@@ -70,7 +71,7 @@ def train_job(job, torch, ft, device):
                           use_lora=ft.USE_LORA, lora_vision=ft.LORA_VISION, lora_r=ft.LORA_R, lora_alpha=ft.LORA_ALPHA,
                           lora_dropout=ft.LORA_DROPOUT, lora_target_modules=ft.LORA_TARGET_MODULES,
                           skip_frozen_backward=getattr(ft, "SKIP_FROZEN_BACKWARD", True)).to(device).train()
-    if ft.GRADIENT_CHECKPOINTING:
+    if checkpointing(ft.GRADIENT_CHECKPOINTING, model):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "peft_config"):
             model.enable_input_require_grads()  # as SFTTrainer does for PEFT models

@@ -50,9 +50,24 @@ def test_choices_are_checked_on_the_command_line_and_in_the_file(tmp_path, capsy
     assert "--where: 'nowhere' is not valid: use auto, or a folder" in capsys.readouterr().err
 
 
+def test_a_choice_of_a_word_or_true_or_false_parses_each(tmp_path, capsys):
+    script = tmp_path / "s.py"
+    script.write_text("SWITCH = 'auto'\n")
+    ns = {"__file__": str(script), "SWITCH": "auto"}
+    choices = {"SWITCH": OneOf("auto", True, False)}
+    for flag, value in [("--switch=false", False), ("--switch=True", True), ("--switch=0", False), ([], "auto")]:
+        configure(ns, [flag] if flag else [], choices)
+        assert ns["SWITCH"] is value if isinstance(value, bool) else ns["SWITCH"] == value
+        ns["SWITCH"] = "auto"
+    with pytest.raises(SystemExit):
+        configure(ns, ["--switch=sometimes"], choices)
+    assert "'sometimes' is not valid: use auto, True, False" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("script, flag", [("vlm_benchmark_test_dataset.py", "--prediction=scroe"),
                                           ("fine_tune.py", "--device=gpu"), ("fine_tune.py", "--dtype=fp8"),
                                           ("fine_tune.py", "--resume=atuo"), ("fine_tune.py", "--train_questions=one"),
+                                          ("fine_tune.py", "--gradient_checkpointing=sometimes"),
                                           ("download_dataset.py", "--source=kagle")])
 def test_a_mistyped_choice_fails_at_once_with_the_valid_ones(script, flag, tmp_path):
     proc = run_script(script, flag, cwd=tmp_path, check=False)

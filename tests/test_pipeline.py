@@ -100,6 +100,8 @@ def test_lora_fine_tune_reaches_the_same_bar(pipeline):
     run_script("fine_tune.py", f"--model_path={base}", "--output_dir=lora", "--use_lora=true",
                "--lora_r=16", "--lora_alpha=32", *TRAIN[:3], "--learning_rate=1e-2", *TRAIN[4:], cwd=work)
     assert not list((work / "lora").glob("adapter_*")), "the LoRA result should be merged into a full model"
+    # the vision encoder stays frozen under LoRA, so "auto" trains without recomputing activations
+    assert json.loads((work / "lora" / "run_config.json").read_text())["gradient_checkpointing"] is False
     run_script("vlm_benchmark_test_dataset.py", "--model_path=lora", cwd=work)
     assert accuracy_in(work / "lora" / "reports" / "test_set") >= 0.9
 
@@ -130,6 +132,8 @@ def test_every_run_records_what_it_ran_with(pipeline):
     config = json.loads((pipeline["model"] / "run_config.json").read_text())
     assert config["settings"]["max_steps"] == 120 and config["settings"]["learning_rate"] == 3e-3
     assert config["settings"]["output_dir"] == "finetuned" and config["dtype"] == "float32"
+    # gradient_checkpointing="auto": on, since a full fine-tune trains the vision encoder
+    assert config["settings"]["gradient_checkpointing"] == "auto" and config["gradient_checkpointing"] is True
     assert set(config["versions"]) == {"python", "torch", "transformers", "trl", "peft", "accelerate", "datasets"}
     report = report_in(pipeline["model"] / "reports" / "test_set")
     assert report["settings"]["model_path"] == "finetuned" and report["settings"]["prediction"] == "score"

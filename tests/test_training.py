@@ -6,7 +6,8 @@ from conftest import COLOURS, load_tiny, red_image
 from vlmcls.inputs import InputEncoder
 from vlmcls.models import end_token_ids
 from vlmcls.prompt import classification_question
-from vlmcls.training import answer_only_collator, chat_dataset, checkpoint_to_resume, prepare_model, rows
+from vlmcls.training import answer_only_collator, chat_dataset, checkpoint_to_resume, checkpointing, prepare_model, \
+    rows
 
 QUESTION = classification_question(list(COLOURS))
 ANSWERS = ["red", "Physical-Damage"]  # one short and one multi-token answer, so the batch has padding
@@ -84,6 +85,9 @@ def test_prepare_model_trains_what_the_settings_say(tiny_smolvlm, settings, visi
     assert any(".text_model." in n for n in trained) == others_trained
     if settings.get("use_lora"):
         assert all("lora_" in n for n in trained)
+    # "auto" recomputes activations exactly where the vision encoder trains; true and false are obeyed
+    assert checkpointing("auto", model) is vision_trained
+    assert checkpointing(True, model) is True and checkpointing(False, model) is False
 
 
 def test_a_finished_run_is_not_replaced_and_a_bad_checkpoint_is_refused(tmp_path):

@@ -57,6 +57,14 @@ def _parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _parse_bool_or_word(text):
+    """For a setting that takes true, false or a word such as "auto"."""
+    try:
+        return _parse_bool(text)
+    except argparse.ArgumentTypeError:
+        return text.strip()
+
+
 def _parse_json(kind):
     def parse(text):
         try:
@@ -82,6 +90,8 @@ def _parse_optional(text):
 def _parser_for(default, check=None):
     if isinstance(default, bool):
         parse = _parse_bool
+    elif isinstance(check, OneOf) and any(isinstance(c, bool) for c in check.choices):
+        parse = _parse_bool_or_word
     elif isinstance(default, (int, float, str)):
         parse = type(default)
     elif isinstance(default, (list, dict)):

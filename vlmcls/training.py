@@ -20,6 +20,7 @@ RESUMES = OneOf("auto", "overwrite", other=("a checkpoint folder", existing_path
 QUESTION_SETS = OneOf("all", "classification")  # the values of fine_tune.py's TRAIN_QUESTIONS
 CLASS_BALANCES = OneOf("none", "oversample", "weighted")  # weighted: objective=head's loss weights
 AUGMENTS = OneOf("none", "hflip", "flips", "dihedral")  # the values of fine_tune.py's AUGMENT
+CHECKPOINTING = OneOf("auto", True, False)  # the values of fine_tune.py's GRADIENT_CHECKPOINTING
 FINISHED_MARKER = "train_log_history.json"  # written last into the output folder by a run that completed
 
 
@@ -153,6 +154,16 @@ def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=Fal
     if cache_vision and frozen:
         VisionCache(encoder, getattr(base_of(model).config, "vision_feature_layer", ()))
     return model
+
+
+def checkpointing(setting, model):
+    """Whether to recompute activations in the backward pass: True or False as set; "auto" does where the vision
+    encoder trains. There its 1,024 patches per image hold most of the activations. With it frozen only the
+    language model's (some 150 tokens per image) are kept, and recomputing them makes a LoRA step about a third
+    slower to save some 0.3 GB at batch 1 (256M architecture, benchmarks/README.md)."""
+    if setting != "auto":
+        return setting
+    return any(p.requires_grad for p in find_vision_encoder(base_of(model)).parameters())
 
 
 def time_limit(seconds):
