@@ -152,6 +152,12 @@ def git(*args):
     return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
 
 
+def commit():
+    """The checkout's commit, for a report, and whether tracked files differ from it."""
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if changed else "")
+
+
 def flag(name, value):
     """A script setting as its command line takes it: --name=value, booleans, numbers, lists and dicts as JSON."""
     return f"--{name}={value if isinstance(value, (str, Path)) else json.dumps(value)}"

@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
-from common import CLASSES, ROOT, build_model, command, flag, git, machine, model_name, now, peak_gb, \
+from common import CLASSES, ROOT, build_model, command, commit, flag, machine, model_name, now, peak_gb, \
     run_job, run_worker, script_env, timed, write_report  # noqa: E402
 from vlmcls.cli import OneOf, configure, run_main  # noqa: E402
 
@@ -185,11 +185,6 @@ def work_folder():
     else:
         with tempfile.TemporaryDirectory(prefix="frozen-benchmark-") as work:
             yield Path(work)
-
-
-def commit():
-    changed = git("status", "--porcelain", "--untracked-files=no")
-    return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if changed else "")
 
 
 def table(floor, runs):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
-from common import CLASSES, GB, ROOT, build_model, command, gigabytes, gigabytes_ratio, machine, make_images, mean, \
-    model_name, now, peak_gb, run_job, run_worker, seconds, timed, write_report  # noqa: E402
+from common import CLASSES, GB, ROOT, build_model, command, commit, gigabytes, gigabytes_ratio, machine, make_images, \
+    mean, model_name, now, peak_gb, run_job, run_worker, seconds, timed, write_report  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
 from vlmcls.inputs import InputEncoder  # noqa: E402
 from vlmcls.models import end_token_ids, load_model, load_processor, pick_dtype, set_resolution  # noqa: E402
@@ -256,12 +256,12 @@ weights are memory-mapped from the saved file and count in RSS once read):
 {command("speed.py")}
 
 - {machine(started, elapsed)},
-  device {first['device']}, torch threads {threads}.
+  device {first['device']}, torch threads {threads}; commit {commit()}.
 - 1-minute load average before {load_before[0]:.1f}, then at the end of each measurement (other processes
   share the CPUs; above {os.cpu_count()} they competed for them): {loads}.
 - Model: {model_name(TINY)}, random weights in float32 (autocast on CUDA, as fine_tune.py), batch size 1.
-- Training step: forward, backward, gradient clipping and fused AdamW with gradient checkpointing, as
-  SFTTrainer runs it; {WARMUP} warm-up + {STEPS} timed steps, mean.
+- Training step: forward, backward, gradient clipping and fused AdamW, with gradient checkpointing where
+  fine_tune.py's GRADIENT_CHECKPOINTING has it, as SFTTrainer runs it; {WARMUP} warm-up + {STEPS} timed steps, mean.
 - Evaluation: vlmcls.prediction's predict_scores and predict_generate (up to {MAX_NEW_TOKENS} new tokens), one image
   at a time; {WARMUP} warm-up + {IMAGES} timed images per mode, mean. Random weights rarely end an answer
   early; a trained model stops after the class name. A LoRA configuration evaluates as its full-size twin
