@@ -221,10 +221,10 @@ def targets(results):
             for mode in ("score", "generate"):
                 check(f"{size}: {mode} evaluation >= 10x faster with defaults ({seconds(mode)[1](oe, de)})",
                       oe[mode + "_s"] >= 10 * de[mode + "_s"])
-        for before, now in (("lora_before", "lora"), ("freeze_vision_before", "freeze_vision")):
-            b, n = results.get(("train", before, size)), results.get(("train", now, size))
+        for before, after in (("lora_before", "lora"), ("freeze_vision_before", "freeze_vision")):
+            b, n = results.get(("train", before, size)), results.get(("train", after, size))
             if b and n:
-                check(f"{size}: {now} training step >= 2x faster than before the frozen encoder ran without "
+                check(f"{size}: {after} training step >= 2x faster than before the frozen encoder ran without "
                       f"autograd ({seconds('step')[1](b, n)})", b["step_s"] >= 2 * n["step_s"])
         oe, se = results.get(("eval", "original", size)), results.get(("eval", "shipped", size))
         if oe and se and size == "300x300":
