@@ -122,8 +122,8 @@ def main():
         learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, logging_steps=LOGGING_STEPS, save_total_limit=2,
         **validation_arguments(val_data is not None, EVAL_STEPS, SAVE_STEPS, METRIC_FOR_BEST_MODEL),
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device == "cpu",
-        gradient_checkpointing=checkpointing(GRADIENT_CHECKPOINTING, model),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=checkpointing(GRADIENT_CHECKPOINTING, model),
+        activation_checkpointing_kwargs={"use_reentrant": False},
         max_length=None, remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
         dataloader_num_workers=workers if INPUT_CACHE_DIR else 0,
         dataloader_persistent_workers=bool(INPUT_CACHE_DIR and workers), report_to=["tensorboard"], seed=SEED,
@@ -169,7 +169,7 @@ def main():
                   f"{metrics['test_loss']:.4f}")
     save(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
          class_bias=class_bias, objective=OBJECTIVE, run_config={"settings": settings_of(globals()), "device": device,
-                                            "gradient_checkpointing": args.gradient_checkpointing,
+                                            "gradient_checkpointing": args.activation_checkpointing,
                                             "dtype": str(dtype).replace("torch.", ""), "versions": library_versions()})
     leave_processes(args.world_size)
 

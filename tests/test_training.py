@@ -111,7 +111,7 @@ def lora_gradients(folder, batch, settings, checkpointing, skip):
     torch.manual_seed(0)  # the same LoRA initialisation for both runs
     model = prepare_model(model, **settings, skip_frozen_backward=skip)
     if checkpointing:  # as the Trainer sets it up, input-gradient hook included
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     outputs = []
     encoder.register_forward_hook(lambda module, args, out: outputs.append(out.last_hidden_state.requires_grad))
