@@ -159,7 +159,7 @@ def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=Fal
 def checkpointing(setting, model):
     """Whether to recompute activations in the backward pass: True or False as set; "auto" does where the vision
     encoder trains. There its 1,024 patches per image hold most of the activations. With it frozen only the
-    language model's (some 150 tokens per image) are kept, and recomputing them makes a LoRA step about a third
+    language model's (some 150 tokens per image) are kept, and recomputing them makes a LoRA step 1.1-1.3x
     slower to save some 0.3 GB at batch 1 (256M architecture, benchmarks/README.md)."""
     if setting != "auto":
         return setting
