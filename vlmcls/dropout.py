@@ -26,8 +26,8 @@ def dropped_positions(count, p, generator=None, chunk=None):
 
 class _DropPositions(torch.autograd.Function):
     """x scaled by 1 / (1 - p) with the given positions zeroed; the backward pass zeroes the same positions of the
-    gradient. It keeps the positions (8 bytes for each dropped element, 0.4 a element at p=0.05), where
-    nn.Dropout keeps a mask of one byte for every element."""
+    gradient. It keeps the positions for that (8 bytes for each dropped element: 0.4 an element at p=0.05), where
+    nn.Dropout on the CPU keeps a float mask of 4 bytes an element."""
 
     @staticmethod
     def forward(ctx, x, positions, scale):
@@ -66,13 +66,10 @@ class GapDropout(torch.nn.Module):
 
 
 def use_gap_dropout(model):
-    """Replace the nn.Dropout of every LoRA branch of a peft model by a GapDropout of the same p; how many."""
-    replaced = 0
+    """Replace the nn.Dropout of every LoRA branch of a peft model by a GapDropout of the same p."""
     for module in model.modules():
         branches = getattr(module, "lora_dropout", None)
         if isinstance(branches, torch.nn.ModuleDict):
             for adapter, dropout in branches.items():
                 if type(dropout) is torch.nn.Dropout:
                     branches[adapter] = GapDropout(dropout.p)
-                    replaced += 1
-    return replaced
