@@ -17,15 +17,11 @@ HARMLESS = {"confirm", "work_dir", "output"}
 FIRST_CONFIRMATION_SEED = 100  # seeds below are development seeds: never confirmed on
 
 
-def hashed_files(root=ROOT):
-    return sorted({f for pattern in HASHED for f in Path(root).glob(pattern) if f.is_file()})
-
-
-def code_hash(root=ROOT):
+def code_hash():
     """The hash of every file in HASHED, names and bytes."""
     digest = hashlib.sha256()
-    for f in hashed_files(root):
-        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    for f in sorted({f for pattern in HASHED for f in Path(ROOT).glob(pattern) if f.is_file()}):
+        digest.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -51,7 +47,7 @@ def read(path):
     return json.loads(Path(path).read_text()) if Path(path).is_file() else []
 
 
-def uncommitted(root=ROOT):
+def uncommitted():
     """The hashed files that differ from the commit (or are not in it)."""
     return git("status", "--porcelain", "--untracked-files=all", "--", *HASHED)
 
