@@ -4,11 +4,13 @@ Builds a randomly initialised model of SmolVLM-256M-Instruct's exact architectur
 it as the scripts do, then measures at batch size 1 for each configuration and image size: seconds per
 training step (forward, backward, gradient clipping and AdamW, with fine_tune.py's gradient
 checkpointing), seconds per evaluated image in score and generate mode, and peak memory. Every
-(configuration, image size, phase) runs in a fresh process, so each peak is its own. The table goes to
-stdout and to OUTPUT. benchmarks/README.md says what the numbers do and do not say.
+(configuration, image size, phase) runs in a fresh process, so each peak is its own. All of it RUNS times, a
+number fixed before the first (at least 5): the table gives medians, each ratio its median and range over the runs,
+and a speed target is met only when the slowest run meets it. The table goes to stdout and to OUTPUT.
+benchmarks/README.md says what the numbers do and do not say.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py              # full run: ~15 min on 2 idle CPU cores
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py --tiny=true  # smoke check with the tests' tiny model
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py              # full run: ~75 min on 2 idle CPU cores
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py --tiny=true --runs=2  # smoke check, the tests' tiny model
 
 On a machine that other processes load, --threads=1 avoids the stalls of two threads waiting on each other
 for a core; the CPU seconds reported next to each time are the least disturbed measure of the work.
@@ -22,8 +24,9 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
-from common import CLASSES, GB, ROOT, build_model, command, commit, gigabytes, gigabytes_ratio, machine, make_images, \
-    mean, model_name, now, peak_gb, run_job, run_worker, seconds, timed, write_report  # noqa: E402
+from common import CLASSES, GB, ROOT, build_model, check_runs, command, commit, every_run, gigabytes, machine, \
+    make_images, mean, medians, model_name, now, peak_gb, ratios_of, run_job, run_worker, seconds, spread, \
+    timed, times_spread, verdict, write_report  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
 from vlmcls.inputs import InputEncoder  # noqa: E402
 from vlmcls.models import end_token_ids, load_model, load_processor, pick_dtype, set_resolution  # noqa: E402
@@ -36,6 +39,7 @@ SIZES = ["300x300", "640x480"]  # image sizes, WIDTHxHEIGHT
 STEPS = 2  # timed training steps per configuration and size, mean reported (0: no training)
 WARMUP = 1  # untimed training steps, and untimed score-mode images, before timing
 IMAGES = 2  # timed images per evaluation mode (0: no evaluation)
+RUNS = 5  # runs of every measurement, fixed before the first (at least 5; fewer only with TINY)
 MAX_NEW_TOKENS = 32  # generate mode's limit, as vlmcls.prediction.predict_generate's default
 DEVICE = "auto"  # auto, cpu, cuda or mps
 THREADS = 0  # torch CPU threads in each measurement; 0: torch's default (one per core)
@@ -138,50 +142,56 @@ def eval_job(job, torch, ft, device):
 
 # ---------------------------------------------------------------- orchestrating, in the main process
 
-def worker(phase, config, size, model_dir, work):
+def worker(phase, config, size, model_dir, work, run):
     return run_worker(__file__, {"phase": phase, "config": config, "size": size, "model": str(model_dir)}, work,
-                      f"{phase} {config} {size}")
+                      f"{phase} {config} {size} run {run}")
 
 
-def measure(model_dir, work):
-    """{(phase, config, size): result}. Evaluation depends only on the resolution (LoRA is merged into the
-    saved model), so configurations with the same resolution share one evaluation run."""
+def measure(model_dir, work, run):
+    """One of the RUNS runs: {(phase, config, size): result}. Evaluation depends only on the resolution (LoRA is
+    merged into the saved model), so configurations with the same resolution share one evaluation run."""
     results, evaluated = {}, {}
     for size in SIZES:
         for config in CONFIGS:
             if STEPS:
-                results["train", config, size] = worker("train", config, size, model_dir, work)
+                results["train", config, size] = worker("train", config, size, model_dir, work, run)
             resolution = tuple(CONFIG_FLAGS[config].get(k) for k in RESOLUTION_FLAGS)
             if IMAGES and resolution not in evaluated:
-                evaluated[resolution] = worker("eval", config, size, model_dir, work)
+                evaluated[resolution] = worker("eval", config, size, model_dir, work, run)
             if IMAGES:
                 results["eval", config, size] = evaluated[resolution]
         evaluated.clear()
     return results
 
 
-def table(results):
-    """One markdown table: each configuration side by side, then the baseline's ratio to each other one."""
+def table(runs):
+    """One markdown table: each configuration side by side (medians over the runs), then the baseline's ratio to
+    each other one (median and range over the runs' ratios)."""
     base, others = CONFIGS[0], CONFIGS[1:]
-    rows = [  # label, phase, cell, ratio cell (None: no ratio)
+
+    def memory(pairs):
+        return spread(ratios_of(pairs, "peak_gb"))
+
+    rows = [  # label, phase, cell, ratio cell over the runs' (baseline, other) pairs (None: no ratio)
         ("tiles / tokens of the prompt", "eval", lambda r: f"{r['tiles']} / {r['prompt_tokens']}", None),
         ("tokens of the training example", "train", lambda r: str(r["train_tokens"]), None),
-        ("train: s/step, wall (CPU)", "train", *seconds("step")),
-        ("train: peak memory GB", "train", gigabytes, gigabytes_ratio),
-        ("score: s/image, wall (CPU)", "eval", *seconds("score")),
-        ("generate: s/image, wall (CPU)", "eval", *seconds("generate")),
+        ("train: s/step, wall (CPU)", "train", seconds("step"), lambda pairs: times_spread(pairs, "step")),
+        ("train: peak memory GB", "train", gigabytes, memory),
+        ("score: s/image, wall (CPU)", "eval", seconds("score"), lambda pairs: times_spread(pairs, "score")),
+        ("generate: s/image, wall (CPU)", "eval", seconds("generate"), lambda pairs: times_spread(pairs, "generate")),
         ("generate: new tokens per image", "eval", lambda r: f"{r['new_tokens']:.0f}", None),
-        ("eval peak memory GB (both modes)", "eval", gigabytes, gigabytes_ratio),
+        ("eval peak memory GB (both modes)", "eval", gigabytes, memory),
         ("images/s: score vs generate (ratio)", "eval",
          lambda r: f"{1 / r['score_s']:.3f} vs {1 / r['generate_s']:.3f} ({r['generate_s'] / r['score_s']:.1f}x)",
          None),
     ]
     lines = ["| image | measure | " + " | ".join(CONFIGS + [f"{base} / {o}" for o in others]) + " |",
              "|---" * (2 + len(CONFIGS) + len(others)) + "|"]
+    middle = medians(runs)
     for size in SIZES:
-        for label, phase, cell, ratio_cell in [row for row in rows if (row[1], CONFIGS[0], size) in results]:
-            values = [cell(results[phase, c, size]) for c in CONFIGS]
-            ratios = [ratio_cell(results[phase, base, size], results[phase, o, size]) if ratio_cell else ""
+        for label, phase, cell, ratio_cell in [row for row in rows if (row[1], base, size) in middle]:
+            values = [cell(middle[phase, c, size]) for c in CONFIGS]
+            ratios = [ratio_cell([(r[phase, base, size], r[phase, o, size]) for r in runs]) if ratio_cell else ""
                       for o in others]
             lines.append(f"| {size} | {label} | " + " | ".join(values + ratios) + " |")
     return "\n".join(lines)
@@ -202,46 +212,54 @@ def memory_table(results):
     return "\n".join(lines)
 
 
-def targets(results):
-    """The hoped-for results that were measured, each with its numbers (time ratios: wall-clock, then CPU)."""
-    lines = []
+def targets(runs):
+    """The hoped-for results that were measured, each over the runs: a speed-up met only when the slowest run
+    reaches it (its ratios: median (range), wall-clock, then CPU), a memory bound only when every run keeps it."""
+    lines, middle = [], medians(runs)
 
-    def check(text, ok):
-        lines.append(f"- {'met' if ok else 'MISSED'}: {text}")
+    def faster(text, slow, fast, key, times):
+        pairs = [(r[slow], r[fast]) for r in runs]
+        lines.append(f"- {verdict(ratios_of(pairs, key + '_s'), times, at_most=False)}: {text} "
+                     f"({times_spread(pairs, key)})")
+
+    def memory(text, holds):
+        lines.append(f"- {every_run([holds(r) for r in runs])}: {text}")
+
+    def gb(key):
+        return f"{middle[key]['peak_gb']:.2f}"
 
     for size in SIZES:
-        o, d = results.get(("train", "original", size)), results.get(("train", "defaults", size))
-        if o and d:
-            check(f"{size}: training step >= 10x faster with defaults ({seconds('step')[1](o, d)})",
-                  o["step_s"] >= 10 * d["step_s"])
-            check(f"{size}: peak training memory with defaults below the original's "
-                  f"({d['peak_gb']:.2f} vs {o['peak_gb']:.2f} GB)", d["peak_gb"] < o["peak_gb"])
-        oe, de = results.get(("eval", "original", size)), results.get(("eval", "defaults", size))
-        if oe and de:
+        o, d = ("train", "original", size), ("train", "defaults", size)
+        if o in middle and d in middle:
+            faster(f"{size}: training step >= 10x faster with defaults", o, d, "step", 10)
+            memory(f"{size}: peak training memory with defaults below the original's ({gb(d)} vs {gb(o)} GB, "
+                   f"medians)", lambda r: r[d]["peak_gb"] < r[o]["peak_gb"])
+        oe, de = ("eval", "original", size), ("eval", "defaults", size)
+        if oe in middle and de in middle:
             for mode in ("score", "generate"):
-                check(f"{size}: {mode} evaluation >= 10x faster with defaults ({seconds(mode)[1](oe, de)})",
-                      oe[mode + "_s"] >= 10 * de[mode + "_s"])
+                faster(f"{size}: {mode} evaluation >= 10x faster with defaults", oe, de, mode, 10)
         for before, after in (("lora_before", "lora"), ("freeze_vision_before", "freeze_vision")):
-            b, n = results.get(("train", before, size)), results.get(("train", after, size))
-            if b and n:
-                check(f"{size}: {after} training step >= 2x faster than before the frozen encoder ran without "
-                      f"autograd ({seconds('step')[1](b, n)})", b["step_s"] >= 2 * n["step_s"])
-        oe, se = results.get(("eval", "original", size)), results.get(("eval", "shipped", size))
-        if oe and se and size == "300x300":
-            check(f"{size}: base model at its shipped settings, score evaluation >= 8x faster without enlarging "
-                  f"({seconds('score')[1](oe, se)})", oe["score_s"] >= 8 * se["score_s"])
+            b, n = ("train", before, size), ("train", after, size)
+            if b in middle and n in middle:
+                faster(f"{size}: {after} training step >= 2x faster than before the frozen encoder ran without "
+                       f"autograd", b, n, "step", 2)
+        se = ("eval", "shipped", size)
+        if oe in middle and se in middle and size == "300x300":
+            faster(f"{size}: base model at its shipped settings, score evaluation >= 8x faster without enlarging",
+                   oe, se, "score", 8)
         for lora in ("lora", "lora_vision"):
-            lo = results.get(("train", lora, size))
-            if o and lo:
-                check(f"{size}: peak training memory with {lora} at most a third of the original's "
-                      f"({lo['peak_gb']:.2f} vs {o['peak_gb'] / 3:.2f} GB)", 3 * lo["peak_gb"] <= o["peak_gb"])
+            lo = ("train", lora, size)
+            if o in middle and lo in middle:
+                memory(f"{size}: peak training memory with {lora} at most a third of the original's "
+                       f"({gb(lo)} vs {middle[o]['peak_gb'] / 3:.2f} GB, medians)",
+                       lambda r: 3 * r[lo]["peak_gb"] <= r[o]["peak_gb"])
     return "\n".join(lines)
 
 
-def report(results, started, load_before, elapsed):
-    first = next(iter(results.values()))
-    threads = sorted({r["threads"] for r in results.values()})
-    loads = ", ".join(f"{r['job']} {r['load']:.1f}" for r in {r["job"]: r for r in results.values()}.values())
+def report(runs, started, load_before, elapsed):
+    results = [r for run in runs for r in run.values()]
+    first = results[0]
+    threads = sorted({r["threads"] for r in results})
     flags = "\n".join(f"- {c}: " + (" ".join(f"--{k}={json.dumps(v)}" for k, v in CONFIG_FLAGS[c].items())
                                     or "fine_tune.py's defaults (image_longest_edge 512, no splitting)")
                       for c in CONFIGS)
@@ -249,7 +267,7 @@ def report(results, started, load_before, elapsed):
 Where training memory goes (GB; weights, gradients and AdamW state computed from the parameter counts; the
 weights are memory-mapped from the saved file and count in RSS once read):
 
-{memory_table(results)}
+{memory_table(medians(runs))}
 """
     return f"""# Speed and memory: the original's image settings against the project's defaults
 
@@ -257,8 +275,12 @@ weights are memory-mapped from the saved file and count in RSS once read):
 
 - {machine(started, elapsed)},
   device {first['device']}, torch threads {threads}; commit {commit()}.
-- 1-minute load average before {load_before[0]:.1f}, then at the end of each measurement (other processes
-  share the CPUs; above {os.cpu_count()} they competed for them): {loads}.
+- 1-minute load average before {load_before[0]:.1f}, then at the end of each measurement, median (range)
+  (other processes share the CPUs; above {os.cpu_count()} they competed for them):
+  {spread([r['load'] for r in results], '{:.1f}')}.
+- Runs: {len(runs)} (RUNS, fixed before the first), each measuring every configuration and size in turn. The
+  table gives medians over the runs and each ratio's median (min-max) over the runs' ratios; a speed target is
+  met only when the slowest run meets it, a memory bound only when every run keeps it.
 - Model: {model_name(TINY)}, random weights in float32 (autocast on CUDA, as fine_tune.py), batch size 1.
 - Training step: forward, backward, gradient clipping and fused AdamW, with gradient checkpointing where
   fine_tune.py's GRADIENT_CHECKPOINTING has it, as SFTTrainer runs it; {WARMUP} warm-up + {STEPS} timed steps, mean.
@@ -273,10 +295,10 @@ weights are memory-mapped from the saved file and count in RSS once read):
 Configurations (fine_tune.py settings):
 {flags}
 
-{table(results)}
+{table(runs)}
 {memory}
 Targets:
-{targets(results)}
+{targets(runs)}
 """
 
 
@@ -288,12 +310,13 @@ def main():
     unknown = [c for c in CONFIGS if c not in CONFIG_FLAGS]
     if unknown:
         sys.exit(f"error: unknown configuration(s) {unknown}: use {list(CONFIG_FLAGS)}")
+    check_runs(RUNS, TINY)
     started, load_before, start = now(), os.getloadavg(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="speed-benchmark-") as work:
         model_dir = Path(work) / "model"
         build_model(model_dir, seed=SEED, tiny=TINY)
-        results = measure(model_dir, work)
-    write_report(report(results, started, load_before, time.perf_counter() - start),
+        runs = [measure(model_dir, work, run) for run in range(1, RUNS + 1)]
+    write_report(report(runs, started, load_before, time.perf_counter() - start),
                  OUTPUT or ROOT / "benchmarks" / f"results-speed{'-tiny' if TINY else ''}.md")
 
 
