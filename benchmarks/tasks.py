@@ -1,5 +1,6 @@
-"""The accuracy benchmark's tasks and stand-in model: real labelled image sets as class folders, the splits of
-each seed (made by generate_train_json.py), and the tiny SmolVLM trained from scratch on them."""
+"""The accuracy benchmark's tasks and stand-in model: real labelled image sets as class folders at the stand-in's
+resolution, the splits of each seed (made by generate_train_json.py), and the tiny SmolVLM trained from scratch on
+them."""
 import json
 import os
 import subprocess
@@ -53,6 +54,19 @@ def write_digits(folder, size):
     building.rename(folder)
 
 
+def write_resized(source, folder, size):
+    """Every class folder of `source` with its images resized to `size` px (the stand-in model's resolution, so
+    that no run spends its time shrinking the same images again), as PNGs."""
+    from PIL import Image
+    building = folder.with_name(folder.name + ".building")
+    for path in sorted(source.rglob("*.png")):
+        out = building / path.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as image:
+            image.resize((size, size), Image.LANCZOS).save(out)
+    building.rename(folder)
+
+
 def images_of(task, work, size, threads):
     data = TASK_DATA[task]
     images = work / ("digits" if data.get("digits") else task) / "images"
@@ -61,8 +75,11 @@ def images_of(task, work, size, threads):
         if data.get("digits"):
             write_digits(images, size)
         else:
-            run("download_dataset.py", *data["download"], f"--dataset_dir={images}", cwd=work,
-                log=work / f"{task}-download.log", threads=threads)
+            download = images.with_name("downloaded")
+            if not download.is_dir():
+                run("download_dataset.py", *data["download"], f"--dataset_dir={download}", cwd=work,
+                    log=work / f"{task}-download.log", threads=threads)
+            write_resized(download, images, size)
     return images
 
 
