@@ -12,15 +12,17 @@ the same command.
 from vlmcls.calibration import fit_class_bias
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.compat import library_versions
-from vlmcls.head import OBJECTIVES, attach_head, check_settings, head_dataset, head_objective, pooled_states
+from vlmcls.augment import AUGMENTS
 from vlmcls.images import read_dataset_json, refuse_overlap
 from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, leave_processes, load_model, load_processor, pick_device, \
     pick_dtype, set_resolution
-from vlmcls.training import AUGMENTS, CHECKPOINTING, CLASS_BALANCES, QUESTION_SETS, RESUMES, answer_objective, \
-    balance_classes, chat_dataset, checkpoint_to_resume, checkpointing, clear_previous_run, prepare_model, rows, save, \
-    time_limit
-from vlmcls.validation import BEST_METRICS, enough_validation, read_validation, validating_trainer, validation_arguments
+from vlmcls.objectives import OBJECTIVES, named
+from vlmcls.prompt import chat_rows
+from vlmcls.training import CHECKPOINTING, CLASS_BALANCES, QUESTION_SETS, RESUMES, balance_classes, \
+    checkpoint_to_resume, checkpointing, clear_previous_run, prepare_model, save_fine_tuned, time_limit
+from vlmcls.validation import BEST_METRICS, enough_validation, read_validation, trainer_with_validation, \
+    validation_arguments
 from vlmcls.vision_cache import vision_cache_of
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # Hub id or local folder of the base model
@@ -79,8 +81,9 @@ def main():
     from transformers import EarlyStoppingCallback
     from trl import SFTConfig
 
-    check_settings(OBJECTIVE, freeze_backbone=FREEZE_BACKBONE, use_lora=USE_LORA, class_balance=CLASS_BALANCE,
-                   augment=AUGMENT, cached=CACHE_FROZEN_STATES)
+    objective = named(OBJECTIVE)
+    objective.check_settings(freeze_backbone=FREEZE_BACKBONE, use_lora=USE_LORA, class_balance=CLASS_BALANCE,
+                             augment=AUGMENT, cached=CACHE_FROZEN_STATES)
     train_data = read_dataset_json(TRAIN_JSON)
     val_data = read_validation(VAL_JSON, train_data)
     test_data = read_dataset_json(TEST_JSON) if TEST_JSON else None
@@ -95,9 +98,7 @@ def main():
     set_resolution(processor, IMAGE_LONGEST_EDGE, IMAGE_SPLITTING)
     # Weights stay in float32; bf16/fp16 run as autocast mixed precision, which AdamW and fp16 need.
     model = load_model(MODEL_PATH, torch.float32)
-    head = OBJECTIVE == "head"
-    if head:
-        attach_head(model, len(train_data["classes"]))
+    model = objective.attach(model, len(train_data["classes"]))
     model = prepare_model(model, freeze_vision=FREEZE_VISION, use_lora=USE_LORA, lora_vision=LORA_VISION,
                           lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                           lora_target_modules=LORA_TARGET_MODULES, freeze_backbone=FREEZE_BACKBONE,
@@ -108,8 +109,8 @@ def main():
     workers = auto_workers(NUM_WORKERS)
     encoder = InputEncoder(processor, train_data["max_image_pixels"], enlarge=ENLARGE_IMAGES, cache_dir=INPUT_CACHE_DIR)
     trained = balance_classes(train_data, CLASS_BALANCE, SEED)
-    train_rows = rows(trained, TRAIN_QUESTIONS, MULTI_TURN)
-    test_rows = rows(test_data, "classification", multi_turn=False) if test_data else []
+    train_rows = chat_rows(trained, TRAIN_QUESTIONS, MULTI_TURN)
+    test_rows = chat_rows(test_data, "classification", multi_turn=False) if test_data else []
     val_images = [s["image"] for s in val_data["samples"]] if val_data else []
     encoder.prepare([image for image, _ in train_rows + test_rows] + val_images, workers)
 
@@ -132,17 +133,18 @@ def main():
     states = None
     if FREEZE_BACKBONE and CACHE_FROZEN_STATES:  # the head trains on these; the backbone never runs again
         autocast = partial(torch.autocast, args.device.type, dtype=dtype, enabled=dtype != torch.float32)
-        states = pooled_states(model.to(args.device), processor, encoder, [image for image, _ in train_rows]
-                               + [s["image"] for s in (test_data or {"samples": []})["samples"]] + val_images,
-                               train_data["question"], PER_DEVICE_EVAL_BATCH_SIZE, autocast)
+        states = objective.features(model.to(args.device), processor, encoder, [image for image, _ in train_rows]
+                                    + [s["image"] for s in (test_data or {"samples": []})["samples"]] + val_images,
+                                    train_data["question"], PER_DEVICE_EVAL_BATCH_SIZE, autocast)
     callbacks = [EarlyStoppingCallback(EARLY_STOPPING_PATIENCE)] if val_data and EARLY_STOPPING_PATIENCE > 0 else []
     callbacks += [time_limit(MAX_TRAIN_SECONDS)] if MAX_TRAIN_SECONDS > 0 else []
-    objective = head_objective(trained["samples"], train_data["classes"], encoder, processor, train_data["question"],
-                               class_balance=CLASS_BALANCE, label_smoothing=LABEL_SMOOTHING, how_augment=AUGMENT,
-                               seed=SEED, states=states) if head else \
-        answer_objective(train_rows, encoder, processor, end_ids, AUGMENT, SEED)
-    trainer = validating_trainer(val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, callbacks, model=model, args=args,
-                                 processing_class=processor, **objective)
+    training_set = objective.training_set(trained, encoder=encoder, processor=processor, end_ids=end_ids,
+                                          train_questions=TRAIN_QUESTIONS, multi_turn=MULTI_TURN,
+                                          class_balance=CLASS_BALANCE, label_smoothing=LABEL_SMOOTHING,
+                                          how_augment=AUGMENT, seed=SEED, features=states)
+    trainer = trainer_with_validation(objective, val_data, PER_DEVICE_EVAL_BATCH_SIZE, encoder, callbacks,
+                                      features=states, model=model, args=args, processing_class=processor,
+                                      **training_set)
     if trainer.is_world_process_zero():
         if USE_LORA:
             trainer.model.print_trainable_parameters()
@@ -160,17 +162,16 @@ def main():
                                 METRIC_FOR_BEST_MODEL) if val_data and FIT_CLASS_BIAS else None
     if test_rows:
         trainer.remove_callback(EarlyStoppingCallback)  # the test loss is no validation score to stop on
-        test_set = head_dataset(test_data["samples"], train_data["classes"], encoder, processor,
-                                train_data["question"], states=states) if head else \
-            chat_dataset(test_rows, encoder, processor, end_ids)
+        test_set = objective.test_set(test_data, classes=train_data["classes"], question=train_data["question"],
+                                      encoder=encoder, processor=processor, end_ids=end_ids, features=states)
         metrics = trainer.evaluate(test_set, metric_key_prefix="test")
         if trainer.is_world_process_zero():
-            print(f"test loss ({'head cross-entropy' if head else 'classification answers'}): "
-                  f"{metrics['test_loss']:.4f}")
-    save(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
-         class_bias=class_bias, objective=OBJECTIVE, run_config={"settings": settings_of(globals()), "device": device,
-                                            "gradient_checkpointing": args.activation_checkpointing,
-                                            "dtype": str(dtype).replace("torch.", ""), "versions": library_versions()})
+            print(f"test loss ({objective.TEST_LOSS}): {metrics['test_loss']:.4f}")
+    save_fine_tuned(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
+                    class_bias=class_bias, objective=OBJECTIVE,
+                    run_config={"settings": settings_of(globals()), "device": device,
+                                "gradient_checkpointing": args.activation_checkpointing,
+                                "dtype": str(dtype).replace("torch.", ""), "versions": library_versions()})
     leave_processes(args.world_size)
 
 

@@ -8,7 +8,8 @@ format) or /classify (the page's: several images and other class names).
 """
 from vlmcls.app import build_page, example_images, serve
 from vlmcls.cli import configure, run_main
-from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS, load_for_inference, pick_device, pick_dtype
+from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS, pick_device, pick_dtype
+from vlmcls.objectives import load_for_inference
 
 MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to serve: local folder or Hub id
 HOST = "127.0.0.1"  # address to listen on; "0.0.0.0" lets other machines open the page

@@ -8,7 +8,7 @@ from vlmcls.evaluation import evaluate_models
 from vlmcls.images import read_dataset_json
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
 from vlmcls.prediction import PREDICTIONS
-from vlmcls.streaming import RESUMES
+from vlmcls.prediction_files import RESUMES
 
 MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to evaluate: local folder or Hub id
 TEST_JSON = "solar_panel_test_dataset.json"  # from generate_train_json.py

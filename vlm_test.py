@@ -11,7 +11,7 @@ from vlmcls.images import class_folders, list_files
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS, classes_and_question
 from vlmcls.prediction import PREDICTIONS
 from vlmcls.prompt import classification_question
-from vlmcls.streaming import RESUMES
+from vlmcls.prediction_files import RESUMES
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # model to evaluate: local folder or Hub id
 DATASET_DIR = "./Faulty_solar_panel"  # class folders, a folder of unlabelled images, or one image

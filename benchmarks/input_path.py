@@ -54,7 +54,8 @@ def loader_now(data, processor, end_ids, batch_size):
     """Each image encoded once for all its Q&A pairs, by NUM_WORKERS processes, then reused every epoch."""
     from torch.utils.data import DataLoader
     from vlmcls.inputs import InputEncoder, auto_workers
-    from vlmcls.training import answer_only_collator, chat_dataset, rows
+    from vlmcls.objectives.answer import answer_only_collator, chat_dataset
+    from vlmcls.prompt import chat_rows as rows
     workers = auto_workers(-1)
     encoder = InputEncoder(processor, data["max_image_pixels"])
     train_rows = rows(data)

@@ -26,8 +26,11 @@ from common import CLASSES, ROOT, build_model, check_runs, command, every_run, g
 from vlmcls.app import example_images  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
 from vlmcls.images import read_dataset_json  # noqa: E402
-from vlmcls.models import load_for_inference, quantize_model  # noqa: E402
-from vlmcls.prediction import PromptBatches, evaluate, score_mode  # noqa: E402
+from vlmcls.inputs import PromptBatches  # noqa: E402
+from vlmcls.models import quantize_model  # noqa: E402
+from vlmcls.objectives import load_for_inference  # noqa: E402
+from vlmcls.objectives.answer import score_mode  # noqa: E402
+from vlmcls.prediction import evaluate  # noqa: E402
 from vlmcls.prompt import classification_question  # noqa: E402
 
 SIZES = ["300x300", "640x480"]  # image sizes, WIDTHxHEIGHT

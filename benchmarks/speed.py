@@ -30,9 +30,10 @@ from common import CLASSES, GB, ROOT, build_model, check_runs, command, commit, 
 from vlmcls.cli import configure, run_main  # noqa: E402
 from vlmcls.inputs import InputEncoder  # noqa: E402
 from vlmcls.models import end_token_ids, load_model, load_processor, pick_dtype, set_resolution  # noqa: E402
-from vlmcls.prediction import PromptBatches, predict_generate, predict_scores  # noqa: E402
+from vlmcls.inputs import PromptBatches  # noqa: E402
+from vlmcls.objectives.answer import answer_only_collator, predict_generate, predict_scores  # noqa: E402
 from vlmcls.prompt import classification_question, render_segments  # noqa: E402
-from vlmcls.training import answer_only_collator, checkpointing, prepare_model  # noqa: E402
+from vlmcls.training import checkpointing, prepare_model  # noqa: E402
 
 CONFIGS = ["original", "defaults", "lora"]  # names from CONFIG_FLAGS; the first is the baseline of the ratios
 SIZES = ["300x300", "640x480"]  # image sizes, WIDTHxHEIGHT

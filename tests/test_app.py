@@ -209,8 +209,11 @@ def test_a_head_models_endpoints_give_the_heads_probabilities(fine_tuned_head):
     from gradio_client import Client, handle_file
 
     from vlmcls.calibration import saved_class_bias
-    from vlmcls.models import load_for_inference, saved_classes
-    from vlmcls.prediction import PromptBatches, head_mode, shift
+    from vlmcls.calibration import with_class_bias
+    from vlmcls.inputs import PromptBatches
+    from vlmcls.models import saved_classes
+    from vlmcls.objectives import load_for_inference
+    from vlmcls.objectives.head import head_mode
     model = fine_tuned_head / "head"
     images = [fine_tuned_head / "data" / name for name in ("green/green_04.png", "red/red_09.png")]
     saved = saved_classes(model)
@@ -221,7 +224,7 @@ def test_a_head_models_endpoints_give_the_heads_probabilities(fine_tuned_head):
     # the class answers, as for a model without a head, gives other numbers.
     batch = PromptBatches(processor, question, 10**8, False)([str(p) for p in images])
     bias = saved_class_bias(model, classes)
-    expected = shift(head_mode(loaded, processor, batch, question, classes), classes, bias["values"])
+    expected = with_class_bias(head_mode(loaded, processor, batch, question, classes), classes, bias["values"])
     name, _, probability = vlm_test_says(fine_tuned_head, images[0], model="head")
     assert (name, probability) == (expected[0]["pred"], pytest.approx(expected[0]["probs"][name], abs=1e-6))
 

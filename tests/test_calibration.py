@@ -7,7 +7,7 @@ import pytest
 
 from conftest import report_in, run_script
 from vlmcls.calibration import STRENGTHS, fit_class_bias, frequency_bias, saved_class_bias
-from vlmcls.prediction import ranked
+from vlmcls.objectives import ranked
 
 CLASSES = ["common", "rare"]
 

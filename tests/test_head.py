@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 from conftest import COLOURS, accuracy_in, load_tiny, make_colour_images, report_in, run_script
-from vlmcls.head import HEAD_FILE, attach_head, class_weights, head_loss
+from vlmcls.objectives.head import HEAD_FILE, attach_head, class_weights, head_loss
 from vlmcls.prompt import classification_question
 
 CLASSES = sorted(COLOURS)
@@ -99,8 +99,8 @@ class SavingTrainer:
 @pytest.mark.parametrize("family", ["tiny_smolvlm", "tiny_llava"])
 @pytest.mark.parametrize("lora", [False, True])
 def test_probabilities_are_equal_after_saving_and_loading(family, lora, colour_dataset, request, tmp_path):
-    from vlmcls.models import load_for_inference
-    from vlmcls.training import prepare_model, save_merged_lora, save_model_and_head
+    from vlmcls.objectives import head, load_for_inference
+    from vlmcls.training import prepare_model, save_merged_lora
     folder = request.getfixturevalue(family)
     processor, model = load_tiny(folder)
     torch.manual_seed(1)
@@ -114,9 +114,9 @@ def test_probabilities_are_equal_after_saving_and_loading(family, lora, colour_d
     before = head_probs(model, processor, paths)
     out = tmp_path / "saved"
     if lora:
-        save_merged_lora(SavingTrainer(model), out, str(folder), len(CLASSES))
+        save_merged_lora(SavingTrainer(model), out, str(folder), head, len(CLASSES))
     else:
-        save_model_and_head(model, out, model.save_pretrained)
+        head.save(model, out, model.save_pretrained)
     processor.save_pretrained(out)
     (out / "classes.json").write_text(json.dumps({"classes": CLASSES, "question": QUESTION, "objective": "head"}))
     processor, loaded = load_for_inference(str(out), device="cpu", dtype=torch.float32, image_longest_edge=None,
@@ -211,7 +211,7 @@ def test_a_padded_batch_pools_each_prompts_own_last_token(tiny_smolvlm, tmp_path
     prediction on the left; either way each image's state and probabilities are those it has alone."""
     from PIL import Image
 
-    from vlmcls.head import pooled_state
+    from vlmcls.objectives.head import pooled_state
     from vlmcls.inputs import InputEncoder, collate
     from vlmcls.models import set_resolution
     from vlmcls.prediction import evaluate

@@ -5,8 +5,8 @@ from PIL import Image
 
 from conftest import load_tiny
 from vlmcls import inputs, pixels
-from vlmcls.inputs import InputEncoder, auto_workers, collate
-from vlmcls.models import load_processor, longest_edge_for, set_resolution
+from vlmcls.inputs import InputEncoder, auto_workers, collate, longest_edge_for
+from vlmcls.models import load_processor, set_resolution
 from vlmcls.prompt import render_segments
 
 QUESTION = "Which colour is this?"

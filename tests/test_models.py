@@ -73,7 +73,7 @@ def test_the_fused_lm_head_scores_only_the_answers_with_the_same_loss_and_gradie
     from vlmcls.inputs import InputEncoder
     from vlmcls.models import end_token_ids
     from vlmcls.prompt import render_segments
-    from vlmcls.training import answer_only_collator
+    from vlmcls.objectives.answer import answer_only_collator
     processor, model = load_tiny(tiny_smolvlm)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     red_image().save(tmp_path / "red.png")

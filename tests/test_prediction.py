@@ -7,8 +7,12 @@ from PIL import Image
 
 from conftest import COLOURS, load_tiny, red_image
 from vlmcls.models import end_token_ids
-from vlmcls.prediction import MODES, NO_CLASS, PromptBatches, class_answer_ids, evaluate, predict_scores, ranked, \
-    shift
+from vlmcls.calibration import with_class_bias as shift
+from vlmcls.inputs import PromptBatches
+from vlmcls.objectives import MODES, ranked
+from vlmcls.objectives.answer import class_answer_ids, predict_scores
+from vlmcls.prediction import evaluate
+from vlmcls.prompt import NO_CLASS
 from vlmcls.prompt import classification_question, render
 
 QUESTION = classification_question(list(COLOURS))

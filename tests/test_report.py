@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from vlmcls.prediction import NO_CLASS
+from vlmcls.prompt import NO_CLASS
 from vlmcls.report import metrics, write_report
 
 

@@ -6,8 +6,9 @@ from conftest import COLOURS, load_tiny, red_image
 from vlmcls.inputs import InputEncoder
 from vlmcls.models import end_token_ids
 from vlmcls.prompt import classification_question
-from vlmcls.training import answer_only_collator, chat_dataset, checkpoint_to_resume, checkpointing, prepare_model, \
-    rows
+from vlmcls.objectives.answer import answer_only_collator, chat_dataset
+from vlmcls.prompt import chat_rows as rows
+from vlmcls.training import checkpoint_to_resume, checkpointing, prepare_model
 
 QUESTION = classification_question(list(COLOURS))
 ANSWERS = ["red", "Physical-Damage"]  # one short and one multi-token answer, so the batch has padding
@@ -141,7 +142,7 @@ def test_a_frozen_vision_encoder_is_not_differentiated(family, settings, checkpo
 def test_a_flipped_tile_is_the_processors_tile_of_the_flipped_image(family, request, tmp_path):
     from PIL import Image, ImageOps
 
-    from vlmcls.training import augment
+    from vlmcls.augment import augment
     processor, _ = load_tiny(request.getfixturevalue(family))
     generator = torch.Generator().manual_seed(0)
     # LLaVA's centre crop of an odd margin sits one pixel off-centre, so its mirror would be a pixel off: square there
@@ -168,7 +169,7 @@ def test_augmentation_is_seeded_draws_every_variant_and_refuses_tile_grids(tiny_
     import random
 
     from vlmcls.cli import UserError
-    from vlmcls.training import augment
+    from vlmcls.augment import augment
     pixels = torch.arange(2 * 2 * 3, dtype=torch.float32).view(1, 1, 3, 2, 2)
     tensors = {"pixel_values": pixels, "pixel_attention_mask": torch.ones(1, 1, 2, 2, dtype=torch.long)}
     assert augment(tensors, "none", random.Random(0)) is tensors

@@ -5,10 +5,10 @@ from pathlib import Path
 
 from .calibration import saved_class_bias
 from .cli import UserError
-from .head import head_of
 from .images import read_dataset_json
 from .inputs import InputEncoder
 from .models import classes_and_question
+from .objectives import objective_of
 from .prediction import evaluate
 
 RESULT_HEADERS = ["image", "class", "probability"]
@@ -133,8 +133,7 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
 
     known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"
     with gr.Blocks(title=f"{Path(model_path).name}: image classifier", analytics_enabled=False) as page:
-        scored = "its classification head" if head_of(model) is not None else \
-            "the likelihood of its answer (score mode)"
+        scored = objective_of(model).SCORED_BY
         gr.Markdown(f"## {Path(model_path).name}\n{known}. Every class is scored by {scored}"
                     f"{' (int8 weights)' if quantize == 'int8' else ''}.")
         with gr.Row():

@@ -5,7 +5,7 @@ import statistics
 from collections import Counter
 
 from .models import saved_classes
-from .prediction import shift
+from .objectives import ranked
 from .report import metrics
 
 STRENGTHS = [i / 10 for i in range(11)]  # tried: 0 (scores as trained) to 1 (every class equally likely a priori)
@@ -27,7 +27,7 @@ def fit_class_bias(results, data, train_labels, metric, resamples=200, seed=0):
     records."""
     labels, classes = [s["label"] for s in data["samples"]], data["classes"]
     biases = [frequency_bias(train_labels, classes, strength) for strength in STRENGTHS]
-    predicted = [[r["pred"] for r in shift(results, classes, bias)] for bias in biases]
+    predicted = [[r["pred"] for r in with_class_bias(results, classes, bias)] for bias in biases]
     scores = [metrics(labels, pred, classes)[metric] for pred in predicted]
     best = scores.index(max(scores))
     rng, resampled = random.Random(seed), []
@@ -39,6 +39,23 @@ def fit_class_bias(results, data, train_labels, metric, resamples=200, seed=0):
     return {"strength": STRENGTHS[chosen], "bias": dict(zip(classes, biases[chosen])), "metric": metric,
             "validation_before": scores[0], "validation_after": scores[chosen], "validation_best": scores[best],
             "standard_error": error, "validation_images": len(labels)}
+
+
+def with_class_bias(results, classes, bias):
+    """Results ranked again with `bias` (one number per class) added to each class's log-probability, as the class
+    bias does; results without probabilities (generate mode) stay as they are."""
+    shifted = []
+    for result in results:
+        if result["probs"] is None:
+            shifted.append(result)
+            continue
+        # 1e-45: about the smallest float32 probability, for a class whose probability underflowed to 0
+        logits = [math.log(max(result["probs"][name], 1e-45)) + b for name, b in zip(classes, bias)]
+        top = max(logits)
+        weights = [math.exp(x - top) for x in logits]
+        total = sum(weights)
+        shifted.append(ranked(classes, [w / total for w in weights]))
+    return shifted
 
 
 def describe(class_bias):

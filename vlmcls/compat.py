@@ -1,10 +1,14 @@
-"""Library internals the project relies on, in one place, with the versions they were tested with."""
+"""Library internals the project relies on, in one place, with the versions they were checked on.
+
+Each function below is the one place its internal is used; its docstring names the versions it was checked on,
+and tests/test_compat.py fails when the internal changes shape (a signature, an attribute, a call path).
+"""
 from importlib import metadata
 
 from .cli import UserError
 
 # Packages whose private or unexported parts are used below, and the release series they were checked against.
-TESTED = {"transformers": "5."}
+TESTED = {"transformers": "5.", "trl": "1.", "peft": "0.", "torch": "2."}
 RECORDED = ("torch", "transformers", "trl", "peft", "accelerate", "datasets")
 
 
@@ -31,7 +35,8 @@ def _check(package, what):
 
 def generation_position_ids(model, batch):
     """Position ids as generate() makes them, so that a forward pass on a cache can continue them: a cached
-    forward pass cannot infer them in every family (Qwen2-VL's M-RoPE positions depend on the image grid)."""
+    forward pass cannot infer them in every family (Qwen2-VL's M-RoPE positions depend on the image grid).
+    GenerationMixin._prepare_position_ids_for_generation(input_ids, model_kwargs); checked on transformers 5.24."""
     prepare = getattr(model, "_prepare_position_ids_for_generation", None)
     if prepare is None:
         _check("transformers", "GenerationMixin._prepare_position_ids_for_generation")
@@ -41,7 +46,9 @@ def generation_position_ids(model, batch):
 
 
 def idefics3_resized_size(height, width, longest_edge):
-    """(height, width) that Idefics3's PIL image processor first resizes an image of this size to."""
+    """(height, width) that Idefics3's PIL image processor first resizes an image of this size to
+    (image_processing_pil_idefics3.get_resize_output_image_size(image, resolution_max_side); checked on
+    transformers 5.24)."""
     import numpy as np
     try:
         from transformers.models.idefics3.image_processing_pil_idefics3 import get_resize_output_image_size
@@ -56,7 +63,8 @@ def score_labelled_positions_only():
     vocabulary on the CPU and MPS too, as it does on CUDA with Triton. Elsewhere it projects every position, to keep
     the shapes of compiled (Neuron) graphs fixed, which eager CPU and MPS do not need; the loss and the logged
     metrics are the same either way. On the CPU, projecting every position was a fifth of what a LoRA run of the
-    256M architecture with a cached encoder spends above the encoder's own pass (benchmarks/README.md, frozen.py)."""
+    256M architecture with a cached encoder spends above the encoder's own pass (benchmarks/README.md, frozen.py).
+    trl.trainer.utils._use_triton(device) -> bool; checked on trl 1.16."""
     from trl.trainer import utils
     original = getattr(utils, "_use_triton", None)
     if original is None:  # a speed-up only: training goes on without it
@@ -70,3 +78,79 @@ def score_labelled_positions_only():
         return device.type in ("cpu", "mps") or original(device)
     compact.labelled_only = True
     utils._use_triton = compact
+
+
+def sft_trainer_class(loss=None, scores=None):
+    """trl's SFTTrainer, with `loss` ((loss, outputs) = loss(model, inputs), a mean over the batch) in place of the
+    model's own, and `scores` (a dict = scores(trainer, metric_key_prefix)) as what trainer.evaluate() with no data
+    set logs and returns, the callbacks told as Trainer.evaluate tells them; trainer.evaluate(dataset) still
+    computes that data set's loss. Relies on Trainer.compute_loss(model, inputs, return_outputs,
+    num_items_in_batch), Trainer.evaluate(eval_dataset, ignore_keys, metric_key_prefix), the Trainer's
+    model_accepts_loss_kwargs (whether it leaves the division by the accumulation steps to the model's loss) and
+    callback_handler.on_evaluate(args, state, control, metrics); checked on transformers 5.24 and trl 1.16."""
+    from trl import SFTTrainer
+    score_labelled_positions_only()
+
+    class ObjectiveSFTTrainer(SFTTrainer):
+        def __init__(self, **arguments):
+            super().__init__(**arguments)
+            if loss:  # a mean over the batch, which the Trainer divides by the accumulation steps
+                self.model_accepts_loss_kwargs = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if loss is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            value, outputs = loss(model, inputs)
+            return (value, outputs) if return_outputs else value
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            if scores is None or eval_dataset is not None:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            result = scores(self, metric_key_prefix)
+            self.log(result)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, result)
+            return result
+    return ObjectiveSFTTrainer
+
+
+def set_forward(module, forward, bound=False):
+    """Make `forward` the module's forward for its calls from now on: module(...) runs it (nn.Module.__call__ looks
+    forward up on the instance first). An unbound function gets the module as its first argument; `bound`: a
+    callable to call as it is (a bound method, a callable object). Checked on torch 2.13 and transformers 5.24,
+    whose models call their submodules and themselves through __call__."""
+    import types
+    module.forward = forward if bound else types.MethodType(forward, module)
+
+
+def remove_forward(module):
+    """Undo set_forward: the module's class forward again; returns the forward that was set (None where none)."""
+    return module.__dict__.pop("forward", None)
+
+
+def own_forward(module):
+    """The forward set on this module by set_forward, or None."""
+    return module.__dict__.get("forward")
+
+
+def run_without_grad(module):
+    """Make the module's forward run without autograd (its weights frozen, nothing before it trained)."""
+    import torch
+    set_forward(module, torch.no_grad()(module.forward), bound=True)
+
+
+def replace_data(tensor, value):
+    """Point a parameter or buffer at `value`'s storage (tensor.data = value), keeping the Parameter object the
+    module holds, so that references to it stay valid. Checked on torch 2.13."""
+    tensor.data = value
+
+
+def lora_dropouts(model):
+    """(branches, adapter name, dropout module) of every LoRA layer of a peft model: peft keeps each layer's dropout
+    per adapter in a ModuleDict `lora_dropout` that its forward indexes by the active adapter; assigning
+    branches[adapter] replaces one. Checked on peft 0.21."""
+    import torch
+    for module in model.modules():
+        branches = getattr(module, "lora_dropout", None)
+        if isinstance(branches, torch.nn.ModuleDict):
+            for adapter, dropout in list(branches.items()):
+                yield branches, adapter, dropout

@@ -4,6 +4,8 @@ import math
 
 import torch
 
+from .compat import lora_dropouts
+
 # Drawing gaps costs in proportion to the share dropped; above this it saves too little over one draw per element.
 MAX_GAP_P = 0.25
 
@@ -67,9 +69,6 @@ class GapDropout(torch.nn.Module):
 
 def use_gap_dropout(model):
     """Replace the nn.Dropout of every LoRA branch of a peft model by a GapDropout of the same p."""
-    for module in model.modules():
-        branches = getattr(module, "lora_dropout", None)
-        if isinstance(branches, torch.nn.ModuleDict):
-            for adapter, dropout in branches.items():
-                if type(dropout) is torch.nn.Dropout:
-                    branches[adapter] = GapDropout(dropout.p)
+    for branches, adapter, dropout in lora_dropouts(model):
+        if type(dropout) is torch.nn.Dropout:
+            branches[adapter] = GapDropout(dropout.p)

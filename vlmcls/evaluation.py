@@ -6,12 +6,12 @@ from pathlib import Path
 from .calibration import saved_class_bias
 from .cli import UserError
 from .compat import library_versions
-from .head import trained_with_head
 from .inputs import auto_workers
-from .models import join_processes, leave_processes, load_for_inference, pick_device, pick_dtype, saved_classes
+from .models import join_processes, leave_processes, pick_device, pick_dtype
+from .objectives import load_for_inference, reported_mode
 from .prediction import predict_batches
+from .prediction_files import PredictionFiles, images_digest, model_files, open_files, predict_into
 from .report import PREDICTION_HEADER, print_accuracy, print_comparison, write_summary
-from .streaming import PredictionFiles, images_digest, model_files, open_files, predict_into
 
 
 def default_report_dir(model_path, name):
@@ -19,12 +19,6 @@ def default_report_dir(model_path, name):
     if Path(model_path).is_dir():
         return Path(model_path) / "reports" / name
     return Path("reports") / re.sub(r"[^\w.-]+", "_", model_path) / name
-
-
-def used_mode(model_path, mode):
-    """The prediction mode the model is run in, as its reports record it: score mode of a model fine-tuned with a
-    head classifies with the head."""
-    return "head" if mode == "score" and trained_with_head(saved_classes(model_path)) else mode
 
 
 def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,
@@ -47,7 +41,7 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
     for model_path in model_paths:
         int8 = ", int8" if quantize == "int8" else ""
         processes = f", {world} processes" if world > 1 else ""
-        used = used_mode(model_path, mode)
+        used = reported_mode(model_path, mode)
         say(f"\n=== {model_path} ({len(paths)} images, {used} mode, {device}{int8}{processes}) ===\n"
             f"question: {question}")
         bias = saved_class_bias(model_path, classes) if class_bias and mode in ("score", "head") else None

@@ -1,16 +1,47 @@
-"""Model inputs: each image decoded, resized and tokenised once, kept for reuse, and batched with answer labels."""
+"""Model inputs: each image decoded, resized (never enlarged) and tokenised once, kept for reuse, and batched with
+answer labels, or as left-padded prompts."""
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from .cli import UserError
 from .images import load_image
-from .models import longest_edge_for
 from .pixels import arithmetic, handles, pixel_values
+from .prompt import render_segments
 
 IGNORE = -100  # the label of a token the loss skips
 TOKEN_KEYS = ("token_type_ids", "mm_token_type_ids")  # per-token processor outputs (Gemma, Qwen2.5-VL), 0 on text
+
+
+# How each family's image processor takes image_longest_edge, by class name (backend suffix dropped).
+# Idefics3 (SmolVLM) and SmolVLM (SmolVLM2) resize the longest edge; Qwen2-VL's (also Qwen2.5-VL's) size is a
+# pixel count, so the edge becomes a budget of edge x edge pixels. Families not listed ignore the setting.
+LONGEST_EDGE_SIZE = {
+    "Idefics3ImageProcessor": lambda size, edge: {"longest_edge": edge},
+    "SmolVLMImageProcessor": lambda size, edge: {"longest_edge": edge},
+    "Qwen2VLImageProcessor": lambda size, edge: {"shortest_edge": size["shortest_edge"], "longest_edge": edge * edge},
+}
+
+
+def image_family(image_processor):
+    """The image processor's class name without its backend suffix: the key of LONGEST_EDGE_SIZE."""
+    return re.sub(r"(Pil|Fast)$", "", type(image_processor).__name__)
+
+
+def longest_edge_for(image_processor, image, enlarge=False):
+    """Image-processor keyword arguments that keep `image` from being enlarged: its longest edge becomes the smaller
+    of the setting and its own, and with splitting its tiles follow its own size. {} where the family has no
+    longest-edge setting, or where `enlarge` asks for the processor's own behaviour (every image resized up to
+    the setting: a 300x300 photo at SmolVLM's shipped 2048 px becomes 17 tiles)."""
+    family = image_family(image_processor)
+    size = image_processor.size
+    # Qwen2-VL's pixel budget is a ceiling: it never enlarges an image beyond its own size anyway.
+    if enlarge or family not in LONGEST_EDGE_SIZE or family.startswith("Qwen2VL"):
+        return {}
+    own = max(image.size)
+    return {"size": LONGEST_EDGE_SIZE[family](size, own)} if own < size["longest_edge"] else {}
 
 
 def auto_workers(requested):
@@ -219,3 +250,33 @@ def collate(examples, pad_id, padding_side="right"):
             padded.append(part)
         batch[key] = torch.cat(padded)
     return batch
+
+
+class PromptBatches:
+    """Left-padded batches of the question's prompt with each image, as the processor makes them (run in data-loader
+    workers; a file that cannot be used comes back as its message, to be raised or reported in the main process)."""
+
+    def __init__(self, processor, question, max_pixels, enlarge, encoder=None):
+        self.encoder = encoder or InputEncoder(processor, max_pixels, enlarge=enlarge, cache=False)
+        self.segments = render_segments(processor, [(question, None)])
+        self.pad = processor.tokenizer.pad_token_id or 0
+
+    def __call__(self, images):
+        batch, _, problems = self.checked(images)
+        return problems[0][1] if problems else batch
+
+    def checked(self, images):
+        """Each image checked as it is encoded (one decode): (the batch of those that can be used, or None; their
+        positions in `images`; [(position, message)] of those that cannot)."""
+        examples, kept, problems = [], [], []
+        for i, image in enumerate(images):
+            try:
+                examples.append(self.encoder.example(image, self.segments))
+                kept.append(i)
+            except UserError as e:
+                problems.append((i, str(e)))
+        if not examples:
+            return None, kept, problems
+        batch = collate(examples, self.pad, "left")
+        del batch["labels"]
+        return batch, kept, problems

@@ -1,10 +1,12 @@
-"""Models: device and dtype choice, torchrun's process group, loading a processor and model, image resolution,
-end tokens, saved classes."""
+"""Models: device and dtype choice, torchrun's process group, loading a processor and model (int8 too), image
+resolution, end tokens, saved classes."""
 import json
 import re
 from pathlib import Path
 
 from .cli import OneOf, UserError
+from .compat import replace_data
+from .inputs import LONGEST_EDGE_SIZE, image_family
 from .prompt import classification_question
 
 DEVICES = OneOf("auto", "cuda", "mps", "cpu", other=("cuda:N", lambda v: re.fullmatch(r"cuda:\d+", v)))
@@ -73,35 +75,6 @@ def check_chat_vlm(processor, model_path):
     if not getattr(processor, "chat_template", None):
         raise UserError(f"{model_path}: the processor has no chat template, so prompts cannot be rendered; use an "
                         "instruction-tuned (chat) model, or add a chat_template to its processor")
-
-
-# How each family's image processor takes image_longest_edge, by class name (backend suffix dropped).
-# Idefics3 (SmolVLM) and SmolVLM (SmolVLM2) resize the longest edge; Qwen2-VL's (also Qwen2.5-VL's) size is a
-# pixel count, so the edge becomes a budget of edge x edge pixels. Families not listed ignore the setting.
-LONGEST_EDGE_SIZE = {
-    "Idefics3ImageProcessor": lambda size, edge: {"longest_edge": edge},
-    "SmolVLMImageProcessor": lambda size, edge: {"longest_edge": edge},
-    "Qwen2VLImageProcessor": lambda size, edge: {"shortest_edge": size["shortest_edge"], "longest_edge": edge * edge},
-}
-
-
-def image_family(image_processor):
-    """The image processor's class name without its backend suffix: the key of LONGEST_EDGE_SIZE."""
-    return re.sub(r"(Pil|Fast)$", "", type(image_processor).__name__)
-
-
-def longest_edge_for(image_processor, image, enlarge=False):
-    """Image-processor keyword arguments that keep `image` from being enlarged: its longest edge becomes the smaller
-    of the setting and its own, and with splitting its tiles follow its own size. {} where the family has no
-    longest-edge setting, or where `enlarge` asks for the processor's own behaviour (every image resized up to
-    the setting: a 300x300 photo at SmolVLM's shipped 2048 px becomes 17 tiles)."""
-    family = image_family(image_processor)
-    size = image_processor.size
-    # Qwen2-VL's pixel budget is a ceiling: it never enlarges an image beyond its own size anyway.
-    if enlarge or family not in LONGEST_EDGE_SIZE or family.startswith("Qwen2VL"):
-        return {}
-    own = max(image.size)
-    return {"size": LONGEST_EDGE_SIZE[family](size, own)} if own < size["longest_edge"] else {}
 
 
 def set_resolution(processor, longest_edge, splitting):
@@ -233,27 +206,21 @@ def load_int8_model(model_path):
     linears = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear]
     others = [pair for name, m in model.named_modules() if type(m) is not torch.nn.Linear for pair in tensors(name, m)]
     for name, tensor in others:
-        tensor.data = own(name, tensor, copy=True)
+        replace_data(tensor, own(name, tensor, copy=True))
     elsewhere = {id(tensor) for _, tensor in others}  # tied to an embedding, say: a view would keep the mapping
     for name in linears:
         parent, _, child = name.rpartition(".")
         linear = model.get_submodule(name)
         for key, tensor in tensors(name, linear):  # the quantised layer keeps the bias as it is given
-            tensor.data = own(key, tensor, copy=key.endswith(".bias") or id(tensor) in elsewhere)
+            replace_data(tensor, own(key, tensor, copy=key.endswith(".bias") or id(tensor) in elsewhere))
         setattr(model.get_submodule(parent), child, quantize_dynamic_int8(torch.nn.Sequential(linear))[0])
         del linear.qconfig  # torch's observer factory in it holds `linear`: a cycle that would keep its weights
     return model
 
 
-def load_for_inference(model_path, *, device, dtype, image_longest_edge, image_splitting, quantize):
-    """Processor at the chosen resolution and model in eval mode on `device` (device and dtype as picked),
-    quantised as asked: how the evaluation scripts and the app load a model."""
-    check_quantizable(quantize, device, dtype)
-    processor = load_processor(model_path)
-    set_resolution(processor, image_longest_edge, image_splitting)
-    model = load_int8_model(model_path) if quantize == "int8" else load_model(model_path, dtype, device).eval()
-    from .head import attach_saved_head  # the head module builds on this one
-    return processor, attach_saved_head(model_path, model, saved_classes(model_path))
+def base_of(model):
+    """The transformers model inside a peft wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def find_vision_encoder(model):

@@ -1,14 +1,29 @@
-"""The prompt: the classification question, the one conversation shape, its rendering, and answer matching."""
+"""The prompt: the classification question, a data set's Q&A pairs as chats, the one conversation shape, its
+rendering, and answer matching."""
 import re
 import string
 
 from .cli import UserError
+
+NO_CLASS = "(no class)"  # what an answer that names no class is reported as
 
 
 def classification_question(classes):
     """The fixed classification question, built from the class names exactly as the folders spell them."""
     return (f"Classify this image into one of these categories: {', '.join(classes)}. "
             "Output only the category name.")
+
+
+def chat_rows(data, train_questions="all", multi_turn=True):
+    """Chats of a data set [(image path, [(question, answer), ...])]: each image's chosen Q&A pairs as one
+    multi-turn chat, so the image is encoded once for all of them, or (multi_turn=False, the original) one chat
+    per pair."""
+    out = []
+    for sample in data["samples"]:
+        pairs = [(qa["question"], qa["answer"]) for qa in sample["qa"]
+                 if train_questions == "all" or qa["question"] == data["question"]]
+        out += [(sample["image"], pairs)] if multi_turn else [(sample["image"], [pair]) for pair in pairs]
+    return out
 
 
 def conversation(pairs):

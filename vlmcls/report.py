@@ -5,7 +5,7 @@ from pathlib import Path
 from PIL import Image
 
 from .files import atomic_write, write_csv, write_json
-from .prediction import NO_CLASS
+from .prompt import NO_CLASS
 
 PREDICTION_HEADER = ["path", "true_class", "predicted_class", "probability", "top2", "answer"]
 

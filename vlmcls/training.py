@@ -1,38 +1,24 @@
-"""Training: rows and chats, class balance, the answer-only collator, LoRA / frozen-encoder preparation, the time
-limit, checkpoints and saving."""
+"""Training, for any objective: class balance, LoRA / frozen-encoder preparation, the time limit, checkpoints and
+saving the fine-tuned model."""
 import random
 import re
 import shutil
 from collections import defaultdict
-from functools import partial
 from pathlib import Path
 
 from .calibration import describe
 from .cli import OneOf, UserError, existing_path
+from .compat import run_without_grad
 from .files import write_json
-from .head import HEAD_NAME, attach_head, base_of, head_of, prepare_for_head, save_head, without_head
-from .inputs import collate
-from .models import VISION_MODULES, find_vision_encoder, load_model
-from .prompt import render_segments
+from .models import VISION_MODULES, base_of, find_vision_encoder, load_model
+from .objectives import named, objective_of
 from .vision_cache import VisionCache
 
 RESUMES = OneOf("auto", "overwrite", other=("a checkpoint folder", existing_path))
 QUESTION_SETS = OneOf("all", "classification")  # the values of fine_tune.py's TRAIN_QUESTIONS
 CLASS_BALANCES = OneOf("none", "oversample", "weighted")  # weighted: objective=head's loss weights
-AUGMENTS = OneOf("none", "hflip", "flips", "dihedral")  # the values of fine_tune.py's AUGMENT
 CHECKPOINTING = OneOf("auto", True, False)  # the values of fine_tune.py's GRADIENT_CHECKPOINTING
-FINISHED_MARKER = "train_log_history.json"  # written last into the output folder by a run that completed
-
-
-def rows(data, train_questions="all", multi_turn=True):
-    """Training rows [(image path, [(question, answer), ...])]: each image's chosen Q&A pairs as one multi-turn
-    chat, so the image is encoded once for all of them, or (multi_turn=False, the original) one row per pair."""
-    out = []
-    for sample in data["samples"]:
-        pairs = [(qa["question"], qa["answer"]) for qa in sample["qa"]
-                 if train_questions == "all" or qa["question"] == data["question"]]
-        out += [(sample["image"], pairs)] if multi_turn else [(sample["image"], [pair]) for pair in pairs]
-    return out
+TRAIN_LOG = "train_log_history.json"  # the Trainer's log history, written last: a run that has it finished
 
 
 def balance_classes(data, how, seed):
@@ -40,7 +26,7 @@ def balance_classes(data, how, seed):
     largest ("oversample"): all of a class's images as many times as they fit, then a seeded choice of the
     remainder. Every epoch then draws each class equally often, and no image is left out. The list is the same on
     every run with the seed, so the Trainer's seeded shuffle, and with it a resumed run's data order, is too."""
-    if how != "oversample":  # "weighted" weighs the loss instead (vlmcls.head.class_weights)
+    if how != "oversample":  # "weighted" weighs the loss instead (objectives.head.class_weights)
         return data
     rng = random.Random(seed)
     by_class = defaultdict(list)
@@ -56,86 +42,20 @@ def balance_classes(data, how, seed):
     return {**data, "samples": samples}
 
 
-def augment(tensors, how, rng):
-    """An image's pixel tensors with a random one of `how`'s transforms: hflip mirrors left-right or not; flips also
-    up-down; dihedral also turns a quarter (the eight symmetries of a square, for images with no up, such as cells
-    or aerial views). A flip of the tile is the processor's tile of the flipped image, so the cached encoding serves
-    every variant. Only one tile per image can be flipped this way: a tile grid would also have to be reordered."""
-    pixels = tensors.get("pixel_values")
-    one_tile = pixels is not None and (pixels.dim() == 4 or pixels.dim() == 5 and pixels.shape[1] == 1)
-    if not one_tile or pixels.shape[-3] != 3:
-        shape = None if pixels is None else tuple(pixels.shape)
-        raise UserError(f"augment={how} needs every image as one tile of pixels (SmolVLM with image_splitting=false, "
-                        f"or LLaVA); this processor gives pixel_values of shape {shape}: use augment=none")
-    dims = []
-    if how in ("hflip", "flips", "dihedral") and rng.random() < 0.5:
-        dims.append(-1)
-    if how in ("flips", "dihedral") and rng.random() < 0.5:
-        dims.append(-2)
-    turn = how == "dihedral" and rng.random() < 0.5
-    if not dims and not turn:
-        return tensors
-    out = {}
-    for key, value in tensors.items():
-        if key in ("pixel_values", "pixel_attention_mask"):  # both end in the tile's height and width
-            value = value.flip(dims) if dims else value
-            value = value.transpose(-1, -2) if turn else value
-        out[key] = value
-    return out
-
-
-def chat_dataset(rows, encoder, processor, end_ids, how_augment="none", seed=0):
-    """Training rows as a datasets.Dataset of model inputs (InputEncoder.example), each distinct chat rendered once
-    and each image taken from the encoder's cache when a batch is drawn, transformed by augment() unless
-    `how_augment` is "none" (seeded: the same draws on every run)."""
-    import random
-
-    from datasets import Dataset
-    rendered = {}
-    for _, pairs in rows:
-        if tuple(pairs) not in rendered:
-            rendered[tuple(pairs)] = render_segments(processor, pairs, end_ids)
-    items = [(image, rendered[tuple(pairs)]) for image, pairs in rows]
-    end_ids = list(end_ids)
-    rng = random.Random(seed)
-
-    def to_inputs(batch):
-        examples = [encoder.example(*items[i], end_ids) for i in batch["row"]]
-        if how_augment != "none":
-            examples = [{**e, "tensors": augment(e["tensors"], how_augment, rng)} for e in examples]
-        return {key: [e[key] for e in examples] for key in examples[0]}
-    return Dataset.from_dict({"row": list(range(len(items)))}).with_transform(to_inputs)
-
-
-def answer_only_collator(processor):
-    """Right-padded training batches; labels on the answers and their end tokens only (InputEncoder.example)."""
-    pad = processor.tokenizer.pad_token_id
-    return partial(collate, pad_id=pad if pad is not None else 0, padding_side="right")
-
-
-def answer_objective(train_rows, encoder, processor, end_ids, how_augment, seed):
-    """validation.validating_trainer's arguments for the answer objective: the training chats of `train_rows` and
-    the answer-only collator (the model's own loss)."""
-    return dict(train_dataset=chat_dataset(train_rows, encoder, processor, end_ids, how_augment, seed),
-                data_collator=answer_only_collator(processor))
-
-
 def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=False, lora_r=16, lora_alpha=32,
                   lora_dropout=0.05, lora_target_modules="all-linear", freeze_backbone=False,
                   skip_frozen_backward=True, cache_vision=False):
     """Freeze the vision encoder and/or wrap the model with LoRA adapters, as the settings ask. A model with a
-    classification head (vlmcls.head) trains it too (in LoRA, whole, as peft's modules_to_save), or only it
-    (freeze_backbone).
+    classification head (objective=head) trains it too (in LoRA, whole, as peft's modules_to_save), or only it
+    (freeze_backbone): the model's objective (objectives.objective_of) says what it added and how that trains.
 
     A vision encoder left with no trainable weight runs without autograd (skip_frozen_backward=False keeps the
     old behaviour, for comparison): nothing before it is trained either, so no gradient needs it, yet the
     input-gradient hook of gradient checkpointing would make every step back-propagate through all its layers.
     With cache_vision such an encoder also runs once per image (vlmcls.vision_cache).
     """
-    import torch
     encoder = find_vision_encoder(model)
-    if head_of(model) is not None:
-        prepare_for_head(model, freeze_backbone)
+    added = objective_of(model).prepare(model, freeze_backbone)
     if freeze_vision:
         encoder.requires_grad_(False)
     if use_lora:
@@ -147,13 +67,13 @@ def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=Fal
         vision_adapters = lora_vision and not freeze_vision
         config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                             target_modules=lora_target_modules, task_type="CAUSAL_LM",
-                            modules_to_save=[HEAD_NAME] if head_of(model) is not None else None,
+                            modules_to_save=added,
                             exclude_modules=None if vision_adapters else rf".*\.({'|'.join(VISION_MODULES)})\..*")
         model = get_peft_model(model, config)
         use_gap_dropout(model)  # the same masks, drawn faster on the CPU
     frozen = not any(p.requires_grad for p in encoder.parameters())
     if skip_frozen_backward and frozen:
-        encoder.forward = torch.no_grad()(encoder.forward)
+        run_without_grad(encoder)
     if cache_vision and frozen:
         VisionCache(encoder, getattr(base_of(model).config, "vision_feature_layer", ()))
     return model
@@ -208,7 +128,7 @@ def checkpoint_to_resume(output_dir, resume):
         return resume
     if resume == "overwrite" or not out.is_dir():
         return None
-    if (out / FINISHED_MARKER).exists():
+    if (out / TRAIN_LOG).exists():
         raise UserError(f"{out} holds a finished run; choose another --output_dir, or --resume=overwrite "
                         "to train again from scratch")
     return last_complete_checkpoint(out)
@@ -219,46 +139,36 @@ def clear_previous_run(output_dir):
     out = Path(output_dir)
     for old in out.glob("checkpoint-*"):
         shutil.rmtree(old)
-    (out / FINISHED_MARKER).unlink(missing_ok=True)
+    (out / TRAIN_LOG).unlink(missing_ok=True)
 
 
-def save_merged_lora(trainer, out, base_model_path, head_classes=0):
+def save_merged_lora(trainer, out, base_model_path, objective, n_classes):
     """The Trainer gathers the adapters from all processes (whether DDP, FSDP or DeepSpeed holds them); the main
-    process merges them into a freshly loaded base model, as sharded weights cannot be merged in place. A head
-    (over head_classes) travels in the adapter and is saved beside the merged model."""
+    process merges them into a freshly loaded base model, as sharded weights cannot be merged in place. What the
+    objective added (a head over n_classes) travels in the adapter and is saved beside the merged model."""
     import torch
     from peft import PeftModel
     adapter = Path(out) / "lora_adapter"
     trainer.save_model(str(adapter))
     if trainer.is_world_process_zero():
         base = load_model(base_model_path, torch.float32)
-        if head_classes:  # the adapter's copy of the head needs a head to load into
-            attach_head(base, head_classes)
+        objective.attach(base, n_classes)  # the adapter's copy of a head needs a head to load into
         merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-        save_model_and_head(merged, out, merged.save_pretrained)
+        objective.save(merged, out, merged.save_pretrained)
         shutil.rmtree(adapter)
 
 
-def save_model_and_head(model, out, save_model, main=True):
-    """save_model(out) of the model without its head, and the head (if it has one) as its own file, written by
-    the main process."""
-    with without_head(model) as head:
-        save_model(str(out))
-    if head is not None and main:
-        save_head(head, out)
-
-
-def save(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config, class_bias=None,
+def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config, class_bias=None,
          objective="answer"):
-    """Model (LoRA merged in; a head as its own file), processor with its resolution, class list (with the
+    """Model (LoRA merged in; what the objective added, a head, as its own file), processor with its resolution, class list (with the
     objective, and the class bias if one was fitted), run_config.json and training log."""
     out = Path(output_dir)
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model is gathered into one file
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     if merge_lora:
-        save_merged_lora(trainer, out, base_model_path, len(data["classes"]) if objective == "head" else 0)
+        save_merged_lora(trainer, out, base_model_path, named(objective), len(data["classes"]))
     else:
-        save_model_and_head(trainer.model, out, trainer.save_model, trainer.is_world_process_zero())
+        named(objective).save(trainer.model, out, trainer.save_model, trainer.is_world_process_zero())
     if not trainer.is_world_process_zero():
         return
     processor.save_pretrained(out)
@@ -269,5 +179,5 @@ def save(trainer, processor, data, output_dir, *, base_model_path, merge_lora, r
         print(describe(class_bias))
     write_json(out / "run_config.json", run_config)
     # Written last: its presence marks a finished run.
-    write_json(out / FINISHED_MARKER, trainer.state.log_history)
+    write_json(out / TRAIN_LOG, trainer.state.log_history)
     print(f"saved the fine-tuned model to {out} ({run_config['device']}, {run_config['dtype']})")

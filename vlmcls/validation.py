@@ -4,8 +4,7 @@ import time
 from pathlib import Path
 
 from .cli import OneOf, UserError
-from .compat import score_labelled_positions_only
-from .head import results_from_states
+from .compat import sft_trainer_class
 from .images import read_dataset_json
 from .prediction import evaluate
 from .report import metrics
@@ -85,31 +84,30 @@ def measure(model, processor, data, batch_size, rank=0, world=1, encoder=None):
     return scored(data, predict_all(model, processor, data, batch_size, rank, world, encoder))
 
 
-def validating_trainer(validation, batch_size, encoder, callbacks, head_loss=None, states=None, **kwargs):
-    """An SFTTrainer whose evaluation (at every eval_steps, and trainer.evaluate() with no data set) is measure()
-    on the validation data; trainer.evaluate(dataset) still computes that data set's loss. With `head_loss`
-    (loss, outputs) = head_loss(model, inputs), the loss of a model with a head (vlmcls.head), whose validation
-    takes the pooled states of `states` where given."""
-    from trl import SFTTrainer
-    score_labelled_positions_only()
+def trainer_with_validation(objective, validation, batch_size, encoder, callbacks, loss=None, features=None,
+                            **kwargs):
+    """trl's SFTTrainer for `objective` (an objectives module) with its `loss` ((loss, outputs) = loss(model,
+    inputs); None: the model's own), whose evaluation (at every eval_steps, and trainer.evaluate() with no data
+    set) is measure() on the validation data; trainer.evaluate(dataset) still computes that data set's loss.
+    Validation reads the images' `features` where the objective computed them (a frozen backbone's states)."""
 
-    class ValidatingSFTTrainer(SFTTrainer):
-        def __init__(self, **arguments):
-            super().__init__(**arguments)
-            if head_loss:  # a mean over the batch, which the Trainer divides by the accumulation steps
-                self.model_accepts_loss_kwargs = False
+    def validation_scores(trainer, metric_key_prefix):
+        start = time.time()
+        result = scored(validation, trainer.validation_results())
+        scores = {f"{metric_key_prefix}_{k}": result[k] for k in ("accuracy", "macro_f1")}
+        if trainer.is_world_process_zero():
+            print(f"step {trainer.state.global_step}: validation accuracy {result['accuracy']:.4f}, "
+                  f"macro-F1 {result['macro_f1']:.4f} ({result['total']} images)")
+        scores[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
+        return scores
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if head_loss is None:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, outputs = head_loss(model, inputs)
-            return (loss, outputs) if return_outputs else loss
-
+    class ValidatingTrainer(sft_trainer_class(loss, validation_scores if validation is not None else None)):
         def validation_results(self):
             """Score-mode results of the model as it is now on every validation image (every process takes part)."""
-            if states is not None:
-                return results_from_states(self.model, states, [s["image"] for s in validation["samples"]],
-                                           validation["classes"])
+            if features is not None:
+                return objective.results_from_features(self.model, features,
+                                                       [s["image"] for s in validation["samples"]],
+                                                       validation["classes"])
             training = self.model.training
             self.model.eval()
             with self.accelerator.autocast():
@@ -118,20 +116,6 @@ def validating_trainer(validation, batch_size, encoder, callbacks, head_loss=Non
             self.model.train(training)
             return results
 
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            if validation is None or eval_dataset is not None:
-                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            start = time.time()
-            result = scored(validation, self.validation_results())
-            scores = {f"{metric_key_prefix}_{k}": result[k] for k in ("accuracy", "macro_f1")}
-            if self.is_world_process_zero():
-                print(f"step {self.state.global_step}: validation accuracy {result['accuracy']:.4f}, "
-                      f"macro-F1 {result['macro_f1']:.4f} ({result['total']} images)")
-            scores[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
-            self.log(scores)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, scores)
-            return scores
-
     # The Trainer refuses to evaluate without an eval_dataset; the validation samples are that data set.
-    return ValidatingSFTTrainer(eval_dataset=validation["samples"] if validation else None, callbacks=callbacks,
-                                **kwargs)
+    return ValidatingTrainer(eval_dataset=validation["samples"] if validation else None, callbacks=callbacks,
+                             **kwargs)

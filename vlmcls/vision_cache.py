@@ -2,6 +2,8 @@
 epochs (and by validation), for either objective."""
 import hashlib
 
+from .compat import own_forward, set_forward
+
 
 def image_key(pixels, patch_mask=None):
     """A key of one image's input: a hash of its pixel values (and patch mask), with their shape and dtype."""
@@ -28,7 +30,7 @@ class VisionCache:
         self.memo = {}
         self.states = 0  # hidden states the encoder returns (embeddings and every layer), once known
         self.encoded = self.reused = 0
-        encoder.forward = self
+        set_forward(encoder, self, bound=True)
 
     def __call__(self, pixel_values=None, patch_attention_mask=None, **kwargs):
         import torch
@@ -65,6 +67,6 @@ class VisionCache:
 def vision_cache_of(model):
     """The VisionCache of the model's vision encoder, or None."""
     for module in model.modules():
-        if isinstance(module.__dict__.get("forward"), VisionCache):
-            return module.forward
+        if isinstance(own_forward(module), VisionCache):
+            return own_forward(module)
     return None

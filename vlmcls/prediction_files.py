@@ -1,5 +1,5 @@
-"""Prediction at scale: rows written as batches finish, a killed run resumed, the images shared among torchrun's
-processes."""
+"""Prediction files at scale: predictions.csv and skipped.csv written as batches finish, a killed run resumed
+from progress.json, the images shared among torchrun's processes."""
 import csv
 import hashlib
 import io

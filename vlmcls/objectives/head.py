@@ -1,21 +1,29 @@
-"""The classification head: a linear layer on the final hidden state at the last prompt token, its loss, its
+"""The head objective: a linear classifier on the final hidden state at the last prompt token, its loss, its
 training data (encoded images, or each image's state computed once when the backbone is frozen) and its file."""
 import contextlib
-import types
+import random
+from functools import partial
 from pathlib import Path
 
-from .cli import OneOf, UserError
+from ..augment import augment
+from ..cli import UserError
+from ..compat import generation_position_ids, remove_forward, set_forward
+from ..files import atomic_write
+from ..inputs import PromptBatches, collate
+from ..models import base_of
+from ..prompt import render_segments
+from .base import ranked
 
-OBJECTIVES = OneOf("answer", "head")  # the values of fine_tune.py's OBJECTIVE
+NAME = "head"
+SCORE_MODE = "head"
+SCORED_BY = "its classification head"
+TEST_LOSS = "head cross-entropy"
 HEAD_NAME = "classifier_head"  # the head's attribute on the model (and its key prefix in checkpoints)
 HEAD_FILE = "classifier.safetensors"  # the head's weights in a saved model folder
 
 
-def check_settings(objective, *, freeze_backbone, use_lora, class_balance, augment, cached):
+def check_settings(*, freeze_backbone, use_lora, class_balance, augment, cached):
     """Refuse settings that mean nothing together, before anything loads."""
-    if objective != "head" and (freeze_backbone or class_balance == "weighted"):
-        raise UserError("freeze_backbone and class_balance=weighted apply to objective=head only (the answer "
-                        "objective trains the model itself; class_balance=oversample balances it)")
     if freeze_backbone and use_lora:
         raise UserError("freeze_backbone trains the head alone: LoRA adapters would stay untrained; use one of them")
     if freeze_backbone and cached and augment != "none":
@@ -28,21 +36,18 @@ def head_of(model):
     return getattr(model, HEAD_NAME, None)
 
 
-def head_prediction(model, mode):
-    """The prediction mode for `mode` asked of this model: a model with a head classifies with it in score mode
-    (its answers were never trained); it writes no answers to generate."""
-    has_head = head_of(model) is not None
-    if mode == "generate" and has_head:
+def carries(model):
+    """Whether the model has a head: a model with a head classifies with it."""
+    return head_of(model) is not None
+
+
+def prediction_mode(mode):
+    """A model with a head classifies with it in score mode (its answers were never trained); it writes no answers
+    to generate."""
+    if mode == "generate":
         raise UserError("this model was fine-tuned with objective=head: it classifies with its head and writes no "
                         "answers; use --prediction=score")
-    if mode == "head" and not has_head:
-        raise UserError("prediction=head needs a model fine-tuned with objective=head (classifier.safetensors)")
-    return "head" if has_head else mode
-
-
-def base_of(model):
-    """The transformers model inside a peft wrapper, or the model itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "head"
 
 
 def last_positions(attention_mask):
@@ -82,21 +87,27 @@ def attach_head(model, n_classes, state=None):
     if state is not None:
         head.load_state_dict(state)
     setattr(model, HEAD_NAME, head)
-    model.forward = types.MethodType(_head_forward, model)
+    set_forward(model, _head_forward)
     return model
 
 
-def prepare_for_head(model, freeze_backbone):
+def attach(model, n_classes):
+    """A freshly initialised head over n_classes (from the current seed)."""
+    return attach_head(model, n_classes)
+
+
+def prepare(model, freeze_backbone):
     """The trainable parts for the head objective: with freeze_backbone the head alone. Otherwise an output layer
     of its own (not tied to the input embeddings) is frozen, as the head objective never uses it: a trainable
-    weight without a gradient stops DDP."""
+    weight without a gradient stops DDP. The head trains whole in LoRA (peft's modules_to_save)."""
     if freeze_backbone:
         model.requires_grad_(False)
         head_of(model).requires_grad_(True)
-        return
+        return [HEAD_NAME]
     output, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
     if output is not None and output.weight is not embeddings.weight:
         output.requires_grad_(False)
+    return [HEAD_NAME]
 
 
 @contextlib.contextmanager
@@ -110,32 +121,31 @@ def without_head(model):
         yield None
         return
     delattr(base, HEAD_NAME)
-    forward = base.__dict__.pop("forward")
+    forward = remove_forward(base)
     try:
         yield head
     finally:
         setattr(base, HEAD_NAME, head)
-        base.forward = forward
+        set_forward(base, forward, bound=True)
 
 
 def save_head(head, out):
     """The head's weights as HEAD_FILE in the output folder."""
-    from safetensors.torch import save
-
-    from .files import atomic_write
-    atomic_write(Path(out) / HEAD_FILE, save({k: v.detach().float().cpu().contiguous()
-                                              for k, v in head.state_dict().items()}))
+    from safetensors.torch import save as safetensors_bytes
+    atomic_write(Path(out) / HEAD_FILE, safetensors_bytes({k: v.detach().float().cpu().contiguous()
+                                                           for k, v in head.state_dict().items()}))
 
 
-def trained_with_head(saved):
-    """Whether a model's classes.json (`saved`, or None) records the head objective."""
-    return bool(saved) and saved.get("objective", "answer") == "head"
+def save(model, out, save_model, main=True):
+    """save_model(out) of the model without its head, and the head as its own file, written by the main process."""
+    with without_head(model) as head:
+        save_model(str(out))
+    if head is not None and main:
+        save_head(head, out)
 
 
-def attach_saved_head(model_path, model, saved):
-    """A loaded model with the head saved beside it, where classes.json (`saved`) records the head objective."""
-    if not trained_with_head(saved):
-        return model
+def load(model_path, model, saved):
+    """A loaded model with the head saved beside it (classes.json, `saved`, records the head objective)."""
     file = Path(model_path) / HEAD_FILE
     if not file.is_file():
         raise UserError(f"{model_path}: classes.json records objective=head, but {HEAD_FILE} is missing")
@@ -153,8 +163,6 @@ def head_collator(pad_id):
     """Batches of head examples: right-padded prompts (or their pooled states), and the class indices as labels."""
     import torch
 
-    from .inputs import collate
-
     def to_batch(examples):
         labels = torch.tensor([e["class"] for e in examples])
         if "pooled" in examples[0]:
@@ -167,13 +175,8 @@ def head_collator(pad_id):
 
 def head_dataset(samples, classes, encoder, processor, question, how_augment="none", seed=0, states=None):
     """Head training examples of `samples` as a datasets.Dataset: each image's prompt inputs (augmented as
-    training.chat_dataset does), or with `states` ({image path: pooled state}) its state computed before."""
-    import random
-
+    the answer objective's chat_dataset does), or with `states` ({image path: pooled state}) its state computed before."""
     from datasets import Dataset
-
-    from .prompt import render_segments
-    from .training import augment
     segments = render_segments(processor, [(question, None)])
     items = [(s["image"], classes.index(s["label"])) for s in samples]
     rng = random.Random(seed)
@@ -189,14 +192,11 @@ def head_dataset(samples, classes, encoder, processor, question, how_augment="no
     return Dataset.from_dict({"row": list(range(len(items)))}).with_transform(to_inputs)
 
 
-def pooled_states(model, processor, encoder, paths, question, batch_size, autocast, desc="computing states"):
+def features(model, processor, encoder, paths, question, batch_size, autocast, desc="computing states"):
     """{image path: pooled state (CPU, float32)} of every image, computed once with the frozen backbone: the head
     then trains on these. The prompts are left-padded as prediction pads them, with the same positions."""
     import torch
     from tqdm import tqdm
-
-    from .compat import generation_position_ids
-    from .prediction import PromptBatches
     paths = list(dict.fromkeys(str(p) for p in paths))
     batches = PromptBatches(processor, question, None, False, encoder)
     states = {}
@@ -236,24 +236,40 @@ def head_loss(model, inputs, weights, label_smoothing):
     return loss, outputs
 
 
-def head_objective(samples, classes, encoder, processor, question, *, class_balance, label_smoothing, how_augment,
-                   seed, states):
-    """validation.validating_trainer's arguments for the head objective: its loss (class weights, label
-    smoothing), the training examples of `samples` (from `states` where they were computed) and their collator."""
-    from functools import partial
+def training_set(data, *, encoder, processor, end_ids=None, train_questions=None, multi_turn=None,
+                 class_balance="none", label_smoothing=0.0, how_augment="none", seed=0, features=None):
+    """The head's loss (class weights, label smoothing), the training examples of data's samples (from `features`,
+    the pooled states, where they were computed) and their collator."""
+    samples, classes = data["samples"], data["classes"]
     weights = class_weights([s["label"] for s in samples], classes, class_balance)
-    return dict(head_loss=partial(head_loss, weights=weights, label_smoothing=label_smoothing), states=states,
-                train_dataset=head_dataset(samples, classes, encoder, processor, question, how_augment, seed, states),
+    return dict(loss=partial(head_loss, weights=weights, label_smoothing=label_smoothing),
+                train_dataset=head_dataset(samples, classes, encoder, processor, data["question"], how_augment, seed,
+                                           features),
                 data_collator=head_collator(processor.tokenizer.pad_token_id or 0))
 
 
-def results_from_states(model, states, paths, classes):
-    """Prediction results (as prediction.head_mode gives them) of images whose pooled states were computed."""
-    import torch
+def test_set(data, *, classes, question, encoder, processor, end_ids=None, features=None):
+    """Each held-out image's prompt (or its pooled state) and class."""
+    return head_dataset(data["samples"], classes, encoder, processor, question, states=features)
 
-    from .prediction import ranked
+
+def results_from_features(model, states, paths, classes):
+    """Prediction results (as head_mode gives them) of images whose pooled states were computed."""
+    import torch
     head = head_of(model)
     weight = next(head.parameters())
     with torch.inference_mode():
         logits = head(torch.stack([states[str(p)] for p in paths]).to(weight.device, weight.dtype))
     return [ranked(classes, row) for row in logits.float().softmax(-1).tolist()]
+
+
+def head_mode(model, processor, batch, question, classes):
+    """A model with a classification head: the softmax of its logits, one forward pass per batch."""
+    import torch
+    with torch.inference_mode():
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        logits = model(**batch, position_ids=generation_position_ids(model, batch)).logits
+    return [ranked(classes, row) for row in logits.float().softmax(-1).tolist()]
+
+
+MODES = {"head": head_mode}

@@ -1,4 +1,4 @@
-"""vlmcls.streaming through vlm_test.py: rows written as batches finish, one decode per image, a run killed with
+"""vlmcls.prediction_files through vlm_test.py: rows written as batches finish, one decode per image, a run killed with
 SIGKILL continued to the files of an uninterrupted run, changed settings refused, two processes under torchrun."""
 import csv
 import json

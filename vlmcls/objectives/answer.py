@@ -1,0 +1,170 @@
+"""The answer objective (the original): the model learns to write the class name, and classifies by the likelihood
+of each class's answer (score mode) or by the answer it writes (generate mode). It adds nothing to the model."""
+import random
+from functools import partial
+
+from ..augment import augment
+from ..cli import UserError
+from ..compat import generation_position_ids
+from ..inputs import collate, through_end
+from ..models import end_token_ids
+from ..prompt import NO_CLASS, chat_rows, match_answer, render, render_segments
+from .base import ranked
+
+NAME = "answer"
+SCORE_MODE = "score"
+SCORED_BY = "the likelihood of its answer (score mode)"
+TEST_LOSS = "classification answers"
+
+
+def check_settings(*, freeze_backbone, use_lora, class_balance, augment, cached):
+    """Refuse the head objective's settings."""
+    if freeze_backbone or class_balance == "weighted":
+        raise UserError("freeze_backbone and class_balance=weighted apply to objective=head only (the answer "
+                        "objective trains the model itself; class_balance=oversample balances it)")
+
+
+def carries(model):
+    """The answer objective adds nothing to a model."""
+    return False
+
+
+def attach(model, n_classes):
+    return model
+
+
+def prepare(model, freeze_backbone):
+    """Nothing of its own to train or to keep out of LoRA."""
+    return None
+
+
+def features(model, processor, encoder, paths, question, batch_size, autocast):
+    """The answer objective reads the whole model at every step: nothing to compute once."""
+    return None
+
+
+def chat_dataset(rows, encoder, processor, end_ids, how_augment="none", seed=0):
+    """Training rows as a datasets.Dataset of model inputs (InputEncoder.example), each distinct chat rendered once
+    and each image taken from the encoder's cache when a batch is drawn, transformed by augment() unless
+    `how_augment` is "none" (seeded: the same draws on every run)."""
+    from datasets import Dataset
+    rendered = {}
+    for _, pairs in rows:
+        if tuple(pairs) not in rendered:
+            rendered[tuple(pairs)] = render_segments(processor, pairs, end_ids)
+    items = [(image, rendered[tuple(pairs)]) for image, pairs in rows]
+    end_ids = list(end_ids)
+    rng = random.Random(seed)
+
+    def to_inputs(batch):
+        examples = [encoder.example(*items[i], end_ids) for i in batch["row"]]
+        if how_augment != "none":
+            examples = [{**e, "tensors": augment(e["tensors"], how_augment, rng)} for e in examples]
+        return {key: [e[key] for e in examples] for key in examples[0]}
+    return Dataset.from_dict({"row": list(range(len(items)))}).with_transform(to_inputs)
+
+
+def answer_only_collator(processor):
+    """Right-padded training batches; labels on the answers and their end tokens only (InputEncoder.example)."""
+    pad = processor.tokenizer.pad_token_id
+    return partial(collate, pad_id=pad if pad is not None else 0, padding_side="right")
+
+
+def training_set(data, *, encoder, processor, end_ids, train_questions, multi_turn, class_balance=None,
+                 label_smoothing=None, how_augment="none", seed=0, features=None):
+    """The training chats of `data` (chat_rows) and the answer-only collator; the loss is the model's own."""
+    return dict(train_dataset=chat_dataset(chat_rows(data, train_questions, multi_turn), encoder, processor, end_ids,
+                                           how_augment, seed),
+                data_collator=answer_only_collator(processor), loss=None)
+
+
+def test_set(data, *, classes, question, encoder, processor, end_ids, features=None):
+    """Each held-out image's classification question and answer, one chat each."""
+    return chat_dataset(chat_rows(data, "classification", multi_turn=False), encoder, processor, end_ids)
+
+
+def save(model, out, save_model, main=True):
+    """The model as it is."""
+    save_model(str(out))
+
+
+def load(model_path, model, saved):
+    return model
+
+
+def prediction_mode(mode):
+    """Score and generate modes as asked; the head's mode needs a head."""
+    if mode not in MODES:
+        raise UserError("prediction=head needs a model fine-tuned with objective=head (classifier.safetensors)")
+    return mode
+
+
+def results_from_features(model, features, paths, classes):
+    raise UserError("the answer objective computes no features")
+
+
+def class_answer_ids(processor, model, completions):
+    """Token ids of each class's completion as the training collator tokenises it, up to its end token
+    (render puts one in every completion)."""
+    ends = set(end_token_ids(processor, model))
+    return [through_end(seq, ends) for seq in processor(text=completions, add_special_tokens=False)["input_ids"]]
+
+
+def predict_scores(model, processor, batch, question, classes):
+    """Log-likelihood of every class's answer (its tokens and its end token) for each image of a PromptBatches batch.
+
+    The image and question are encoded once; the class answers then continue from a copy of the
+    cached prompt, all classes in one batch. Returns a (number of images, len(classes)) tensor.
+    """
+    import torch
+    _, completions = render(processor, question, classes, end_token_ids(processor, model))
+    answers = class_answer_ids(processor, model, completions)
+    n_images, n_classes, longest = len(batch["input_ids"]), len(classes), max(len(a) for a in answers)
+    pad = processor.tokenizer.pad_token_id or 0
+    answer_ids = torch.tensor([a + [pad] * (longest - len(a)) for a in answers], device=model.device)
+    answer_mask = torch.tensor([[1] * len(a) + [0] * (longest - len(a)) for a in answers], device=model.device)
+
+    with torch.inference_mode():
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        positions = generation_position_ids(model, batch)
+        out = model(**batch, position_ids=positions, use_cache=True)
+        first = out.logits[:, -1].float().log_softmax(-1)  # predicts each answer's first token
+        cache = out.cache
+        cache.batch_repeat_interleave(n_classes)
+        attention = torch.cat([batch["attention_mask"].repeat_interleave(n_classes, 0),
+                               answer_mask.repeat(n_images, 1)], dim=1)
+        answer_positions = positions[..., -1:].repeat_interleave(n_classes, -2) + torch.arange(
+            1, longest + 1, device=model.device)
+        rest = model(input_ids=answer_ids.repeat(n_images, 1), attention_mask=attention, position_ids=answer_positions,
+                     cache=cache).logits.float().log_softmax(-1)
+    per_token = torch.cat([first.repeat_interleave(n_classes, 0).unsqueeze(1), rest[:, :-1]], dim=1)
+    token_logp = per_token.gather(-1, answer_ids.repeat(n_images, 1).unsqueeze(-1)).squeeze(-1)
+    scores = (token_logp * answer_mask.repeat(n_images, 1)).sum(-1)
+    return scores.view(n_images, n_classes).cpu()
+
+
+def predict_generate(model, processor, batch, max_new_tokens=32):
+    """The original's way: let the model write an answer to each prompt of a PromptBatches batch, then decode it."""
+    import torch
+    with torch.inference_mode():
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def score_mode(model, processor, batch, question, classes):
+    """Every class ranked by the likelihood of its answer; the result is always a class."""
+    scores = predict_scores(model, processor, batch, question, classes)
+    return [ranked(classes, row) for row in scores.softmax(-1).tolist()]
+
+
+def generate_mode(model, processor, batch, question, classes):
+    """The original's way: the answer the model writes, matched to a class exactly after normalising."""
+    results = []
+    for text in predict_generate(model, processor, batch):
+        pred = match_answer(text, classes) or NO_CLASS
+        results.append({"answer": text.strip(), "pred": pred, "probs": None, "top2": [pred]})
+    return results
+
+
+MODES = {"score": score_mode, "generate": generate_mode}

@@ -1,0 +1,45 @@
+"""The objective interface: the operations every objective module provides, and the result shape they share.
+
+An objective is one module of this package (answer.py, head.py) defining, at module level:
+
+    NAME                  its value of fine_tune.py's OBJECTIVE, and what classes.json records
+    MODES                 {prediction mode: function(model, processor, batch, question, classes) -> results}
+    SCORE_MODE            the mode that score mode (the default) means for a model trained with it
+    SCORED_BY             how its class scores come about, in words (the app's page says it)
+    TEST_LOSS             what its test loss measures, in words (fine_tune.py prints it)
+    check_settings(*, freeze_backbone, use_lora, class_balance, augment, cached)
+                          refuse settings that mean nothing together, before anything loads
+    carries(model)        whether a model carries what the objective adds to it
+    attach(model, n_classes)
+                          add what it needs to a model before training (freshly initialised); returns the model
+    prepare(model, freeze_backbone)
+                          set what trains; returns peft's modules_to_save (what it added, trained whole) or None
+    features(model, processor, encoder, paths, question, batch_size, autocast)
+                          {image path: feature} computed once with a frozen backbone, or None where it has none
+    training_set(data, *, encoder, processor, end_ids, train_questions, multi_turn, class_balance,
+                 label_smoothing, how_augment, seed, features)
+                          {"train_dataset", "data_collator", "loss"}: the training rows or features, their
+                          collator, and the loss ((loss, outputs) = loss(model, inputs); None: the model's own)
+    test_set(data, *, classes, question, encoder, processor, end_ids, features)
+                          the held-out images as a data set whose loss the Trainer computes
+    save(model, out, save_model, main)
+                          save_model(out) of the model without its additions, and the additions beside it
+    load(model_path, model, saved)
+                          a loaded model with the additions saved beside it (`saved`: its classes.json)
+    prediction_mode(mode) the mode to predict in when `mode` is asked of a model trained with it (or UserError)
+    results_from_features(model, features, paths, classes)
+                          score-mode results of images from their features (as `features` computed them)
+
+vlmcls/objectives/__init__.py registers each module; everything above this layer goes through it.
+"""
+
+OPERATIONS = ("NAME", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "check_settings", "carries", "attach",
+              "prepare", "features", "training_set", "test_set", "save", "load", "prediction_mode",
+              "results_from_features")
+
+
+def ranked(classes, probs):
+    """A score-mode result: the most probable class is the prediction."""
+    order = sorted(range(len(classes)), key=lambda i: -probs[i])
+    return {"answer": classes[order[0]], "pred": classes[order[0]], "probs": dict(zip(classes, probs)),
+            "top2": [classes[i] for i in order[:2]]}
