@@ -25,7 +25,7 @@ class VisionCache:
     an augmented image is a new image. The outputs stay on the encoder's device."""
 
     def __init__(self, encoder, feature_layers=()):
-        self.forward = encoder.forward
+        self.encoder_forward = encoder.forward  # the encoder's own, which runs the images not seen yet
         self.layers = [feature_layers] if isinstance(feature_layers, int) else list(feature_layers)
         self.memo = {}
         self.states = 0  # hidden states the encoder returns (embeddings and every layer), once known
@@ -44,7 +44,7 @@ class VisionCache:
         if missing:
             rows = torch.tensor(missing, device=pixel_values.device)
             extra = {} if patch_attention_mask is None else {"patch_attention_mask": patch_attention_mask[rows]}
-            out = self.forward(pixel_values[rows], **extra, **kwargs)
+            out = self.encoder_forward(pixel_values[rows], **extra, **kwargs)
             hidden = out.hidden_states if self.layers else None
             self.states = len(hidden) if hidden else self.states
             for j, i in enumerate(missing):
