@@ -117,6 +117,16 @@ def test_no_import_circle():
     assert not found, "import circles:\n" + "\n".join(" -> ".join(c) for c in found)
 
 
+def test_the_docs_list_every_module():
+    """docs/package.md names each module's file, and vlmcls/__init__.py each module, as LAYERS has them."""
+    docs = (PACKAGE.parent / "docs" / "package.md").read_text(encoding="utf-8")
+    opening = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8")))
+    for name in module_names():
+        path = name.replace(".", "/") + ("/__init__.py" if _source(name).name == "__init__.py" else ".py")
+        assert f"`{path}`" in docs, f"docs/package.md does not list {path}"
+        assert name.split(".")[0] in opening, f"vlmcls/__init__.py does not name {name}"
+
+
 def test_the_reader_finds_relative_absolute_and_function_level_imports(tmp_path, monkeypatch):
     package = tmp_path / "vlmcls"
     (package / "sub").mkdir(parents=True)
