@@ -117,6 +117,15 @@ def test_no_import_circle():
     assert not found, "import circles:\n" + "\n".join(" -> ".join(c) for c in found)
 
 
+def test_only_the_registry_imports_an_objectives_own_module():
+    """Training, prediction, validation, calibration, evaluation and the app reach an objective through
+    vlmcls.objectives (its registry and interface), never through the objective's own module."""
+    own = [name for name, _ in graph().items() if name.startswith("objectives.") and name != "objectives.base"]
+    found = [f"{module} imports {target}" for module, targets in graph().items() for target in targets
+             if target in own and not module.startswith("objectives")]
+    assert not found, "imports of an objective's own module:\n" + "\n".join(found)
+
+
 def test_the_docs_list_every_module():
     """docs/package.md names each module's file, and vlmcls/__init__.py each module, as LAYERS has them."""
     docs = (PACKAGE.parent / "docs" / "package.md").read_text(encoding="utf-8")
