@@ -9,10 +9,10 @@ suits the validation images best is saved with the model (see the README). Runs 
 accelerate launch, and continues an interrupted run from its last checkpoint when started again with
 the same command.
 """
+from vlmcls.augment import AUGMENTS
 from vlmcls.calibration import fit_class_bias
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.compat import library_versions
-from vlmcls.augment import AUGMENTS
 from vlmcls.images import read_dataset_json, refuse_overlap
 from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, leave_processes, load_model, load_processor, pick_device, \
