@@ -1,7 +1,8 @@
 """Step 3: fine-tune a vision-language model on the training JSON with TRL's SFTTrainer.
 
-Only the answer and its end-of-answer token are learned; or, with OBJECTIVE=head, a linear classifier on the
-final hidden state at the last prompt token (docs/head.md). With a validation set, the images of VAL_JSON are
+By default a linear classifier on the final hidden state at the last prompt token is trained with the model
+(OBJECTIVE=head, docs/head.md); with OBJECTIVE=answer, as the original, only the answer and its end-of-answer
+token are learned. With a validation set, the images of VAL_JSON are
 classified every EVAL_STEPS steps as the evaluation scripts classify them; the best checkpoint by
 METRIC_FOR_BEST_MODEL is the model saved, a run that stops improving can end early, and the class bias that
 suits the validation images best is saved with the model (see the README). Runs on CUDA
@@ -45,7 +46,7 @@ EVAL_STEPS = 50  # measure accuracy and macro-F1 on the validation images every 
 METRIC_FOR_BEST_MODEL = "macro_f1"  # "macro_f1" or "accuracy": the best checkpoint by it is the model saved
 EARLY_STOPPING_PATIENCE = 5  # end the run after this many evaluations without improvement (0 = never)
 MIN_VALIDATION_IMAGES = 100  # fewer validation images than this: they train instead, no validation-driven steps
-OBJECTIVE = "answer"  # "answer": learn to write the class name; "head": a linear classifier on the prompt's last state
+OBJECTIVE = "head"  # "head": a linear classifier on the prompt's last state; "answer": write the class name (original)
 FREEZE_BACKBONE = False  # objective=head: train the head alone, on each image's state computed once (docs/head.md)
 CACHE_FROZEN_STATES = True  # with freeze_backbone: compute each image's state once (False: at every step, as a check)
 LABEL_SMOOTHING = 0.0  # objective=head: label smoothing of the cross-entropy (0: none)

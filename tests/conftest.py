@@ -115,7 +115,7 @@ def fine_tuned_smolvlm(tmp_path_factory, tiny_smolvlm):
     run_script("generate_train_json.py", "--dataset_dir=data", "--train_ratio=0.5", "--val_ratio=0.1", cwd=work)
     # the classification question alone: every step then learns the answers the tests score
     run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", "--output_dir=finetuned", "--max_steps=60",
-               "--train_questions=classification",
+               "--objective=answer", "--train_questions=classification",
                "--per_device_train_batch_size=4", "--gradient_accumulation_steps=1", "--learning_rate=3e-3",
                "--warmup_steps=5", "--logging_steps=20", "--save_steps=1000", "--min_validation_images=1", cwd=work)
     return work

@@ -15,8 +15,8 @@ from conftest import ROOT, accuracy_in, run_script
 
 PROCESSES = 2
 BATCH = 4  # per process
-FAST = [f"--per_device_train_batch_size={BATCH}", "--gradient_accumulation_steps=1", "--warmup_steps=5",
-        "--gradient_checkpointing=false"]
+FAST = ["--objective=answer", f"--per_device_train_batch_size={BATCH}", "--gradient_accumulation_steps=1",
+        "--warmup_steps=5", "--gradient_checkpointing=false"]
 
 
 @pytest.fixture(scope="module")

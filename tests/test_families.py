@@ -10,7 +10,8 @@ def test_llava_learns_the_classes_end_to_end(tiny_llava, colour_dataset, tmp_pat
     """Only --model_path names the family: LLaVA's processor settings, chat and end token follow the model."""
     run_script("download_dataset.py", f"--source={colour_dataset}", "--dataset_dir=images", cwd=tmp_path)
     run_script("generate_train_json.py", "--dataset_dir=images", "--question_templates=[]", cwd=tmp_path)
-    trained = run_script("fine_tune.py", f"--model_path={tiny_llava}", "--output_dir=tuned", "--max_steps=50",
+    trained = run_script("fine_tune.py", f"--model_path={tiny_llava}", "--output_dir=tuned", "--objective=answer",
+                         "--max_steps=50",
                          "--per_device_train_batch_size=4", "--gradient_accumulation_steps=1",
                          "--learning_rate=3e-3", "--warmup_steps=5", "--logging_steps=10", "--save_steps=1000",
                          "--gradient_checkpointing=false", cwd=tmp_path)

@@ -1,10 +1,11 @@
 """vlmcls.images: awkward images load right, identical pixels hash the same, data set JSON is checked, held-out
-images are never training images."""
+images are never training images, nor resized or re-encoded copies of them."""
 import json
 import shutil
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from conftest import awkward_images, make_colour_images, run_script
 from vlmcls.cli import UserError
@@ -63,3 +64,78 @@ def test_fine_tune_refuses_held_out_images_that_are_training_images_before_train
     refuse_overlap(read_dataset_json(tmp_path / "solar_panel_train_dataset.json"),
                    {"validation": read_dataset_json(tmp_path / "solar_panel_val_dataset.json"),
                     "test": read_dataset_json(tmp_path / "solar_panel_test_dataset.json")})
+
+
+def picture(seed, size=(120, 90)):
+    """A gradient with a few filled shapes: structure for a perceptual check to see, different for each seed."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size[1], :size[0]]
+    pixels = np.stack([x * 255 // size[0], y * 255 // size[1], np.full_like(x, 90)], -1).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        left, top = rng.integers(0, size[0] - 30), rng.integers(0, size[1] - 25)
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([left, top, left + 30, top + 25], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return image
+
+
+def as_dataset(paths):
+    return {"classes": ["a"], "max_image_pixels": 10**7,
+            "samples": [{"image": str(p), "label": "a", "qa": []} for p in paths]}
+
+
+def jpeg_re_encoding(original, copy):
+    Image.open(original).save(copy, quality=75)
+
+
+def half_size(original, copy):
+    with Image.open(original) as image:
+        image.resize((image.width // 2, image.height // 2)).save(copy)
+
+
+def recompressed(original, copy):
+    Image.open(original).save(copy, quality=50)
+
+
+@pytest.mark.parametrize("make_copy, original_name, copy_name", [
+    (jpeg_re_encoding, "picture.png", "copy.jpg"),
+    (half_size, "picture.png", "copy.png"),
+    (recompressed, "picture.jpg", "copy.jpg"),  # a JPEG at quality 95 saved again at 50
+], ids=["png-to-jpeg", "half-size", "jpeg-quality"])
+def test_a_held_out_copy_resized_or_re_encoded_is_refused_naming_both_files(tmp_path, make_copy, original_name,
+                                                                            copy_name):
+    original = tmp_path / "train" / original_name
+    original.parent.mkdir()
+    picture(0).save(original, quality=95)
+    others = [tmp_path / "train" / f"other_{seed}.png" for seed in (1, 2)]
+    for seed, path in zip((1, 2), others):
+        picture(seed).save(path)
+    copy = tmp_path / "held_out" / copy_name
+    copy.parent.mkdir()
+    make_copy(original, copy)
+    picture(3).save(tmp_path / "held_out" / "new.png")
+    assert copy.read_bytes() != original.read_bytes()
+    with pytest.raises(UserError) as refused:
+        refuse_overlap(as_dataset([*others, original]),
+                       {"validation": None, "test": as_dataset([tmp_path / "held_out" / "new.png", copy])},
+                       progress=False)
+    assert str(refused.value).startswith(f"{copy}: this test image looks like the training image {original} ")
+
+
+def test_different_images_are_not_taken_for_copies(tmp_path):
+    noisy = make_colour_images(tmp_path / "noisy", per_class=2)  # the same colour, different noise
+    train = [tmp_path / n for n in ("red.png", "gradient.png", "one.png")] + [noisy / "red" / "red_00.png"]
+    held = [tmp_path / n for n in ("blue.png", "grey.png", "moved.png", "slanted_one.png")]
+    held.append(noisy / "red" / "red_01.png")
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(train[0])
+    Image.new("RGB", (64, 48), (30, 40, 200)).save(held[0])
+    Image.new("RGB", (64, 48), (81, 81, 81)).save(held[1])  # red's brightness: told apart by colour alone
+    picture(0).save(train[1])
+    picture(4).save(held[2])  # the same gradient under other shapes
+    for path, stroke in ((train[2], [(32, 10), (32, 85)]), (held[3], [(36, 10), (28, 85)])):
+        digit = Image.new("L", (64, 96), 0)  # a handwritten-like one: a thick white stroke on black
+        ImageDraw.Draw(digit).line(stroke, fill=255, width=8)
+        digit.save(path)
+    refuse_overlap(as_dataset(train), {"validation": as_dataset(held[:2]), "test": as_dataset(held[2:])},
+                   progress=False)

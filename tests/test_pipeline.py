@@ -131,6 +131,9 @@ def test_vlm_test_on_unlabelled_images_writes_predictions_only(pipeline):
 def test_every_run_records_what_it_ran_with(pipeline):
     config = json.loads((pipeline["model"] / "run_config.json").read_text())
     assert config["settings"]["max_steps"] == 120 and config["settings"]["learning_rate"] == 3e-3
+    # the defaults train the classification head (benchmarks/README.md#accuracy: chosen on validation images)
+    assert config["settings"]["objective"] == "head"
+    assert json.loads((pipeline["model"] / "classes.json").read_text())["objective"] == "head"
     assert config["settings"]["output_dir"] == "finetuned" and config["dtype"] == "float32"
     # gradient_checkpointing="auto": on, since a full fine-tune trains the vision encoder
     assert config["settings"]["gradient_checkpointing"] == "auto" and config["gradient_checkpointing"] is True

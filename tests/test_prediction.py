@@ -6,14 +6,13 @@ import torch
 from PIL import Image
 
 from conftest import COLOURS, load_tiny, red_image
-from vlmcls.models import end_token_ids
 from vlmcls.calibration import with_class_bias as shift
-from vlmcls.inputs import PromptBatches
+from vlmcls.inputs import InputEncoder, PromptBatches
+from vlmcls.models import end_token_ids
 from vlmcls.objectives import MODES, ranked
 from vlmcls.objectives.answer import class_answer_ids, predict_scores
 from vlmcls.prediction import evaluate
-from vlmcls.prompt import NO_CLASS
-from vlmcls.prompt import classification_question, render
+from vlmcls.prompt import NO_CLASS, classification_question, render, render_segments
 
 QUESTION = classification_question(list(COLOURS))
 
@@ -79,6 +78,18 @@ def test_a_bias_shifts_the_log_probabilities_and_ranks_again():
     assert results[0]["pred"] == "a"  # the results given are left as they were
 
 
+class OwnQuestion:
+    """An encoder that asks each image its own question. LLaVA-1.5 makes every image the same number of tokens, so
+    only prompts of different lengths make its batches padded."""
+
+    def __init__(self, encoder, processor, questions):
+        self.encoder = encoder
+        self.segments = {image: render_segments(processor, [(q, None)]) for image, q in questions.items()}
+
+    def example(self, image, segments):
+        return self.encoder.example(image, self.segments[image])
+
+
 @pytest.mark.parametrize("family, splitting", [("tiny_smolvlm", True), ("tiny_llava", None)])
 def test_a_left_padded_batch_scores_each_image_as_it_scores_alone(family, splitting, request, tmp_path):
     """Padding, padding tiles and the positions of a left-padded batch change no image's scores."""
@@ -92,10 +103,13 @@ def test_a_left_padded_batch_scores_each_image_as_it_scores_alone(family, splitt
         pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
         Image.fromarray(pixels.numpy()).save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
-    prompts = PromptBatches(processor, QUESTION, 10**8, enlarge=False)
+    questions = [QUESTION, "Colour?", QUESTION + " Look closely at the whole picture before you answer."]
+    encoder = OwnQuestion(InputEncoder(processor, 10**8, cache=False), processor, dict(zip(paths, questions)))
+    prompts = PromptBatches(processor, QUESTION, 10**8, enlarge=False, encoder=encoder)
     batch = prompts(paths)
     together = predict_scores(model, processor, batch, QUESTION, classes)
     alone = torch.cat([predict_scores(model, processor, prompts([p]), QUESTION, classes) for p in paths])
-    if splitting:  # the images make different numbers of tiles, so the batch is padded on the left
-        assert (batch["attention_mask"] == 0).any() and (batch["pixel_attention_mask"] == 0).any()
+    assert (batch["attention_mask"] == 0).sum(1).unique().numel() == len(paths)  # each image padded by its own amount
+    if splitting:  # the images make different numbers of tiles, so some are padded with empty tiles
+        assert (batch["pixel_attention_mask"] == 0).any()
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)

@@ -12,8 +12,9 @@ from vlmcls.training import balance_classes
 from vlmcls.images import read_dataset_json
 from vlmcls.validation import enough_validation, read_validation, share
 
-FAST = ["--per_device_train_batch_size=4", "--gradient_accumulation_steps=1", "--learning_rate=3e-3",
-        "--warmup_steps=5", "--logging_steps=5", "--gradient_checkpointing=false", "--min_validation_images=1"]
+FAST = ["--objective=answer", "--per_device_train_batch_size=4", "--gradient_accumulation_steps=1",
+        "--learning_rate=3e-3", "--warmup_steps=5", "--logging_steps=5", "--gradient_checkpointing=false",
+        "--min_validation_images=1"]
 
 
 @pytest.fixture(scope="module")

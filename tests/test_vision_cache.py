@@ -25,7 +25,7 @@ VALIDATING = ["--min_validation_images=1", "--eval_steps=3", "--early_stopping_p
     ("tiny_smolvlm", ["--objective=head", "--freeze_vision=true", NO_VALIDATION]),
     pytest.param("tiny_llava", ["--objective=answer", "--freeze_vision=true", NO_VALIDATION], marks=pytest.mark.slow),
     # LoRA leaves the vision encoder frozen; LLaVA reads an earlier layer of it
-    ("tiny_llava", ["--use_lora=true", NO_VALIDATION]),
+    ("tiny_llava", ["--objective=answer", "--use_lora=true", NO_VALIDATION]),
     # validation encodes its images under inference mode, between training steps that reuse theirs
     ("tiny_smolvlm", ["--objective=head", "--freeze_vision=true", *VALIDATING]),
 ])

@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 
 from .cli import UserError
 from .files import write_csv
@@ -143,25 +143,83 @@ def file_digest(path):
         raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
-def refuse_overlap(train_data, held_out):
+# The look-alike check. Two images are the same picture when their mean colours are within MEAN_COLOUR_TOLERANCE
+# levels in every channel and their 16x16 greyscale thumbnails, each less its mean, differ (RMS) by at most
+# THUMBNAIL_TOLERANCE of the larger thumbnail's spread (its standard deviation, at least THUMBNAIL_MIN_SPREAD grey
+# levels, so that flat images are told apart by their colour alone). The thumbnail is made with a bilinear filter,
+# whose weights follow the image's size smoothly; a box filter's pixel-edge rounding moves half-size copies of
+# sharp images apart. Measured on photos, solar cells, digits and drawings: JPEG re-encodings down to quality 30 and
+# resizes from 0.5x to 1.5x (nearest-neighbour shrinking aside), alone or together, stay under 0.035 and within 3
+# levels of mean colour; the closest distinct images among the 2,624 elpv solar cells are at 0.054 (mostly
+# neighbours in its own order), among sklearn's 1,797 digits at 0.098.
+THUMBNAIL_SIDE = 16
+THUMBNAIL_TOLERANCE = 0.04
+THUMBNAIL_MIN_SPREAD = 12.0
+MEAN_COLOUR_TOLERANCE = 6.0
+
+
+def look(image):
+    """What the look-alike check compares of an RGB image: (its greyscale thumbnail less its mean, flattened; its
+    mean colour)."""
+    side = (THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+    thumbnail = np.asarray(image.convert("L").convert("F").resize(side, Image.BILINEAR), dtype=np.float64).ravel()
+    return thumbnail - thumbnail.mean(), np.array(ImageStat.Stat(image).mean)
+
+
+def lookalikes(looks, others, rows_at_once=256):
+    """For each look in `looks`, the index of the closest of `others` that is the same picture by the look-alike
+    check, or -1. Compares every pair, a block of rows at a time to bound memory."""
+    found = np.full(len(looks), -1)
+    if not looks or not others:
+        return found
+    a, b = (np.stack([t for t, _ in x]) for x in (looks, others))
+    colour_a, colour_b = (np.stack([c for _, c in x]) for x in (looks, others))
+    energy_a, energy_b = (a * a).sum(1), (b * b).sum(1)
+    for start in range(0, len(a), rows_at_once):
+        rows = slice(start, start + rows_at_once)
+        # |x - y|^2 = |x|^2 + |y|^2 - 2 x.y, all pairs at once
+        distance = np.sqrt(np.maximum(energy_a[rows, None] + energy_b[None] - 2 * a[rows] @ b.T, 0) / a.shape[1])
+        spread = np.sqrt(np.maximum(energy_a[rows, None], energy_b[None]) / a.shape[1])
+        relative = distance / np.maximum(spread, THUMBNAIL_MIN_SPREAD)
+        for channel in range(3):
+            far = np.abs(colour_a[rows, channel, None] - colour_b[None, :, channel]) > MEAN_COLOUR_TOLERANCE
+            relative[far] = np.inf
+        best = relative.argmin(1)
+        found[rows] = np.where(relative[np.arange(len(best)), best] <= THUMBNAIL_TOLERANCE, best, -1)
+    return found
+
+
+def refuse_overlap(train_data, held_out, progress=True):
     """Stop, naming one image, where a held-out data set (`held_out`: {"validation": data, "test": data}, None
-    for one not used) shares an image with the training data, by path or by file content: a held-out image the
-    model trained on measures nothing."""
-    train_paths = {s["image"] for s in train_data["samples"]}
-    by_digest = None
-    for kind, data in held_out.items():
-        for sample in (data or {}).get("samples", []):
-            path = sample["image"]
-            if path in train_paths:
-                raise UserError(f"{path}: this {kind} image is also a training image; write the splits with one "
-                                "run of generate_train_json.py, which keeps them apart")
-            if by_digest is None:  # hashed only where there are held-out images to compare
-                by_digest = {file_digest(p): p for p in sorted(train_paths)}
-            twin = by_digest.get(file_digest(path))
-            if twin:
-                raise UserError(f"{path}: this {kind} image has the same content as the training image {twin}; "
-                                "write the splits with one run of generate_train_json.py, which keeps copies "
-                                "together")
+    for one not used) shares an image with the training data, by path, by file content, or as the same picture
+    resized or re-encoded (decoding every image once): a held-out image the model trained on measures nothing."""
+    from tqdm import tqdm
+    train_paths = sorted({s["image"] for s in train_data["samples"]})
+    held = [(kind, s["image"]) for kind, data in held_out.items() for s in (data or {}).get("samples", [])]
+    if not held:
+        return
+    train_set = set(train_paths)
+    by_digest = {file_digest(p): p for p in train_paths}
+    for kind, path in held:
+        if path in train_set:
+            raise UserError(f"{path}: this {kind} image is also a training image; write the splits with one "
+                            "run of generate_train_json.py, which keeps them apart")
+        twin = by_digest.get(file_digest(path))
+        if twin:
+            raise UserError(f"{path}: this {kind} image has the same content as the training image {twin}; "
+                            "write the splits with one run of generate_train_json.py, which keeps copies "
+                            "together")
+    held_paths = sorted({path for _, path in held})
+    bar = tqdm(train_paths + held_paths, desc="checking held-out images for copies of training images", unit="img",
+               disable=not progress)
+    looks = {path: look(load_image(path, train_data["max_image_pixels"])) for path in bar}
+    twins = lookalikes([looks[p] for p in held_paths], [looks[p] for p in train_paths])
+    twin_of = {path: train_paths[i] for path, i in zip(held_paths, twins) if i >= 0}
+    for kind, path in held:
+        if path in twin_of:
+            raise UserError(f"{path}: this {kind} image looks like the training image {twin_of[path]} (the same "
+                            "picture, resized or re-encoded); keep one of the two in the data set and write the "
+                            "splits again with one run of generate_train_json.py")
 
 
 def read_dataset_json(path):
