@@ -6,12 +6,12 @@ from ..models import check_quantizable, load_int8_model, load_model, load_proces
 from . import answer, head
 from .base import OPERATIONS, ranked
 
-__all__ = ["OPERATIONS", "ranked", "REGISTRY", "DEFAULT", "OBJECTIVES", "MODES", "named", "objective_of",
+__all__ = ["OPERATIONS", "ranked", "REGISTRY", "UNRECORDED", "OBJECTIVES", "MODES", "named", "objective_of",
            "saved_objective", "prediction_mode", "reported_mode", "load_for_inference"]
 
 # The objectives by name: a new objective is one module implementing OPERATIONS and one entry here.
 REGISTRY = {objective.NAME: objective for objective in (answer, head)}
-DEFAULT = "answer"  # what a model that records no objective, or carries no addition, was trained with
+UNRECORDED = "answer"  # a model recording no objective, or carrying no addition, wrote answers (not fine_tune.py's default)
 OBJECTIVES = OneOf(*REGISTRY)  # the values of fine_tune.py's OBJECTIVE
 # Every prediction mode, by name, with the function that classifies a batch in it.
 MODES = {mode: predict for objective in REGISTRY.values() for mode, predict in objective.MODES.items()}
@@ -24,13 +24,13 @@ def named(name):
 
 def objective_of(model):
     """The objective of a loaded or training model: the one whose addition it carries, else the default."""
-    return next((o for o in REGISTRY.values() if o.carries(model)), REGISTRY[DEFAULT])
+    return next((o for o in REGISTRY.values() if o.carries(model)), REGISTRY[UNRECORDED])
 
 
 def saved_objective(saved):
     """The objective a model's classes.json (`saved`, or None) records; the default where it records none (a
     model saved before objectives were recorded) or one not known."""
-    return REGISTRY.get((saved or {}).get("objective", DEFAULT), REGISTRY[DEFAULT])
+    return REGISTRY.get((saved or {}).get("objective", UNRECORDED), REGISTRY[UNRECORDED])
 
 
 def prediction_mode(model, mode):
