@@ -11,7 +11,8 @@ __all__ = ["OPERATIONS", "ranked", "REGISTRY", "UNRECORDED", "OBJECTIVES", "MODE
 
 # The objectives by name: a new objective is one module implementing OPERATIONS and one entry here.
 REGISTRY = {objective.NAME: objective for objective in (answer, head)}
-UNRECORDED = "answer"  # a model recording no objective, or carrying no addition, wrote answers (not fine_tune.py's default)
+# a model recording no objective, or carrying no addition, was trained to write answers (not fine_tune.py's default)
+UNRECORDED = "answer"
 OBJECTIVES = OneOf(*REGISTRY)  # the values of fine_tune.py's OBJECTIVE
 # Every prediction mode, by name, with the function that classifies a batch in it.
 MODES = {mode: predict for objective in REGISTRY.values() for mode, predict in objective.MODES.items()}
