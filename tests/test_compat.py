@@ -64,7 +64,7 @@ def test_score_labelled_positions_only_relies_on_trls_triton_switch(monkeypatch)
     assert "_use_triton" in inspect.getsource(utils) and hasattr(sft, "SFTTrainer")
 
 
-def test_sft_trainer_class_relies_on_the_trainers_loss_evaluate_and_callbacks():
+def test_sft_trainer_class_relies_on_the_trainers_loss_evaluate_and_callbacks(monkeypatch):
     from transformers import Trainer
     from transformers.trainer_callback import CallbackHandler
     from trl import SFTTrainer
@@ -75,6 +75,8 @@ def test_sft_trainer_class_relies_on_the_trainers_loss_evaluate_and_callbacks():
     # the Trainer sets model_accepts_loss_kwargs when it is made, and reads it to scale the loss
     assert "self.model_accepts_loss_kwargs =" in inspect.getsource(Trainer.__init__)
     assert "model_accepts_loss_kwargs" in inspect.getsource(Trainer)
+    from trl.trainer import utils
+    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)  # the class patches it; undone after the test
     trainer = compat.sft_trainer_class(loss=lambda model, inputs: None)
     assert issubclass(trainer, SFTTrainer)
     assert parameters(trainer.evaluate) == parameters(Trainer.evaluate)

@@ -178,8 +178,8 @@ def test_a_resumed_run_ends_with_the_head_of_an_uninterrupted_one(colour_work, t
 
 
 @pytest.mark.parametrize("settings, message", [
-    (["--freeze_backbone=true"], "objective=head only"),
-    (["--class_balance=weighted"], "objective=head only"),
+    (["--objective=answer", "--freeze_backbone=true"], "objective=head only"),
+    (["--objective=answer", "--class_balance=weighted"], "objective=head only"),
     (["--objective=head", "--freeze_backbone=true", "--use_lora=true"], "LoRA adapters would stay untrained"),
     (["--objective=head", "--freeze_backbone=true", "--augment=hflip"], "augment=none"),
 ])
