@@ -49,7 +49,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in 
 
 import fine_tune  # noqa: E402
 import ledger  # noqa: E402
-from common import ROOT, flag, git  # noqa: E402
+from common import ROOT, command, flag, git  # noqa: E402
 from paired import excludes_zero, mean_spread, paired_interval, verdict  # noqa: E402
 from tasks import TASK_DATA, build_model, prepare_split, run  # noqa: E402
 from vlmcls.cli import configure, run_main, settings_of  # noqa: E402
@@ -246,7 +246,7 @@ def report(results, compared, splits, started, elapsed, bound):
     head = git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if ledger.uncommitted() else "")
     return f"""# Accuracy: the training recipes at equal training time ({kind} run, protocol {PROTOCOL})
 
-Command: `HF_HUB_OFFLINE=1 python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`
+{command("accuracy.py")}
 
 - {kind.capitalize()} run of commit {head}, split seeds {splits}; started {started}, {elapsed / 60:.1f} min,
   on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), {JOBS} runs at a time, {THREADS} thread(s) each.

@@ -172,8 +172,15 @@ def machine(started, elapsed):
             f"{os.cpu_count()} CPUs)")
 
 
-def command(script):
-    return f"Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/{script} {' '.join(sys.argv[1:])}`"
+def command(script, argv=None):
+    """The results file's command line of this run, as anyone would type it in a checkout: a setting whose value
+    is an absolute path (a work folder, an output file) is shown by its name instead, since this machine's paths
+    mean nothing elsewhere and change no result."""
+    args = []
+    for arg in sys.argv[1:] if argv is None else argv:
+        name, _, value = arg.partition("=")
+        args.append(f"{name}={name.lstrip('-').upper()}" if value.startswith(("/", "~")) else arg)
+    return f"Command: `HF_HUB_OFFLINE=1 python benchmarks/{script}{''.join(' ' + a for a in args)}`"
 
 
 def ratio(a, b):

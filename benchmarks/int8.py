@@ -10,6 +10,10 @@ table goes to stdout and to OUTPUT. benchmarks/README.md says what the numbers d
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/int8.py --threads=1 --images=3   # ~1 h on 2 CPU cores
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/int8.py --tiny=true --agreement=false --images=1 --runs=2  # smoke
+
+With --torchao=true a third weights column measures torchao's int8 (Int8DynamicActivationInt8WeightConfig, weights
+and activations int8, applied to the fp32 model once loaded), the library torch points to as torch.ao.quantization's
+successor: what QUANTIZE=int8 would become if the project moved.
 """
 import json
 import subprocess
@@ -39,6 +43,7 @@ IMAGES = 2  # timed images per measurement
 RUNS = 5  # runs of the speed and memory measurements, fixed before the first (at least 5; fewer only with TINY)
 THREADS = 0  # torch CPU threads in each measurement; 0: torch's default (one per core)
 TINY = False  # the tests' tiny SmolVLM instead of the full-size one: a quick check that the benchmark runs
+TORCHAO = False  # also torchao's int8 dynamic quantisation, beside torch.ao's (needs `pip install torchao`)
 AGREEMENT = True  # also the agreement of fp32 and int8 predictions on elpv images (False: speed and memory only)
 AGREEMENT_IMAGES = 40  # elpv test images on which the full-size model's fp32 and int8 predictions are compared
 FINE_TUNE_STEPS = 300  # fine_tune.py steps of the tiny model on elpv images, whose predictions are compared
@@ -46,7 +51,13 @@ OUTPUT = ""  # where the table is also written; "": benchmarks/results-int8.md (
 SEED = 0  # seed for the random weights and images
 JOB = ""  # internal: one measurement as JSON, run by the benchmark in a fresh process
 
+HEADS = {"int8": "int8 (torch.ao)", "torchao": "int8 (torchao)"}  # the table's columns of quantised weights
 RSS_FIELDS = ("VmRSS", "RssAnon", "RssFile")  # resident memory: all, anonymous, pages of mapped files
+
+
+def quantizations():
+    """The weights measured, fp32 first: the scripts' QUANTIZE values, and torchao's int8 with TORCHAO."""
+    return ("none", "int8") + (("torchao",) if TORCHAO else ())
 
 
 # ---------------------------------------------------------------- measuring, in the worker process
@@ -55,9 +66,14 @@ def int8_job(job, torch, ft, device):
     """Seconds per image in score mode and memory, with the model loaded as the evaluation scripts and the app
     load it with QUANTIZE=job["quantize"]: resident memory once loaded and after the images, each split into
     anonymous memory and pages of mapped files (the weights file among them), and the peak."""
-    processor, model = load_for_inference(job["model"], device=device, dtype=torch.float32, quantize=job["quantize"],
+    torchao = job["quantize"] == "torchao"
+    processor, model = load_for_inference(job["model"], device=device, dtype=torch.float32,
+                                          quantize="none" if torchao else job["quantize"],
                                           image_longest_edge=ft.IMAGE_LONGEST_EDGE,
                                           image_splitting=ft.IMAGE_SPLITTING)
+    if torchao:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        quantize_(model, Int8DynamicActivationInt8WeightConfig())
     loaded = {field: memory_gb(field) for field in RSS_FIELDS}
     images = make_images(job["size"], WARMUP + IMAGES, SEED)
     question = classification_question(CLASSES)
@@ -124,16 +140,21 @@ def int8_report(runs, agreement, started, elapsed):
     model, targets."""
     speed = medians(runs)
     score = {size: [(r["none", size], r["int8", size]) for r in runs] for size in SIZES}  # each run's pair
-    lines = ["| image | measure | fp32 | int8 | fp32 / int8 |", "|---|---|---|---|---|"]
+    others = [how for how in quantizations() if how != "none"]
+    lines = ["| image | measure | fp32 | " + " | ".join(HEADS[h] for h in others) + " | "
+             + " | ".join(f"fp32 / {HEADS[h]}" for h in others) + " |", "|---" * (3 + 2 * len(others)) + "|"]
     for size in SIZES:
-        fp32, int8 = speed["none", size], speed["int8", size]
-        lines += [f"| {size} | score: s/image, wall (CPU) | {seconds('score')(fp32)} | {seconds('score')(int8)} "
-                  f"| {times_spread(score[size], 'score')} |",
-                  *[f"| {size} | RSS {when}, GB: all (anonymous + mapped files) | {resident(fp32[key])} | "
-                    f"{resident(int8[key])} | {ratio(fp32[key]['VmRSS'], int8[key]['VmRSS'])} |"
+        fp32, cells = speed["none", size], [speed[how, size] for how in others]
+        pairs = [[(r["none", size], r[how, size]) for r in runs] for how in others]
+
+        def row(measure, cell, ratio_cell):
+            return (f"| {size} | {measure} | {cell(fp32)} | " + " | ".join(cell(c) for c in cells) + " | "
+                    + " | ".join(ratio_cell(c, p) for c, p in zip(cells, pairs)) + " |")
+        lines += [row("score: s/image, wall (CPU)", seconds("score"), lambda c, p: times_spread(p, "score")),
+                  *[row(f"RSS {when}, GB: all (anonymous + mapped files)", lambda r, key=key: resident(r[key]),
+                        lambda c, p, key=key: ratio(fp32[key]["VmRSS"], c[key]["VmRSS"]))
                     for key, when in (("loaded", "once loaded"), ("after", "after the images"))],
-                  f"| {size} | peak RSS (VmHWM), GB | {gigabytes(fp32)} | {gigabytes(int8)} "
-                  f"| {ratio(fp32['peak_gb'], int8['peak_gb'])} |"]
+                  row("peak RSS (VmHWM), GB", gigabytes, lambda c, p: ratio(fp32["peak_gb"], c["peak_gb"]))]
     lines += ["", "| model (weights) | images | identical predictions | largest probability difference | "
               "fp32 accuracy | int8 accuracy | classes predicted (fp32) |", "|---|---|---|---|---|---|---|"] \
         if agreement else ["", "Agreement: not measured in this run (--agreement=false)."]
@@ -197,7 +218,7 @@ def compare_int8(model_dir, work):
     """fp32 against int8: speed and memory for each image size, agreement of the two on elpv images."""
     started, start = now(), time.perf_counter()
     runs = [{(how, size): worker({"phase": "int8", "size": size, "model": str(model_dir), "quantize": how}, work,
-                                 f"{size} {how} run {run}") for size in SIZES for how in ("none", "int8")}
+                                 f"{size} {how} run {run}") for size in SIZES for how in quantizations()}
             for run in range(1, RUNS + 1)]
     agreement = {}
     if AGREEMENT:

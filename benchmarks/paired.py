@@ -1,19 +1,16 @@
-"""Paired comparisons of the accuracy benchmark: macro-F1 of integer class arrays, and the mean difference of two
-rows over splits with its bootstrap interval."""
+"""Paired comparisons of the accuracy benchmark: macro-F1 of integer class arrays (vlmcls.report's), and the mean
+difference of two rows over splits with its bootstrap interval."""
 import statistics
 import sys
 
 
 def macro_f1(true, pred, n):
-    """Macro-F1 of integer class arrays as vlmcls.report.metrics computes it: the mean F1 of the classes present
-    among the true labels (a prediction of n, no class, counts as wrong). Vectorised: the bootstrap calls it
-    hundreds of thousands of times, and accuracy.py checks it against the reports' numbers on every run."""
+    """Macro-F1 of integer class arrays (a prediction of n, no class, counts as wrong), by vlmcls.report's one
+    definition from the per-class counts, counted here vectorised for the bootstrap."""
     import numpy as np
-    tp = np.bincount(true[true == pred], minlength=n)[:n]
-    predicted = np.bincount(pred[pred < n], minlength=n)[:n]
-    actual = np.bincount(true, minlength=n)[:n]
-    present = actual > 0
-    return float(np.mean(2 * tp[present] / (predicted[present] + actual[present])))
+    from vlmcls.report import macro_f1 as from_counts
+    return from_counts(np.bincount(true[true == pred], minlength=n)[:n], np.bincount(pred[pred < n], minlength=n)[:n],
+                       np.bincount(true, minlength=n)[:n])
 
 
 def paired_interval(runs, baseline, metric, resamples, seed=0):

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from common import command  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
 from vlmcls.files import atomic_write  # noqa: E402
 
@@ -103,7 +104,7 @@ def table(results, started, load_before, load_after, baseline_commit):
     before, after, one_thread, torchrun = (results[name][large] for name in RUNS)
     return "\n".join([
         "# Prediction over a folder: streaming, resumable, torchrun", "",
-        f"Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/prediction.py{''.join(' ' + a for a in sys.argv[1:])}`",
+        command("prediction.py"),
         "",
         f"Run {started} on this machine's {os.cpu_count()} CPU cores, shared with other engineers' jobs (load "
         f"average {load_before:.1f} at the start, {load_after:.1f} at the end): the seconds are noisy; the ratios "

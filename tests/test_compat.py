@@ -113,30 +113,6 @@ def test_replace_data_keeps_the_parameter_and_takes_the_new_storage():
     assert layer.weight is weight and weight.data_ptr() == new.data_ptr()
 
 
-def test_lora_dropouts_relies_on_peft_keeping_dropout_per_adapter():
-    from peft import LoraConfig, get_peft_model
-    from peft.tuners.lora import LoraLayer
-    from peft.tuners.lora import layer as lora_layer
-    assert "self.lora_dropout = nn.ModuleDict" in inspect.getsource(LoraLayer.__init__)
-    assert "self.lora_dropout[active_adapter]" in inspect.getsource(lora_layer.Linear.forward)
-    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"], r=2,
-                                                                                  lora_dropout=0.5))
-    found = list(compat.lora_dropouts(model))
-    assert [(adapter, type(dropout)) for _, adapter, dropout in found] == [("default", torch.nn.Dropout)]
-
-    calls = []
-
-    class Marker(torch.nn.Module):
-        def forward(self, x):
-            calls.append(x.shape)
-            return x
-    branches, adapter, _ = found[0]
-    branches[adapter] = Marker()
-    model.train()
-    model(torch.ones(3, 4))
-    assert calls == [torch.Size([3, 4])], "peft's LoRA forward no longer takes its dropout from lora_dropout"
-
-
 @pytest.mark.parametrize("package", ["transformers"])
 def test_a_missing_internal_names_the_versions(monkeypatch, package):
     from importlib import metadata

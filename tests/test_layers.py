@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vlmcls"
 LAYERS = [
     ("base", ["cli", "files", "compat"]),
     ("data", ["images", "prompt", "pixels", "augment", "inputs", "report"]),
-    ("models", ["models", "dropout", "vision_cache"]),
+    ("models", ["models", "vision_cache"]),
     ("objectives", ["objectives.base", "objectives.answer", "objectives.head", "objectives"]),
     ("training and prediction", ["prediction", "calibration", "validation", "training"]),
     ("runs and the app", ["prediction_files", "evaluation", "app"]),

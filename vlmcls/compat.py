@@ -144,14 +144,3 @@ def replace_data(tensor, value):
     module holds, so that references to it stay valid. Checked on torch 2.13."""
     tensor.data = value
 
-
-def lora_dropouts(model):
-    """(branches, adapter name, dropout module) of every LoRA layer of a peft model: peft keeps each layer's dropout
-    per adapter in a ModuleDict `lora_dropout` that its forward indexes by the active adapter; assigning
-    branches[adapter] replaces one. Checked on peft 0.21."""
-    import torch
-    for module in model.modules():
-        branches = getattr(module, "lora_dropout", None)
-        if isinstance(branches, torch.nn.ModuleDict):
-            for adapter, dropout in list(branches.items()):
-                yield branches, adapter, dropout

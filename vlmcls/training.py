@@ -60,8 +60,6 @@ def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=Fal
         encoder.requires_grad_(False)
     if use_lora:
         from peft import LoraConfig, get_peft_model
-
-        from .dropout import use_gap_dropout
         # As in LLaVA's LoRA recipe, adapters go on the language model and the connector; the vision encoder
         # stays as it is unless lora_vision asks for adapters there too.
         vision_adapters = lora_vision and not freeze_vision
@@ -70,7 +68,6 @@ def prepare_model(model, *, freeze_vision=False, use_lora=False, lora_vision=Fal
                             modules_to_save=added,
                             exclude_modules=None if vision_adapters else rf".*\.({'|'.join(VISION_MODULES)})\..*")
         model = get_peft_model(model, config)
-        use_gap_dropout(model)  # the same masks, drawn faster on the CPU
     frozen = not any(p.requires_grad for p in encoder.parameters())
     if skip_frozen_backward and frozen:
         run_without_grad(encoder)
