@@ -144,7 +144,9 @@ def quantize_dynamic_int8(module):
 
     import torch
     from torch.ao.quantization import quantize_dynamic
-    with warnings.catch_warnings():  # torch announces the move of this API to torchao; it works in the pinned torch
+    # torch announces the move of this API to torchao; it works in the pinned torch, and torchao 0.18's int8 ran
+    # 1.7x slower on this CPU with 2.4x the peak memory (benchmarks/README.md#int8-on-the-cpu-quantize-int8py)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
         return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
