@@ -59,10 +59,11 @@ OUTPUT = ""  # where the table is also written; "": benchmarks/results-label-iss
 
 def flip_labels(train_json, out, share, seed):
     """The training JSON with `share` of its images given another class (their Q&A pairs: the classification
-    question with that class). Returns the flipped images' paths, resolved."""
+    question with that class). Returns {flipped image's resolved path: its true class}, and the image count."""
     data = json.loads(Path(train_json).read_text())
     rng = random.Random(seed)
-    flipped = rng.sample(range(len(data["samples"])), round(share * len(data["samples"])))
+    flipped = {i: data["samples"][i]["label"]
+               for i in rng.sample(range(len(data["samples"])), round(share * len(data["samples"])))}
     for i in flipped:
         sample = data["samples"][i]
         sample["label"] = rng.choice([c for c in data["classes"] if c != sample["label"]])
@@ -70,7 +71,7 @@ def flip_labels(train_json, out, share, seed):
     for sample in data["samples"]:
         sample["image"] = str((Path(train_json).parent / sample["image"]).resolve())
     write_json(out, data)
-    return {data["samples"][i]["image"] for i in flipped}, len(data["samples"])
+    return {data["samples"][i]["image"]: true for i, true in flipped.items()}, len(data["samples"])
 
 
 def pretrain(model, files, split, work):
@@ -101,10 +102,13 @@ def check_labels(backbone, model, files, split, share, work):
     with open(out / "label_issues.csv", newline="") as f:
         ranked = [str(Path(r["path"]).resolve()) for r in csv.DictReader(f)]  # worst first
     listed = set(ranked)
-    hits = len(listed & flipped)
+    hits = len(listed & set(flipped))
+    by_class = {c: [p for p, true in flipped.items() if true == c] for c in sorted(set(flipped.values()))}
     result = {"backbone": backbone, "split": split, "noise": share, "images": total, "flipped": len(flipped),
               "listed": len(listed), "recall": hits / len(flipped), "precision": hits / len(listed) if listed else 0.0,
-              "top_precision": len(set(ranked[:len(flipped)]) & flipped) / len(flipped), "seconds": seconds}
+              "top_precision": len(set(ranked[:len(flipped)]) & set(flipped)) / len(flipped),
+              "recall_by_class": {c: len(listed & set(paths)) / len(paths) for c, paths in by_class.items()},
+              "seconds": seconds}
     print(f"{backbone} split {split} noise {share}: {hits} of {len(flipped)} flipped found, {len(listed)} listed",
           flush=True)
     return result
@@ -116,18 +120,26 @@ def spread(values, digits=2):
     return f"{mean:.{digits}f} ± {sd:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
+def by_class(runs):
+    """The mean recall of the flipped images of each true class, over the runs."""
+    names = sorted({c for r in runs for c in r["recall_by_class"]})
+    return ", ".join(f"{c} {statistics.mean(r['recall_by_class'][c] for r in runs if c in r['recall_by_class']):.2f}"
+                     for c in names)
+
+
 def report(results, started, elapsed):
     shown = [a for a in sys.argv[1:] if not a.startswith(("--work_dir", "--output"))]  # no machine paths
     changed = git("status", "--porcelain", "--untracked-files=no")
-    lines = ["| backbone | noise | images | flipped | listed | recall | precision | precision of the first n |",
-             "|---" * 8 + "|"]
+    lines = ["| backbone | noise | images | flipped | listed | recall | precision | precision of the first n | "
+             "recall by true class |", "|---" * 9 + "|"]
     for backbone in BACKBONES:
         for share in NOISE:
             runs = [r for r in results if r["backbone"] == backbone and r["noise"] == share]
             lines.append(f"| {backbone} | {share:.0%} | {statistics.mean(r['images'] for r in runs):.0f} | "
                          f"{statistics.mean(r['flipped'] for r in runs):.0f} | "
                          f"{spread([r['listed'] for r in runs], 0)} | {spread([r['recall'] for r in runs])} | "
-                         f"{spread([r['precision'] for r in runs])} | {spread([r['top_precision'] for r in runs])} |")
+                         f"{spread([r['precision'] for r in runs])} | {spread([r['top_precision'] for r in runs])} | "
+                         f"{by_class(runs)} |")
     per_run = "\n".join(f"| {r['backbone']} | {r['split']} | {r['noise']:.0%} | {r['flipped']} | {r['listed']} | "
                         f"{r['recall']:.2f} | {r['precision']:.2f} | {r['top_precision']:.2f} | {r['seconds']:.0f} |"
                         for r in results)
@@ -142,7 +154,8 @@ Command: `HF_HUB_OFFLINE=1 python benchmarks/label_issues.py {' '.join(shown)}`
   class; `fine_tune.py --label_issue_folds={FOLDS}` lists the suspects (confident learning, cleanlab, on the
   out-of-sample probabilities of a {FOLDS}-fold linear head on the backbone's states). Recall: flipped images
   listed / flipped; precision: flipped images listed / listed; precision of the first n: of the n worst-ranked,
-  n the number flipped. Mean ± standard deviation (range) over the splits.
+  n the number flipped; recall by true class: of the flipped images of each class before the flip. Mean ±
+  standard deviation (range) over the splits.
 - Stand-in backbone: a tiny SmolVLM trained from scratch, a stand-in for the pretrained model (vision
   {VISION[1]} layers x {VISION[0]}, language {TEXT[1]} layers x {TEXT[0]}, {IMAGE_SIZE} px), initialised from
   the split's seed and trained {PRETRAIN_SECONDS} s (objective head, learning rate {LEARNING_RATE}, batch {BATCH})

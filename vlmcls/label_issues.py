@@ -33,7 +33,10 @@ def ranked_issues(labels, probs, classes):
     given = np.array([classes.index(label) for label in labels])
     p = np.asarray(probs, dtype=float)
     p = p / p.sum(axis=1, keepdims=True)  # rounded probabilities of a CSV sum to 1 only within rounding
-    found = find_label_issues(given, p, filter_by="prune_by_noise_rate", return_indices_ranked_by="self_confidence")
+    # n_jobs=1: the work is small, and a pool would fork a process holding a loaded model (or, where processes are
+    # spawned, import the calling script again)
+    found = find_label_issues(given, p, filter_by="prune_by_noise_rate", return_indices_ranked_by="self_confidence",
+                              n_jobs=1)
     quality = get_label_quality_scores(given, p, method="self_confidence")
     return [(int(i), float(quality[i])) for i in found]
 
