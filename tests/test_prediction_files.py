@@ -16,7 +16,7 @@ from conftest import ROOT, awkward_images, make_colour_images, run_script
 from vlmcls.label_issues import SHEET_COUNT
 
 SETTINGS = ["--image_longest_edge=512", "--image_splitting=false", "--num_workers=0"]
-OUTPUTS = ["predictions.csv", "skipped.csv", "report.json", "confusion_matrix.png"]
+OUTPUTS = ["predictions.csv", "skipped.csv", "report.json", "confusion_matrix.png", "label_issues.csv"]
 # awkward_images' files that cannot be used, with the reason skipped.csv gives
 UNUSABLE = {"green/corrupt.png": "corrupt or truncated image", "green/truncated.png": "corrupt or truncated image",
             "red/empty.jpg": "empty file", "red/notes.txt": "not an image"}
