@@ -68,8 +68,8 @@ def label_issues_of_run(folder, rows, classes):
     if not rows or any(not r.get("probabilities") for r in rows):
         for name in (ISSUES_CSV, ISSUES_PNG):
             (Path(folder) / name).unlink(missing_ok=True)
-        print("no suspected label errors listed: they need each class's probability, which generate mode gives "
-              "not (score mode does)")
+        print("no suspected label errors listed: they need each class's probability, which generate mode does not "
+              "give (score mode does)")
         return None
     probs = [[json.loads(r["probabilities"])[c] for c in classes] for r in rows]
     return write_label_issues(folder, [r["path"] for r in rows], [r["true_class"] for r in rows], probs, classes)
