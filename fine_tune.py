@@ -16,6 +16,7 @@ from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.compat import library_versions
 from vlmcls.images import read_dataset_json, refuse_overlap
 from vlmcls.inputs import InputEncoder, auto_workers
+from vlmcls.label_issues import check_folds, training_label_issues
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, leave_processes, load_model, load_processor, pick_device, \
     pick_dtype, set_resolution
 from vlmcls.objectives import OBJECTIVES, named
@@ -52,6 +53,7 @@ CACHE_FROZEN_STATES = True  # with freeze_backbone: compute each image's state o
 LABEL_SMOOTHING = 0.0  # objective=head: label smoothing of the cross-entropy (0: none)
 CLASS_BALANCE = "none"  # "none": as is; "oversample": rarer classes repeated; "weighted" (head): loss weights
 FIT_CLASS_BIAS = True  # after training, weigh the class scores against the class frequencies as validation says best
+LABEL_ISSUE_FOLDS = 0  # k >= 2: before training, list training images whose label a k-fold doubts (docs/label-issues.md)
 IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is SmolVLM's shipped setting
 IMAGE_SPLITTING = False  # cut large images into 512px tiles plus a global view (the original: true)
 ENLARGE_IMAGES = False  # resize smaller images up to IMAGE_LONGEST_EDGE, as the processor does (the original)
@@ -90,6 +92,8 @@ def main():
     test_data = read_dataset_json(TEST_JSON) if TEST_JSON else None
     refuse_overlap(train_data, {"validation": val_data, "test": test_data})
     train_data, val_data = enough_validation(train_data, val_data, MIN_VALIDATION_IMAGES)
+    if LABEL_ISSUE_FOLDS:
+        check_folds([s["label"] for s in train_data["samples"]], train_data["classes"], LABEL_ISSUE_FOLDS)
     resume = checkpoint_to_resume(OUTPUT_DIR, RESUME)
     device = pick_device(DEVICE)
     dtype = pick_dtype(device, DTYPE)
@@ -132,11 +136,18 @@ def main():
         data_seed=SEED,
     )
     states = None
+    autocast = partial(torch.autocast, args.device.type, dtype=dtype, enabled=dtype != torch.float32)
     if FREEZE_BACKBONE and CACHE_FROZEN_STATES:  # the head trains on these; the backbone never runs again
-        autocast = partial(torch.autocast, args.device.type, dtype=dtype, enabled=dtype != torch.float32)
         states = objective.features(model.to(args.device), processor, encoder, [image for image, _ in train_rows]
                                     + [s["image"] for s in (test_data or {"samples": []})["samples"]] + val_images,
                                     train_data["question"], PER_DEVICE_EVAL_BATCH_SIZE, autocast)
+    if LABEL_ISSUE_FOLDS:  # before training: the base model's states never saw these labels (docs/label-issues.md)
+        found = states or named("head").features(model.to(args.device), processor, encoder,
+                                                 [s["image"] for s in train_data["samples"]], train_data["question"],
+                                                 PER_DEVICE_EVAL_BATCH_SIZE, autocast, desc="states for label issues")
+        if args.process_index == 0:
+            training_label_issues(OUTPUT_DIR, found, train_data["samples"], train_data["classes"], LABEL_ISSUE_FOLDS,
+                                  SEED)
     callbacks = [EarlyStoppingCallback(EARLY_STOPPING_PATIENCE)] if val_data and EARLY_STOPPING_PATIENCE > 0 else []
     callbacks += [time_limit(MAX_TRAIN_SECONDS)] if MAX_TRAIN_SECONDS > 0 else []
     training_set = objective.training_set(trained, encoder=encoder, processor=processor, end_ids=end_ids,

@@ -7,6 +7,7 @@ from .calibration import saved_class_bias
 from .cli import UserError
 from .compat import library_versions
 from .inputs import auto_workers
+from .label_issues import label_issues_of_run
 from .models import join_processes, leave_processes, pick_device, pick_dtype
 from .objectives import load_for_inference, reported_mode
 from .prediction import predict_batches
@@ -27,9 +28,9 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
     """Evaluate each model on the same images, print the original's lines for each and, for two or more,
     a side-by-side table. predictions.csv (and skipped.csv: files that cannot be used) grow as batches finish;
     an interrupted run is continued (`resume` "auto") or started afresh ("overwrite"); under torchrun each process
-    predicts its share and the main process writes. With labels, report.json and confusion_matrix.png follow,
-    computed from the rows written; report.json also records `record` (the script's settings) and the library
-    versions. `quantize` ("none" or "int8") applies to every model; with `class_bias`, score mode adds the class
+    predicts its share and the main process writes. With labels, report.json, confusion_matrix.png and the
+    suspected label errors (label_issues.csv and .png) follow, computed from the rows written; report.json also
+    records `record` (the script's settings) and the library versions. `quantize` ("none" or "int8") applies to every model; with `class_bias`, score mode adds the class
     bias saved with a model. Returns each model's metrics (None without labels, or in the other processes)."""
     rank, world, device = join_processes(pick_device(device))
     dtype = pick_dtype(device, dtype)
@@ -52,7 +53,7 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
                     "image_count": len(paths), "prediction": used, "classes": classes, "question": question,
                     "class_bias": bias["values"] if bias else None, "image_longest_edge": image_longest_edge,
                     "image_splitting": image_splitting, "enlarge_images": enlarge_images, "max_image_pixels": max_pixels,
-                    "quantize": quantize, "dtype": str(dtype)}
+                    "quantize": quantize, "dtype": str(dtype), "columns": PREDICTION_HEADER}
         files = PredictionFiles(out, PREDICTION_HEADER, settings)
         start = open_files(files, resume, len(paths), rank)
         processor, model = load_for_inference(model_path, device=device, dtype=dtype, quantize=quantize,
@@ -91,5 +92,6 @@ def report_rows(files, out, total, true, classes, extra):
         result = write_summary(out, [r["true_class"] for r in rows], [r["predicted_class"] for r in rows], classes,
                                extra)
         print_accuracy(result)
+        label_issues_of_run(out, rows, classes)
     print(f"report written to {out}")
     return result

@@ -1,5 +1,6 @@
 """Reports: metrics, the original's console lines, predictions.csv, report.json and the confusion-matrix picture."""
 import io
+import json
 from pathlib import Path
 
 from PIL import Image
@@ -7,7 +8,8 @@ from PIL import Image
 from .files import atomic_write, write_csv, write_json
 from .prompt import NO_CLASS
 
-PREDICTION_HEADER = ["path", "true_class", "predicted_class", "probability", "top2", "answer"]
+# probabilities: every class's probability as JSON (score mode; empty in generate mode), for label_issues.py
+PREDICTION_HEADER = ["path", "true_class", "predicted_class", "probability", "top2", "answer", "probabilities"]
 
 
 def metrics(true, pred, classes):
@@ -64,7 +66,8 @@ def prediction_rows(paths, results, true=None):
     rows = []
     for i, (path, r) in enumerate(zip(paths, results)):
         prob = f"{r['probs'][r['pred']]:.6f}" if r["probs"] else ""
-        rows.append([str(path), true[i] if true else "", r["pred"], prob, " | ".join(r["top2"]), r["answer"]])
+        every = json.dumps({c: round(p, 6) for c, p in r["probs"].items()}, ensure_ascii=False) if r["probs"] else ""
+        rows.append([str(path), true[i] if true else "", r["pred"], prob, " | ".join(r["top2"]), r["answer"], every])
     return rows
 
 
