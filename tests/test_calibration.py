@@ -1,12 +1,16 @@
-"""The class bias: its values, the strength validation picks, its record in classes.json, and the scripts using it."""
+"""Calibration: the class bias (its values, the strength validation picks, its record in classes.json, the scripts
+using it), the temperature, the measures, and the "not sure" rule."""
 import json
 import math
+import random
 import shutil
 
 import pytest
 
 from conftest import report_in, run_script
-from vlmcls.calibration import STRENGTHS, fit_class_bias, frequency_bias, saved_class_bias
+from vlmcls.calibration import STRENGTHS, calibrate, fit_class_bias, fit_temperature, frequency_bias, \
+    load_calibration, saved_class_bias, threshold_for_accuracy, with_class_bias, with_temperature
+from vlmcls.confidence import ece, measures, risk_coverage
 from vlmcls.objectives import ranked
 
 CLASSES = ["common", "rare"]
@@ -95,3 +99,113 @@ def test_fine_tune_records_the_bias_validation_chose_and_evaluation_adds_it(fine
     assert biased_report["class_bias"]["green"] == 50.0 and raw_report["class_bias"] is None
     assert [row[1] for row in biased_report["confusion_matrix"]] == [12, 12, 12]  # every image called green
     assert biased_report["accuracy"] == pytest.approx(1 / 3) and raw_report["accuracy"] > 1 / 3
+
+
+# --- the temperature, the measures and the "not sure" rule (issue 36) ---
+
+def over_confident(n, seed, sharpen=3.0, classes=("a", "b", "c")):
+    """Results of a deliberately over-confident model on `n` images: each image's true class is drawn from
+    probabilities p (so p is calibrated), and the model reports softmax(sharpen x log p) instead."""
+    rng = random.Random(seed)
+    results, labels = [], []
+    for _ in range(n):
+        logits = [rng.gauss(0, 1.5) for _ in classes]
+        p = softmax(logits)
+        labels.append(rng.choices(classes, weights=p)[0])
+        results.append(ranked(list(classes), softmax([sharpen * x for x in logits])))
+    return results, labels
+
+
+def softmax(logits):
+    weights = [math.exp(x - max(logits)) for x in logits]
+    return [w / sum(weights) for w in weights]
+
+
+def test_the_temperature_fitted_on_validation_lowers_ece_and_nll_on_held_out_results_and_keeps_the_argmax():
+    classes = ["a", "b", "c"]
+    validation, validation_labels = over_confident(400, seed=1)
+    held_out, labels = over_confident(400, seed=2)
+    fitted = fit_temperature(validation, validation_labels, classes)
+    assert 2.2 < fitted["value"] < 4.0  # the sharpening undone: about 3
+    assert fitted["validation_nll_after"] < fitted["validation_nll_before"]
+    assert fitted["validation_ece_after"] < fitted["validation_ece_before"] and fitted["validation_images"] == 400
+    calibrated = with_temperature(held_out, classes, fitted["value"])
+    before, after = (measures([r["probs"] for r in rs], labels) for rs in (held_out, calibrated))
+    assert after["ece"] < before["ece"] / 2 and after["nll"] < before["nll"] and after["brier"] < before["brier"]
+    assert [r["pred"] for r in calibrated] == [r["pred"] for r in held_out]
+    undone = with_temperature(calibrated, classes, 1 / fitted["value"])
+    assert [r["probs"] for r in undone] == [pytest.approx(r["probs"]) for r in held_out]
+
+
+def test_the_measures_agree_with_scikit_learn_and_a_hand_computed_ece():
+    from sklearn.metrics import brier_score_loss, log_loss
+    results, labels = over_confident(50, seed=3)
+    probs = [r["probs"] for r in results]
+    matrix = [[p[c] for c in "abc"] for p in probs]
+    m = measures(probs, labels)
+    assert m["nll"] == pytest.approx(log_loss(labels, matrix, labels=list("abc")))
+    assert m["brier"] == pytest.approx(brier_score_loss(labels, matrix, labels=list("abc")))
+    # confidences 0.95 (right), 0.95 (wrong), 0.5 (right): bins (14/15, 1] with accuracy 0.5 at confidence 0.95,
+    # and (7/15, 8/15] with accuracy 1 at 0.5
+    assert ece([0.95, 0.95, 0.5], [True, False, True]) == pytest.approx((2 * 0.45 + 0.5) / 3)
+    assert ece([1.0, 0.0], [True, False]) == pytest.approx(0.0)  # the edges fall in the first and last bins
+
+
+def test_the_risk_coverage_table_keeps_the_most_confident_share():
+    confidences = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1]
+    correct = [True] * 4 + [False, True, True, False, False, False]
+    table = {row["coverage"]: row for row in risk_coverage(confidences, correct, [1.0, 0.5, 0.4])}
+    assert table[1.0]["accuracy"] == 0.6 and table[1.0]["kept"] == 1.0
+    assert (table[0.5]["threshold"], table[0.5]["kept"], table[0.5]["accuracy"]) == (0.5, 0.5, 0.8)
+    assert (table[0.4]["threshold"], table[0.4]["accuracy"]) == (0.6, 1.0)
+    pairs = [[c, ok] for c, ok in zip(confidences, correct)]
+    assert threshold_for_accuracy(pairs, 1.0) == (0.6, 0.4, 1.0)
+    assert threshold_for_accuracy(pairs, 0.7) == (0.2, 0.8, 0.75)  # the most images kept at 70% right or more
+    assert threshold_for_accuracy([[0.9, False]], 0.5) is None
+
+
+def test_calibrate_applies_bias_then_temperature_then_marks_only_results_below_the_threshold():
+    classes = ["a", "b", "c"]
+    results = [ranked(classes, p) for p in ([0.9, 0.05, 0.05], [0.5, 0.3, 0.2], [0.1, 0.3, 0.6])]
+    generated = {"answer": "zzz", "pred": "zzz", "probs": None, "top2": ["zzz"]}
+    bias, temperature = [0.0, math.log(2), 0.0], 2.0
+    done = calibrate(results + [generated], classes, {"bias": bias, "temperature": temperature, "threshold": 0.45})
+    expected = with_temperature(with_class_bias(results, classes, bias), classes, temperature)
+    assert [r["probs"] for r in done[:3]] == [pytest.approx(r["probs"]) for r in expected]
+    tops = [max(r["probs"].values()) for r in expected]
+    assert tops[0] > 0.45 > max(tops[1:])  # the second and third are below the threshold, the first above
+    assert [r["pred"] for r in done] == ["a", "uncertain", "uncertain", "zzz"]
+    assert [r.get("uncertain", False) for r in done] == [False, True, True, False]
+    assert done[1]["top2"] == expected[1]["top2"] and done[1]["answer"] == expected[1]["answer"]
+    # a model saved before the temperature: exactly the class bias's results, or the raw ones without a bias
+    old = {"bias": bias, "temperature": None, "threshold": 0}
+    assert calibrate(results, classes, old) == with_class_bias(results, classes, bias)
+    assert calibrate(results, classes, {**old, "bias": None}) == results and calibrate(results, classes, None) == results
+
+
+def old_model_folder(folder, **entries):
+    """A classes.json as a model saved before issue 36 has it (no temperature, no validation confidences)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "classes.json").write_text(json.dumps({"classes": CLASSES, "question": "?", "max_image_pixels": 10,
+                                                     "class_bias": None, "objective": "head", **entries}))
+    return folder
+
+
+def test_load_calibration_reads_what_was_saved_and_says_what_it_cannot_do(tmp_path):
+    from vlmcls.cli import UserError
+    old = old_model_folder(tmp_path / "old")
+    assert {k: load_calibration(old, CLASSES)[k] for k in ("bias", "temperature", "threshold")} == \
+        {"bias": None, "temperature": None, "threshold": 0.0}
+    assert load_calibration(old, CLASSES, min_confidence=0.7)["threshold"] == 0.7
+    with pytest.raises(UserError, match="no confidences of validation images saved"):
+        load_calibration(old, CLASSES, target_accuracy=0.9)
+    with pytest.raises(UserError, match="not both"):
+        load_calibration(old, CLASSES, min_confidence=0.5, target_accuracy=0.9)
+    new = old_model_folder(tmp_path / "new", temperature={"value": 2.5},
+                           validation_confidences=[[0.9, True], [0.8, True], [0.7, False], [0.6, True]])
+    loaded = load_calibration(new, CLASSES, target_accuracy=0.75)
+    assert (loaded["temperature"], loaded["threshold"]) == (2.5, 0.6) and "100% of them" in loaded["why"]
+    assert load_calibration(new, CLASSES, target_accuracy=1.0)["threshold"] == 0.8
+    assert load_calibration(new, ["x", "y"])["temperature"] is None  # fitted for other classes: not applied
+    with pytest.raises(UserError, match="for these classes"):
+        load_calibration(new, ["x", "y"], target_accuracy=0.9)
