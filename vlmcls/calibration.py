@@ -85,7 +85,9 @@ def with_temperature(results, classes, temperature):
 def fit_temperature(results, labels, classes, steps=60):
     """The temperature that minimises the negative log-likelihood of the validation results (labels: their true
     classes), by golden-section search over log T in TEMPERATURES (the NLL is convex in 1/T). Returns what
-    classes.json records under "temperature"."""
+    classes.json records under "temperature": "value" is None, with the reason, where the minimum is at an end of
+    the range: with every validation image right the NLL falls all the way to T -> 0 (probabilities of 1), which
+    would be no calibration but overconfidence."""
     logs = [[x - max(row) for x in row] for row in (_log_probabilities(r, classes) for r in results)]
     truth = [classes.index(label) for label in labels]
 
@@ -107,6 +109,14 @@ def fit_temperature(results, labels, classes, steps=60):
             b = low + ratio * (high - low)
             fb = loss(b)
     value = math.exp((low + high) / 2)
+    before = {"validation_nll_before": nll([r["probs"] for r in results], labels),
+              "validation_ece_before": _ece(results, labels), "validation_images": len(labels)}
+    if min(abs(math.log(value / end)) for end in TEMPERATURES) < 0.01:
+        right = sum(r["pred"] == label for r, label in zip(results, labels))
+        return {"value": None, **before,
+                "reason": f"the validation NLL has no minimum between T={TEMPERATURES[0]} and {TEMPERATURES[1]} "
+                          f"({right} of the {len(labels)} validation images are right: more validation images, some "
+                          "of them wrong, are needed)"}
     after = with_temperature(results, classes, value)
     return {"value": value, "validation_nll_before": nll([r["probs"] for r in results], labels),
             "validation_nll_after": nll([r["probs"] for r in after], labels),
@@ -137,6 +147,7 @@ def fit_calibration(results, data, train_labels, *, metric, class_bias=True, tem
     fitted = fit_temperature(results, labels, classes) if temperature else None
     if fitted:
         fitted["after_class_bias"] = bias is not None
+    if fitted and fitted["value"]:
         results = with_temperature(results, classes, fitted["value"])
     return {"class_bias": bias, "temperature": fitted, "validation_confidences": confidence_table(results, labels)}
 
@@ -170,6 +181,7 @@ def load_calibration(model_path, classes, *, class_bias=True, min_confidence=0.0
     same = set(saved.get("classes", [])) == set(classes)
     bias = saved_class_bias(model_path, classes) if class_bias else None
     fit = saved.get("temperature") if same else None
+    fit = fit if fit and fit.get("value") else None
     threshold, why = min_confidence, f"min_confidence={min_confidence}" if min_confidence else "never"
     if target_accuracy:
         table = saved.get("validation_confidences")

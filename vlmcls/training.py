@@ -180,10 +180,12 @@ def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, me
                                       **{k: v for k, v in calibration.items() if k != "class_bias"}})
     if calibration.get("class_bias"):
         print(describe(calibration["class_bias"]))
-    if calibration.get("temperature"):
-        print(describe_calibration({"temperature_fit": calibration["temperature"], "threshold": 0})[0])
+    fitted = calibration.get("temperature")
+    if fitted and fitted["value"]:
+        print(describe_calibration({"temperature_fit": fitted, "threshold": 0})[0])
     else:
-        print(f"note: no temperature fitted, so {UNCALIBRATED}")
+        print(f"note: no temperature fitted ({fitted['reason'] if fitted else 'no validation images'}), so "
+              f"{UNCALIBRATED}")
     write_json(out / "run_config.json", run_config)
     # Written last: its presence marks a finished run.
     write_json(out / TRAIN_LOG, trainer.state.log_history)
