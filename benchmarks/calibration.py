@@ -79,15 +79,15 @@ def cell(values, digits=3):
 
 
 def table(results):
-    lines = ["| task | row | scored images | temperature | NLL before | NLL after | ECE before | ECE after | "
+    lines = ["| task | row | validation images | scored images | temperature | NLL before | NLL after | ECE before | ECE after | "
              "Brier before | Brier after | accuracy (all) | " + " | ".join(f"accuracy at {c:.0%} kept" for c in COVERAGES)
-             + " |", "|---" * (11 + len(COVERAGES)) + "|"]
+             + " |", "|---" * (12 + len(COVERAGES)) + "|"]
     for task in TASKS:
         for row in ROWS:
             runs = results[task][row]
             fitted = sum(r["temperature"] is not None for r in runs)
             lines.append(
-                f"| {task} | {row} | {runs[0]['images']} | {cell([r['temperature'] for r in runs], 2)}"
+                f"| {task} | {row} | {(runs[0]['fit'] or {}).get('validation_images', '-')} | {runs[0]['images']} | {cell([r['temperature'] for r in runs], 2)}"
                 f"{'' if fitted == len(runs) else f' ({len(runs) - fitted} of {len(runs)} not fitted)'} | "
                 + " | ".join(cell([r[when][measure] for r in runs]) for measure in ("nll", "ece", "brier")
                              for when in ("before", "after"))
