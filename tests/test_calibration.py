@@ -169,6 +169,15 @@ def test_the_risk_coverage_table_keeps_the_most_confident_share():
     assert threshold_for_accuracy([[0.9, False]], 0.5) is None
 
 
+def test_a_temperature_at_an_end_of_the_range_is_refused_when_low_and_kept_with_a_note_when_high():
+    classes = ["a", "b"]
+    confident = [ranked(classes, [0.9, 0.1]), ranked(classes, [0.2, 0.8])]
+    assert fit_temperature(confident, ["a", "b"], classes)["value"] is None  # all right: T would go to 0
+    wrong = fit_temperature(confident, ["b", "a"], classes)  # all wrong: uniform guesses are best
+    assert wrong["value"] == TEMPERATURES[1] and "0 of the 2" in wrong["note"]
+    assert wrong["validation_nll_after"] < wrong["validation_nll_before"]
+
+
 def test_calibrate_applies_bias_then_temperature_then_marks_only_results_below_the_threshold():
     classes = ["a", "b", "c"]
     results = [ranked(classes, p) for p in ([0.9, 0.05, 0.05], [0.5, 0.3, 0.2], [0.1, 0.3, 0.6])]
@@ -243,7 +252,7 @@ def test_fine_tune_saves_the_temperature_fitted_after_the_class_bias_and_the_val
     assert [c for c, _ in table] == sorted((c for c, _ in table), reverse=True) and not all(ok for _, ok in table)
     # every validation image right (the longer run): the NLL would fall to T -> 0, so no temperature is saved
     full = json.loads((short_head / "head" / "classes.json").read_text())["temperature"]
-    assert full["value"] is None and "9 of the 9 validation images are right" in full["reason"]
+    assert full["value"] is None and "as 9 of the 9 validation images are right" in full["reason"]
 
 
 @pytest.fixture(scope="module")

@@ -103,8 +103,8 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
     import gradio as gr
     default = classes_and_question(model_path, classes)
     settings = {"class_bias": class_bias, "min_confidence": min_confidence, "target_accuracy": target_accuracy}
-    if default:  # a threshold that cannot be chosen stops the page before it starts
-        load_calibration(model_path, default[0], **settings)
+    # a threshold that cannot be chosen stops the page before it starts
+    calibrated = load_calibration(model_path, default[0], **settings) if default else None
 
     def scoring(class_names):
         """(classes, question, calibration) for the class names given, else the page's; None when there are fewer
@@ -151,8 +151,13 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
     known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"
     with gr.Blocks(title=f"{Path(model_path).name}: image classifier", analytics_enabled=False) as page:
         scored = objective_of(model).SCORED_BY
+        calibration = ("" if not calibrated else
+                       f" Probabilities calibrated with temperature {calibrated['temperature']:.2f}."
+                       if calibrated["temperature"] else " Probabilities uncalibrated (no temperature saved).")
+        unsure = f" An image whose top probability is below {calibrated['threshold']:.3f} is *uncertain*." \
+            if calibrated and calibrated["threshold"] else ""
         gr.Markdown(f"## {Path(model_path).name}\n{known}. Every class is scored by {scored}"
-                    f"{' (int8 weights)' if quantize == 'int8' else ''}.")
+                    f"{' (int8 weights)' if quantize == 'int8' else ''}.{calibration}{unsure}")
         with gr.Row():
             with gr.Column():
                 images = gr.Gallery(label="Images: drop, paste or pick one or several", type="filepath",

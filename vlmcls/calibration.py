@@ -85,9 +85,10 @@ def with_temperature(results, classes, temperature):
 def fit_temperature(results, labels, classes, steps=60):
     """The temperature that minimises the negative log-likelihood of the validation results (labels: their true
     classes), by golden-section search over log T in TEMPERATURES (the NLL is convex in 1/T). Returns what
-    classes.json records under "temperature": "value" is None, with the reason, where the minimum is at an end of
-    the range: with every validation image right the NLL falls all the way to T -> 0 (probabilities of 1), which
-    would be no calibration but overconfidence."""
+    classes.json records under "temperature". Where the NLL falls all the way to the low end of the range, as it
+    does with every validation image right (towards probabilities of 1, which would be overconfidence, not
+    calibration), "value" is None, with the reason. Where it falls all the way to the high end, the predictions
+    are no better than uniform guesses on the validation images, and the high end is the temperature, with a note."""
     logs = [[x - max(row) for x in row] for row in (_log_probabilities(r, classes) for r in results)]
     truth = [classes.index(label) for label in labels]
 
@@ -111,17 +112,19 @@ def fit_temperature(results, labels, classes, steps=60):
     value = math.exp((low + high) / 2)
     before = {"validation_nll_before": nll([r["probs"] for r in results], labels),
               "validation_ece_before": _ece(results, labels), "validation_images": len(labels)}
-    if min(abs(math.log(value / end)) for end in TEMPERATURES) < 0.01:
-        right = sum(r["pred"] == label for r, label in zip(results, labels))
+    right = sum(r["pred"] == label for r, label in zip(results, labels))
+    if abs(math.log(value / TEMPERATURES[0])) < 0.01:
         return {"value": None, **before,
-                "reason": f"the validation NLL has no minimum between T={TEMPERATURES[0]} and {TEMPERATURES[1]} "
-                          f"({right} of the {len(labels)} validation images are right: more validation images, some "
-                          "of them wrong, are needed)"}
+                "reason": f"the validation NLL falls all the way to T={TEMPERATURES[0]}, as {right} of the "
+                          f"{len(labels)} validation images are right: more validation images, some of them wrong, "
+                          "are needed"}
+    note = {"note": f"the validation NLL falls all the way to T={TEMPERATURES[1]}: only {right} of the {len(labels)} "
+                    "validation images are right, no better than a uniform guess"} \
+        if abs(math.log(value / TEMPERATURES[1])) < 0.01 else {}
+    value = TEMPERATURES[1] if note else value
     after = with_temperature(results, classes, value)
-    return {"value": value, "validation_nll_before": nll([r["probs"] for r in results], labels),
-            "validation_nll_after": nll([r["probs"] for r in after], labels),
-            "validation_ece_before": _ece(results, labels), "validation_ece_after": _ece(after, labels),
-            "validation_images": len(labels)}
+    return {"value": value, **before, "validation_nll_after": nll([r["probs"] for r in after], labels),
+            "validation_ece_after": _ece(after, labels), **note}
 
 
 def _ece(results, labels):
@@ -235,7 +238,7 @@ def describe_calibration(calibration):
     lines = [f"temperature {fit['value']:.3f}, fitted on {fit['validation_images']} validation images (NLL "
              f"{fit['validation_nll_before']:.4f} -> {fit['validation_nll_after']:.4f}, ECE "
              f"{fit['validation_ece_before']:.4f} -> {fit['validation_ece_after']:.4f}), applied to the probabilities"
-             if fit else f"no temperature saved with this model: {UNCALIBRATED}"]
+             + (f"; {fit['note']}" if fit.get("note") else "") if fit else f"no temperature saved with this model: {UNCALIBRATED}"]
     if calibration["threshold"]:
         lines.append(f"a result whose top probability is below {calibration['threshold']:.4f} is '{UNCERTAIN}' "
                      f"({calibration['why']}); the best guess stays in top2 and probability")
