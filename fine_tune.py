@@ -53,7 +53,7 @@ CACHE_FROZEN_STATES = True  # with freeze_backbone: compute each image's state o
 LABEL_SMOOTHING = 0.0  # objective=head: label smoothing of the cross-entropy (0: none)
 CLASS_BALANCE = "none"  # "none": as is; "oversample": rarer classes repeated; "weighted" (head): loss weights
 FIT_CLASS_BIAS = True  # after training, weigh the class scores against the class frequencies as validation says best
-FIT_TEMPERATURE = True  # after training (and the class bias), fit a temperature on the validation images (docs/calibration.md)
+FIT_TEMPERATURE = True  # after the class bias, fit a temperature calibrating the probabilities on the validation images
 IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is SmolVLM's shipped setting
 IMAGE_SPLITTING = False  # cut large images into 512px tiles plus a global view (the original: true)
 ENLARGE_IMAGES = False  # resize smaller images up to IMAGE_LONGEST_EDGE, as the processor does (the original)

@@ -62,8 +62,8 @@ def one_run(task, row, split, files, model, work):
     report = json.loads((out / "report" / "report.json").read_text())
     saved = json.loads((out / "model" / "classes.json").read_text())
     section = report["calibration"]
-    result = {"key": key, "accuracy": report["accuracy"], "images": report["total"], "temperature": section["temperature"],
-              "fit": saved.get("temperature"), "before": section["without_temperature"],
+    result = {"key": key, "accuracy": report["accuracy"], "images": report["total"],
+              "temperature": section["temperature"], "fit": saved.get("temperature"), "before": section["without_temperature"],
               "after": section["with_temperature"] or section["without_temperature"],
               "kept": {str(row["coverage"]): row for row in section["risk_coverage"]}}
     write_json(out / "result.json", result)
@@ -79,15 +79,16 @@ def cell(values, digits=3):
 
 
 def table(results):
-    lines = ["| task | row | validation images | scored images | temperature | NLL before | NLL after | ECE before | ECE after | "
-             "Brier before | Brier after | accuracy (all) | " + " | ".join(f"accuracy at {c:.0%} kept" for c in COVERAGES)
-             + " |", "|---" * (12 + len(COVERAGES)) + "|"]
+    lines = ["| task | row | validation images | scored images | temperature | NLL before | NLL after | ECE before | "
+             "ECE after | Brier before | Brier after | accuracy (all) | "
+             + " | ".join(f"accuracy at {c:.0%} kept" for c in COVERAGES) + " |", "|---" * (12 + len(COVERAGES)) + "|"]
     for task in TASKS:
         for row in ROWS:
             runs = results[task][row]
             fitted = sum(r["temperature"] is not None for r in runs)
             lines.append(
-                f"| {task} | {row} | {(runs[0]['fit'] or {}).get('validation_images', '-')} | {runs[0]['images']} | {cell([r['temperature'] for r in runs], 2)}"
+                f"| {task} | {row} | {(runs[0]['fit'] or {}).get('validation_images', '-')} | {runs[0]['images']} | "
+                f"{cell([r['temperature'] for r in runs], 2)}"
                 f"{'' if fitted == len(runs) else f' ({len(runs) - fitted} of {len(runs)} not fitted)'} | "
                 + " | ".join(cell([r[when][measure] for r in runs]) for measure in ("nll", "ece", "brier")
                              for when in ("before", "after"))

@@ -194,7 +194,8 @@ def test_calibrate_applies_bias_then_temperature_then_marks_only_results_below_t
     # a model saved before the temperature: exactly the class bias's results, or the raw ones without a bias
     old = {"bias": bias, "temperature": None, "threshold": 0}
     assert calibrate(results, classes, old) == with_class_bias(results, classes, bias)
-    assert calibrate(results, classes, {**old, "bias": None}) == results and calibrate(results, classes, None) == results
+    assert calibrate(results, classes, {**old, "bias": None}) == results
+    assert calibrate(results, classes, None) == results
 
 
 def old_model_folder(folder, **entries):
@@ -233,7 +234,8 @@ def short_head(fine_tuned_head, tiny_smolvlm):
     run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", "--output_dir=short",
                "--objective=head", "--max_steps=3", "--eval_steps=3", "--learning_rate=3e-3",
                "--per_device_train_batch_size=4", "--gradient_accumulation_steps=1", "--warmup_steps=1",
-               "--logging_steps=10", "--num_workers=0", "--min_validation_images=1", "--test_json=", cwd=fine_tuned_head)
+               "--logging_steps=10", "--num_workers=0", "--min_validation_images=1", "--test_json=",
+               cwd=fine_tuned_head)
     return fine_tuned_head
 
 

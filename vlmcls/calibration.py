@@ -128,7 +128,8 @@ def fit_temperature(results, labels, classes, steps=60):
 
 
 def _ece(results, labels):
-    return ece([top_probability(r["probs"]) for r in results], [r["pred"] == label for r, label in zip(results, labels)])
+    return ece([top_probability(r["probs"]) for r in results],
+               [r["pred"] == label for r, label in zip(results, labels)])
 
 
 def confidence_table(results, labels):
@@ -183,8 +184,8 @@ def load_calibration(model_path, classes, *, class_bias=True, min_confidence=0.0
     saved = saved_classes(model_path) or {}
     same = set(saved.get("classes", [])) == set(classes)
     bias = saved_class_bias(model_path, classes) if class_bias else None
-    fit = saved.get("temperature") if same else None
-    fit = fit if fit and fit.get("value") else None
+    record = (saved.get("temperature") if same else None) or {}
+    fit = record if record.get("value") else None
     threshold, why = min_confidence, f"min_confidence={min_confidence}" if min_confidence else "never"
     if target_accuracy:
         table = saved.get("validation_confidences")
@@ -205,7 +206,8 @@ def load_calibration(model_path, classes, *, class_bias=True, min_confidence=0.0
     if threshold and UNCERTAIN in classes:
         raise UserError(f"a class is named {UNCERTAIN!r}, the prediction of a result below the threshold: rename it")
     return {"bias": bias["values"] if bias else None, "temperature": fit["value"] if fit else None,
-            "threshold": threshold, "why": why, "class_bias": bias, "temperature_fit": fit}
+            "threshold": threshold, "why": why, "class_bias": bias, "temperature_fit": fit,
+            "temperature_reason": record.get("reason")}
 
 
 def calibrate(results, classes, calibration):
@@ -234,11 +236,17 @@ def best_guesses(result):
 
 def describe_calibration(calibration):
     """The console lines of what calibrate() applies."""
-    fit = calibration["temperature_fit"]
-    lines = [f"temperature {fit['value']:.3f}, fitted on {fit['validation_images']} validation images (NLL "
-             f"{fit['validation_nll_before']:.4f} -> {fit['validation_nll_after']:.4f}, ECE "
-             f"{fit['validation_ece_before']:.4f} -> {fit['validation_ece_after']:.4f}), applied to the probabilities"
-             + (f"; {fit['note']}" if fit.get("note") else "") if fit else f"no temperature saved with this model: {UNCALIBRATED}"]
+    fit, reason = calibration["temperature_fit"], calibration.get("temperature_reason")
+    if fit:
+        line = (f"temperature {fit['value']:.3f}, fitted on {fit['validation_images']} validation images (NLL "
+                f"{fit['validation_nll_before']:.4f} -> {fit['validation_nll_after']:.4f}, ECE "
+                f"{fit['validation_ece_before']:.4f} -> {fit['validation_ece_after']:.4f}), applied to the "
+                "probabilities" + (f"; {fit['note']}" if fit.get("note") else ""))
+    elif reason:
+        line = f"no temperature saved with this model ({reason}): the probabilities are uncalibrated"
+    else:
+        line = f"no temperature saved with this model: {UNCALIBRATED}"
+    lines = [line]
     if calibration["threshold"]:
         lines.append(f"a result whose top probability is below {calibration['threshold']:.4f} is '{UNCERTAIN}' "
                      f"({calibration['why']}); the best guess stays in top2 and probability")

@@ -173,6 +173,7 @@ def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, me
     if not trainer.is_world_process_zero():
         return
     processor.save_pretrained(out)
+    unfitted = "no validation images" if calibration is None else "fit_temperature=false"
     calibration = calibration or {}
     write_json(out / "classes.json", {"classes": data["classes"], "question": data["question"],
                                       "max_image_pixels": data["max_image_pixels"],
@@ -184,7 +185,7 @@ def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, me
     if fitted and fitted["value"]:
         print(describe_calibration({"temperature_fit": fitted, "threshold": 0})[0])
     else:
-        print(f"note: no temperature fitted ({fitted['reason'] if fitted else 'no validation images'}), so "
+        print(f"note: no temperature fitted ({fitted['reason'] if fitted else unfitted}), so "
               f"{UNCALIBRATED}")
     write_json(out / "run_config.json", run_config)
     # Written last: its presence marks a finished run.
