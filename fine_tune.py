@@ -5,13 +5,14 @@ By default a linear classifier on the final hidden state at the last prompt toke
 token are learned. With a validation set, the images of VAL_JSON are
 classified every EVAL_STEPS steps as the evaluation scripts classify them; the best checkpoint by
 METRIC_FOR_BEST_MODEL is the model saved, a run that stops improving can end early, and the class bias that
-suits the validation images best is saved with the model (see the README). Runs on CUDA
+suits the validation images best is saved with the model (see the README), with a temperature that calibrates
+the probabilities and the validation images' confidences (docs/calibration.md). Runs on CUDA
 (bf16, or fp16 where bf16 is unsupported), Apple MPS or the CPU, as one process or under torchrun /
 accelerate launch, and continues an interrupted run from its last checkpoint when started again with
 the same command.
 """
 from vlmcls.augment import AUGMENTS
-from vlmcls.calibration import fit_class_bias
+from vlmcls.calibration import fit_calibration
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.compat import library_versions
 from vlmcls.images import read_dataset_json, refuse_overlap
@@ -53,6 +54,7 @@ CACHE_FROZEN_STATES = True  # with freeze_backbone: compute each image's state o
 LABEL_SMOOTHING = 0.0  # objective=head: label smoothing of the cross-entropy (0: none)
 CLASS_BALANCE = "none"  # "none": as is; "oversample": rarer classes repeated; "weighted" (head): loss weights
 FIT_CLASS_BIAS = True  # after training, weigh the class scores against the class frequencies as validation says best
+FIT_TEMPERATURE = True  # after the class bias, fit a temperature calibrating the probabilities on the validation images
 LABEL_ISSUE_FOLDS = 0  # k >= 2: before training, list training images whose label a k-fold doubts (docs/label-issues.md)
 IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is SmolVLM's shipped setting
 IMAGE_SPLITTING = False  # cut large images into 512px tiles plus a global view (the original: true)
@@ -170,8 +172,9 @@ def main():
     if trainer.is_world_process_zero() and trainer.state.best_model_checkpoint:
         print(f"best checkpoint: {trainer.state.best_model_checkpoint} (validation {METRIC_FOR_BEST_MODEL} "
               f"{trainer.state.best_metric:.4f}), the model saved")
-    class_bias = fit_class_bias(trainer.validation_results(), val_data, [s["label"] for s in trained["samples"]],
-                                METRIC_FOR_BEST_MODEL) if val_data and FIT_CLASS_BIAS else None
+    calibration = fit_calibration(trainer.validation_results(), val_data, [s["label"] for s in trained["samples"]],
+                                  metric=METRIC_FOR_BEST_MODEL, class_bias=FIT_CLASS_BIAS,
+                                  temperature=FIT_TEMPERATURE) if val_data else None
     if test_rows:
         trainer.remove_callback(EarlyStoppingCallback)  # the test loss is no validation score to stop on
         test_set = objective.test_set(test_data, classes=train_data["classes"], question=train_data["question"],
@@ -180,7 +183,7 @@ def main():
         if trainer.is_world_process_zero():
             print(f"test loss ({objective.TEST_LOSS}): {metrics['test_loss']:.4f}")
     save_fine_tuned(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
-                    class_bias=class_bias, objective=OBJECTIVE,
+                    calibration=calibration, objective=OBJECTIVE,
                     run_config={"settings": settings_of(globals()), "device": device,
                                 "gradient_checkpointing": args.activation_checkpointing,
                                 "dtype": str(dtype).replace("torch.", ""), "versions": library_versions()})

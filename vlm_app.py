@@ -26,6 +26,8 @@ DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved
 CLASS_BIAS = True  # add the class bias fine_tune.py chose on the validation images to the scores (False: raw scores)
+MIN_CONFIDENCE = 0.0  # a prediction whose top probability is below this is "uncertain" (0 = never; docs/calibration.md)
+TARGET_ACCURACY = 0.0  # instead: the threshold at which the validation images kept are this accurate (0 = not used)
 
 
 def main():
@@ -36,7 +38,7 @@ def main():
     examples = example_images(MODEL_PATH, TEST_JSON, EXAMPLES)
     page = build_page(model, processor, model_path=MODEL_PATH, classes=CLASSES, examples=examples,
                       batch_size=BATCH_SIZE, max_pixels=MAX_IMAGE_PIXELS, quantize=QUANTIZE,
-                      class_bias=CLASS_BIAS)
+                      class_bias=CLASS_BIAS, min_confidence=MIN_CONFIDENCE, target_accuracy=TARGET_ACCURACY)
     serve(page, host=HOST, port=PORT, max_file_mb=MAX_FILE_MB, examples=examples)
 
 

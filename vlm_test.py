@@ -29,6 +29,8 @@ DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved
 CLASS_BIAS = True  # score mode: add the class bias fine_tune.py chose on the validation images (False: raw scores)
+MIN_CONFIDENCE = 0.0  # a prediction whose top probability is below this is "uncertain" (0 = never; docs/calibration.md)
+TARGET_ACCURACY = 0.0  # instead: the threshold at which the validation images kept are this accurate (0 = not used)
 RESUME = "auto"  # "auto": continue an interrupted run in REPORT_DIR (same settings only); "overwrite": predict afresh
 
 
@@ -64,7 +66,8 @@ def main():
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                     enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,
                     max_pixels=MAX_IMAGE_PIXELS, report_dir=REPORT_DIR, quantize=QUANTIZE, class_bias=CLASS_BIAS,
-                    resume=RESUME, report_name="full_dataset" if labels else "predictions",
+                    resume=RESUME, min_confidence=MIN_CONFIDENCE, target_accuracy=TARGET_ACCURACY,
+                    report_name="full_dataset" if labels else "predictions",
                     record=settings_of(globals()))
 
 

@@ -1,12 +1,21 @@
-"""The class bias: its values, the strength validation picks, its record in classes.json, and the scripts using it."""
+"""Calibration: the class bias (its values, the strength validation picks, its record in classes.json, the scripts
+using it), the temperature, the measures, and the "not sure" rule."""
+import csv
 import json
 import math
+import random
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from conftest import report_in, run_script
-from vlmcls.calibration import STRENGTHS, fit_class_bias, frequency_bias, saved_class_bias
+from conftest import COLOURS, make_colour_images, report_in, run_script
+from test_app import free_port
+from vlmcls.calibration import STRENGTHS, TEMPERATURES, calibrate, fit_class_bias, fit_temperature, \
+    frequency_bias, load_calibration, saved_class_bias, threshold_for_accuracy, with_class_bias, with_temperature
+from vlmcls.confidence import ece, measures, risk_coverage
 from vlmcls.objectives import ranked
 
 CLASSES = ["common", "rare"]
@@ -95,3 +104,295 @@ def test_fine_tune_records_the_bias_validation_chose_and_evaluation_adds_it(fine
     assert biased_report["class_bias"]["green"] == 50.0 and raw_report["class_bias"] is None
     assert [row[1] for row in biased_report["confusion_matrix"]] == [12, 12, 12]  # every image called green
     assert biased_report["accuracy"] == pytest.approx(1 / 3) and raw_report["accuracy"] > 1 / 3
+
+
+# --- the temperature, the measures and the "not sure" rule (issue 36) ---
+
+def over_confident(n, seed, sharpen=3.0, classes=("a", "b", "c")):
+    """Results of a deliberately over-confident model on `n` images: each image's true class is drawn from
+    probabilities p (so p is calibrated), and the model reports softmax(sharpen x log p) instead."""
+    rng = random.Random(seed)
+    results, labels = [], []
+    for _ in range(n):
+        logits = [rng.gauss(0, 1.5) for _ in classes]
+        p = softmax(logits)
+        labels.append(rng.choices(classes, weights=p)[0])
+        results.append(ranked(list(classes), softmax([sharpen * x for x in logits])))
+    return results, labels
+
+
+def softmax(logits):
+    weights = [math.exp(x - max(logits)) for x in logits]
+    return [w / sum(weights) for w in weights]
+
+
+def test_the_temperature_fitted_on_validation_lowers_ece_and_nll_on_held_out_results_and_keeps_the_argmax():
+    classes = ["a", "b", "c"]
+    validation, validation_labels = over_confident(400, seed=1)
+    held_out, labels = over_confident(400, seed=2)
+    fitted = fit_temperature(validation, validation_labels, classes)
+    assert 2.2 < fitted["value"] < 4.0  # the sharpening undone: about 3
+    assert fitted["validation_nll_after"] < fitted["validation_nll_before"]
+    assert fitted["validation_ece_after"] < fitted["validation_ece_before"] and fitted["validation_images"] == 400
+    calibrated = with_temperature(held_out, classes, fitted["value"])
+    before, after = (measures([r["probs"] for r in rs], labels) for rs in (held_out, calibrated))
+    assert after["ece"] < before["ece"] / 2 and after["nll"] < before["nll"] and after["brier"] < before["brier"]
+    assert [r["pred"] for r in calibrated] == [r["pred"] for r in held_out]
+    undone = with_temperature(calibrated, classes, 1 / fitted["value"])
+    assert [r["probs"] for r in undone] == [pytest.approx(r["probs"]) for r in held_out]
+
+
+def test_the_measures_agree_with_scikit_learn_and_a_hand_computed_ece():
+    from sklearn.metrics import brier_score_loss, log_loss
+    results, labels = over_confident(50, seed=3)
+    probs = [r["probs"] for r in results]
+    matrix = [[p[c] for c in "abc"] for p in probs]
+    m = measures(probs, labels)
+    assert m["nll"] == pytest.approx(log_loss(labels, matrix, labels=list("abc")))
+    assert m["brier"] == pytest.approx(brier_score_loss(labels, matrix, labels=list("abc")))
+    # confidences 0.95 (right), 0.95 (wrong), 0.5 (right): bins (14/15, 1] with accuracy 0.5 at confidence 0.95,
+    # and (7/15, 8/15] with accuracy 1 at 0.5
+    assert ece([0.95, 0.95, 0.5], [True, False, True]) == pytest.approx((2 * 0.45 + 0.5) / 3)
+    assert ece([1.0, 0.0], [True, False]) == pytest.approx(0.0)  # the edges fall in the first and last bins
+
+
+def test_the_risk_coverage_table_keeps_the_most_confident_share():
+    confidences = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1]
+    correct = [True] * 4 + [False, True, True, False, False, False]
+    table = {row["coverage"]: row for row in risk_coverage(confidences, correct, [1.0, 0.5, 0.4])}
+    assert table[1.0]["accuracy"] == 0.6 and table[1.0]["kept"] == 1.0
+    assert (table[0.5]["threshold"], table[0.5]["kept"], table[0.5]["accuracy"]) == (0.5, 0.5, 0.8)
+    assert (table[0.4]["threshold"], table[0.4]["accuracy"]) == (0.6, 1.0)
+    pairs = [[c, ok] for c, ok in zip(confidences, correct)]
+    assert threshold_for_accuracy(pairs, 1.0) == (0.6, 0.4, 1.0)
+    assert threshold_for_accuracy(pairs, 0.7) == (0.2, 0.8, 0.75)  # the most images kept at 70% right or more
+    assert threshold_for_accuracy([[0.9, False]], 0.5) is None
+
+
+def test_a_temperature_at_an_end_of_the_range_is_refused_when_low_and_kept_with_a_note_when_high():
+    classes = ["a", "b"]
+    confident = [ranked(classes, [0.9, 0.1]), ranked(classes, [0.2, 0.8])]
+    assert fit_temperature(confident, ["a", "b"], classes)["value"] is None  # all right: T would go to 0
+    wrong = fit_temperature(confident, ["b", "a"], classes)  # all wrong: uniform guesses are best
+    assert wrong["value"] == TEMPERATURES[1] and "0 of the 2" in wrong["note"]
+    assert wrong["validation_nll_after"] < wrong["validation_nll_before"]
+
+
+def test_calibrate_applies_bias_then_temperature_then_marks_only_results_below_the_threshold():
+    classes = ["a", "b", "c"]
+    results = [ranked(classes, p) for p in ([0.9, 0.05, 0.05], [0.5, 0.3, 0.2], [0.1, 0.3, 0.6])]
+    generated = {"answer": "zzz", "pred": "zzz", "probs": None, "top2": ["zzz"]}
+    bias, temperature = [0.0, math.log(2), 0.0], 2.0
+    done = calibrate(results + [generated], classes, {"bias": bias, "temperature": temperature, "threshold": 0.45})
+    expected = with_temperature(with_class_bias(results, classes, bias), classes, temperature)
+    assert [r["probs"] for r in done[:3]] == [pytest.approx(r["probs"]) for r in expected]
+    tops = [max(r["probs"].values()) for r in expected]
+    assert tops[0] > 0.45 > max(tops[1:])  # the second and third are below the threshold, the first above
+    assert [r["pred"] for r in done] == ["a", "uncertain", "uncertain", "zzz"]
+    assert [r.get("uncertain", False) for r in done] == [False, True, True, False]
+    assert done[1]["top2"] == expected[1]["top2"] and done[1]["answer"] == expected[1]["answer"]
+    # a model saved before the temperature: exactly the class bias's results, or the raw ones without a bias
+    old = {"bias": bias, "temperature": None, "threshold": 0}
+    assert calibrate(results, classes, old) == with_class_bias(results, classes, bias)
+    assert calibrate(results, classes, {**old, "bias": None}) == results
+    assert calibrate(results, classes, None) == results
+
+
+def old_model_folder(folder, **entries):
+    """A classes.json as a model saved before issue 36 has it (no temperature, no validation confidences)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "classes.json").write_text(json.dumps({"classes": CLASSES, "question": "?", "max_image_pixels": 10,
+                                                     "class_bias": None, "objective": "head", **entries}))
+    return folder
+
+
+def test_load_calibration_reads_what_was_saved_and_says_what_it_cannot_do(tmp_path):
+    from vlmcls.cli import UserError
+    old = old_model_folder(tmp_path / "old")
+    assert {k: load_calibration(old, CLASSES)[k] for k in ("bias", "temperature", "threshold")} == \
+        {"bias": None, "temperature": None, "threshold": 0.0}
+    assert load_calibration(old, CLASSES, min_confidence=0.7)["threshold"] == 0.7
+    with pytest.raises(UserError, match="no confidences of validation images saved"):
+        load_calibration(old, CLASSES, target_accuracy=0.9)
+    with pytest.raises(UserError, match="not both"):
+        load_calibration(old, CLASSES, min_confidence=0.5, target_accuracy=0.9)
+    new = old_model_folder(tmp_path / "new", temperature={"value": 2.5},
+                           validation_confidences=[[0.9, True], [0.8, True], [0.7, False], [0.6, True]])
+    loaded = load_calibration(new, CLASSES, target_accuracy=0.75)
+    assert (loaded["temperature"], loaded["threshold"]) == (2.5, 0.6) and "100% of them" in loaded["why"]
+    assert load_calibration(new, CLASSES, target_accuracy=1.0)["threshold"] == 0.8
+    assert load_calibration(new, ["x", "y"])["temperature"] is None  # fitted for other classes: not applied
+    with pytest.raises(UserError, match="for these classes"):
+        load_calibration(new, ["x", "y"], target_accuracy=0.9)
+
+
+@pytest.fixture(scope="module")
+def short_head(fine_tuned_head, tiny_smolvlm):
+    """A head model trained for 3 steps only (about 20 s) beside the fine_tuned_head fixture's: some validation
+    images are wrong, so a temperature is fitted, and its probabilities are spread. Returns its work folder, where
+    the model is `short`."""
+    run_script("fine_tune.py", f"--model_path={tiny_smolvlm}", "--output_dir=short",
+               "--objective=head", "--max_steps=3", "--eval_steps=3", "--learning_rate=3e-3",
+               "--per_device_train_batch_size=4", "--gradient_accumulation_steps=1", "--warmup_steps=1",
+               "--logging_steps=10", "--num_workers=0", "--min_validation_images=1", "--test_json=",
+               cwd=fine_tuned_head)
+    return fine_tuned_head
+
+
+def rows_of(report_dir):
+    with open(Path(report_dir) / "predictions.csv", newline="") as f:
+        return {Path(r["path"]).name: r for r in csv.DictReader(f)}
+
+
+def test_fine_tune_saves_the_temperature_fitted_after_the_class_bias_and_the_validation_confidences(short_head):
+    saved = json.loads((short_head / "short" / "classes.json").read_text())
+    fitted, table = saved["temperature"], saved["validation_confidences"]
+    validation = json.loads((short_head / "solar_panel_val_dataset.json").read_text())["samples"]
+    assert fitted["validation_images"] == len(table) == len(validation) and fitted["after_class_bias"] is True
+    assert TEMPERATURES[0] < fitted["value"] < TEMPERATURES[1]
+    assert fitted["validation_nll_after"] < fitted["validation_nll_before"]
+    assert [c for c, _ in table] == sorted((c for c, _ in table), reverse=True) and not all(ok for _, ok in table)
+    # every validation image right (the longer run): the NLL would fall to T -> 0, so no temperature is saved
+    full = json.loads((short_head / "head" / "classes.json").read_text())["temperature"]
+    assert full["value"] is None and "as 9 of the 9 validation images are right" in full["reason"]
+
+
+@pytest.fixture(scope="module")
+def unsure(short_head, tmp_path_factory):
+    """Class folders of clean and mixed-colour images, predicted by vlm_test.py with no threshold; the three least
+    confident images are the planted ones (a tiny model's confidence on a designed image cannot be known in
+    advance), and `threshold` lies between their confidences and the others'."""
+    work = tmp_path_factory.mktemp("unsure")
+    data = make_colour_images(work / "data", per_class=4, seed=7)
+    rng = np.random.default_rng(8)
+    for name, other in (("red", "green"), ("green", "blue"), ("blue", "red")):
+        for i in range(2):
+            mixed = (np.array(COLOURS[name]) * (0.6 - 0.1 * i) + np.array(COLOURS[other]) * (0.4 + 0.1 * i))
+            pixels = np.clip(mixed + rng.normal(0, 25, (48, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(data / name / f"mixed_{other}_{i}.png")
+    model = short_head / "short"
+    run_script("vlm_test.py", f"--model_path={model}", f"--dataset_dir={data}", f"--report_dir={work / 'plain'}",
+               cwd=work)
+    plain = rows_of(work / "plain")
+    ordered = sorted(plain, key=lambda name: float(plain[name]["probability"]))
+    low, high = (float(plain[ordered[i]]["probability"]) for i in (2, 3))
+    assert high - low > 1e-4, "no gap between the third and fourth least confident images"
+    return {"work": work, "data": data, "model": model, "plain": plain, "planted": set(ordered[:3]),
+            "threshold": (low + high) / 2}
+
+
+def assert_only_the_planted_are_uncertain(unsure, rows):
+    plain = unsure["plain"]
+    assert {name for name, r in rows.items() if r["predicted_class"] == "uncertain"} == unsure["planted"]
+    for name, r in rows.items():
+        # the best guess stays visible, with the top two classes and their probabilities
+        same = ("probability", "top2", "best_guess", "top2_probabilities", "probabilities", "true_class")
+        assert [r[k] for k in same] == [plain[name][k] for k in same]
+        if name not in unsure["planted"]:
+            assert r["predicted_class"] == plain[name]["predicted_class"]
+
+
+def test_a_minimum_confidence_makes_the_planted_images_and_only_those_uncertain_in_vlm_test(unsure):
+    work = unsure["work"]
+    out = run_script("vlm_test.py", f"--model_path={unsure['model']}", f"--dataset_dir={unsure['data']}",
+                     f"--report_dir={work / 'vlm_test'}", f"--min_confidence={unsure['threshold']}", cwd=work).stdout
+    assert_only_the_planted_are_uncertain(unsure, rows_of(work / "vlm_test"))
+    report, plain = report_in(work / "vlm_test"), report_in(work / "plain")
+    # accuracy and macro-F1 count the best guesses, as without a threshold
+    assert (report["accuracy"], report["macro_f1"]) == (plain["accuracy"], plain["macro_f1"])
+    section = report["calibration"]
+    assert section["uncertain"] == 3 and section["kept"] == pytest.approx(1 - 3 / len(unsure["plain"]))
+    assert f"3 of {len(unsure['plain'])} images uncertain" in out
+    assert section["with_temperature"]["nll"] != section["without_temperature"]["nll"]
+    for picture in ("reliability.png", "coverage.png", "confusion_matrix.png"):
+        assert Image.open(work / "vlm_test" / picture).size[0] > 250
+
+
+def test_a_target_accuracy_chooses_the_threshold_on_the_validation_confidences_in_the_test_script(unsure, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(unsure["model"], model, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "reports"))
+    saved = json.loads((model / "classes.json").read_text())
+    # validation images right from the threshold up, one wrong just below: target 1.0 chooses the threshold
+    saved["validation_confidences"] = [[unsure["threshold"], True], [unsure["threshold"] - 1e-5, False]]
+    (model / "classes.json").write_text(json.dumps(saved))
+    test_json = tmp_path / "test.json"
+    split = json.loads((unsure["model"].parent / "solar_panel_test_dataset.json").read_text())
+    samples = [{"image": str(path), "label": path.parent.name} for path in sorted(unsure["data"].rglob("*.png"))]
+    test_json.write_text(json.dumps({**split, "samples": samples}))
+    out = run_script("vlm_benchmark_test_dataset.py", f"--model_path={model}", f"--test_json={test_json}",
+                     f"--report_dir={tmp_path / 'report'}", "--target_accuracy=1.0", cwd=tmp_path).stdout
+    assert "target_accuracy=1.0" in out
+    assert_only_the_planted_are_uncertain(unsure, rows_of(tmp_path / "report"))
+    del saved["validation_confidences"]
+    (model / "classes.json").write_text(json.dumps(saved))
+    refused = run_script("vlm_benchmark_test_dataset.py", f"--model_path={model}", f"--test_json={test_json}",
+                         f"--report_dir={tmp_path / 'refused'}", "--target_accuracy=0.9", cwd=tmp_path, check=False)
+    assert refused.returncode == 1 and "no confidences of validation images saved" in refused.stderr
+
+
+def test_the_api_says_uncertain_below_the_threshold_and_keeps_the_best_guess(unsure):
+    from gradio_client import Client, handle_file
+
+    import torch
+
+    from vlmcls.app import build_page
+    from vlmcls.objectives import load_for_inference
+    processor, model = load_for_inference(str(unsure["model"]), device="cpu", dtype=torch.float32,
+                                          image_longest_edge=None, image_splitting=None, quantize="none")
+    page = build_page(model, processor, model_path=str(unsure["model"]), classes=[], examples=[], batch_size=4,
+                      max_pixels=10**6, quantize="none", min_confidence=unsure["threshold"])
+    page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(page.local_url, verbose=False)
+        paths = {path.name: path for path in unsure["data"].rglob("*.png")}
+        for name in sorted(unsure["planted"]) + sorted(set(paths) - unsure["planted"])[:3]:
+            result = client.predict(handle_file(str(paths[name])), api_name="/predict")
+            row = unsure["plain"][name]
+            expected = "uncertain" if name in unsure["planted"] else row["predicted_class"]
+            assert result["label"] == expected, name
+            top = result["confidences"][:2]
+            assert [c["label"] for c in top] == row["top2"].split(" | ")
+            assert [c["confidence"] for c in top] == \
+                [pytest.approx(float(p), abs=1e-6) for p in row["top2_probabilities"].split(" | ")]
+        planted = sorted(unsure["planted"])[0]
+        _, seen, messages = client.predict([{"image": handle_file(str(paths[planted])), "caption": None}], "",
+                                           api_name="/classify")
+        assert f"**Not sure:** {planted}" in messages and "uncertain (best guesses:" in seen[0]["caption"]
+    finally:
+        page.close()
+
+
+def test_a_model_saved_before_the_temperature_predicts_as_before_and_a_new_one_divides_by_it(short_head, tmp_path):
+    """The probabilities vlm_test.py writes are the head's own, with the class bias, as before issue 36 for a model
+    whose classes.json has no temperature; with one, softmax((log p + bias) / T)."""
+    import torch
+
+    from vlmcls.inputs import PromptBatches
+    from vlmcls.objectives import load_for_inference
+    from vlmcls.objectives.head import head_mode
+    old = tmp_path / "old"
+    shutil.copytree(short_head / "short", old, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "reports"))
+    saved = json.loads((old / "classes.json").read_text())
+    temperature = saved.pop("temperature")["value"]
+    del saved["validation_confidences"]
+    (old / "classes.json").write_text(json.dumps(saved))
+    images = sorted((short_head / "data").rglob("*.png"))[::6]
+    processor, loaded = load_for_inference(str(old), device="cpu", dtype=torch.float32, image_longest_edge=None,
+                                           image_splitting=None, quantize="none")
+    raw = head_mode(loaded, processor, PromptBatches(processor, saved["question"], 10**8, False)(
+        [str(p) for p in images]), saved["question"], saved["classes"])
+    bias = [saved["class_bias"]["bias"][c] for c in saved["classes"]]
+    for model, expected in ((old, with_class_bias(raw, saved["classes"], bias)),
+                            (short_head / "short", with_class_bias(raw, saved["classes"], bias, temperature))):
+        folder = tmp_path / "images" / model.name
+        folder.mkdir(parents=True)
+        for path in images:
+            shutil.copy(path, folder / path.name)
+        out = run_script("vlm_test.py", f"--model_path={model}", f"--dataset_dir={folder}",
+                         f"--report_dir={tmp_path / model.name}", cwd=tmp_path).stdout
+        rows = rows_of(tmp_path / model.name)
+        for path, result in zip(images, expected):
+            written = json.loads(rows[path.name]["probabilities"])
+            assert written == pytest.approx(result["probs"], rel=1e-5, abs=1e-6)
+            assert rows[path.name]["predicted_class"] == result["pred"]
+        assert ("no temperature saved with this model" in out) == (model == old)

@@ -155,3 +155,13 @@ def test_vlm_test_asks_the_question_saved_with_the_model(pipeline):
         saved["question"] = saved["question"].removeprefix("Which colour is this? ")
         (pipeline["model"] / "classes.json").write_text(json.dumps(saved))
     assert f"question: {saved['question']}" not in out and "question: Which colour is this? Classify" in out
+
+
+def test_without_validation_images_no_temperature_is_fitted_and_the_reports_say_so(pipeline):
+    assert "no temperature fitted (no validation images)" in pipeline["train"]
+    assert json.loads((pipeline["model"] / "classes.json").read_text()).get("temperature") is None
+    assert "no temperature saved with this model: the probabilities are uncalibrated" in pipeline["test"]
+    section = report_in(pipeline["model"] / "reports" / "test_set")["calibration"]
+    assert section["with_temperature"] is None and "--val_ratio" in section["note"]
+    assert section["uncertain"] == 0 and section["without_temperature"]["ece"] >= 0
+    assert (pipeline["model"] / "reports" / "test_set" / "reliability.png").is_file()

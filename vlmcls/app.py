@@ -3,7 +3,7 @@ import itertools
 import json
 from pathlib import Path
 
-from .calibration import saved_class_bias
+from .calibration import UNCERTAIN, best_guesses, load_calibration
 from .cli import UserError
 from .images import read_dataset_json
 from .inputs import InputEncoder
@@ -33,10 +33,11 @@ def model_view(image_processor, pixel_values):
     return Image.fromarray(np.clip(tile.transpose(1, 2, 0) + 0.5, 0, 255).astype(np.uint8))
 
 
-def classify_files(model, processor, paths, classes, question, *, batch_size, max_pixels, bias=None):
-    """Score mode over the files, as the evaluation scripts run it (`bias`: a class bias's values). Returns
-    ([(file name, every class with its probability, the top class first)] for each usable file;
-    [(image as the model sees it, caption)]; one message per file that cannot be used, naming it and saying why).
+def classify_files(model, processor, paths, classes, question, *, batch_size, max_pixels, calibration=None):
+    """Score mode over the files, as the evaluation scripts run it (`calibration`: calibration.load_calibration's).
+    Returns ([(file name, every class with its probability, the top class first, whether it is uncertain)] for each
+    usable file; [(image as the model sees it, caption)]; one message per file that cannot be used, naming it and
+    saying why).
 
     Each file is decoded and run through the processor once: the encoder keeps the result, which the
     prediction takes and the model's view is drawn from."""
@@ -50,13 +51,15 @@ def classify_files(model, processor, paths, classes, question, *, batch_size, ma
             # the message starts with the upload's temporary path: the page names the file instead
             problems.append(str(e).replace(str(path), Path(path).name, 1))
     results = evaluate(model, processor, usable, question, classes, "score", batch_size, max_pixels,
-                       encoder=encoder, bias=bias, desc="page") if usable else []
+                       encoder=encoder, calibration=calibration, desc="page") if usable else []
     ranked, views = [], []
     for path, result in zip(usable, results):
-        ranked.append((Path(path).name, sorted(result["probs"].items(), key=lambda item: -item[1])))
+        unsure = bool(result.get("uncertain"))
+        ranked.append((Path(path).name, sorted(result["probs"].items(), key=lambda item: -item[1]), unsure))
         top, probability = ranked[-1][1][0]
+        said = f"{UNCERTAIN} (best guesses: {best_guesses(result)})" if unsure else f"{top} ({probability:.3f})"
         views.append((model_view(processor.image_processor, encoder.image_part(path)[1]["pixel_values"]),
-                      f"{Path(path).name}: {top} ({probability:.3f})"))
+                      f"{Path(path).name}: {said}"))
     return ranked, views, problems
 
 
@@ -64,7 +67,7 @@ def results_table(ranked):
     """Every class of each image with its probability, as a table styled to show 3 decimals: the page shows the
     rounded numbers, the API still returns the probabilities themselves."""
     import pandas as pd
-    rows = [[name, label, probability] for name, classes in ranked for label, probability in classes]
+    rows = [[name, label, probability] for name, classes, _ in ranked for label, probability in classes]
     return pd.DataFrame(rows, columns=RESULT_HEADERS).style.format({"probability": "{:.3f}"})
 
 
@@ -89,38 +92,50 @@ def parse_class_names(text):
 
 
 def build_page(model, processor, *, model_path, classes, examples, batch_size, max_pixels, quantize,
-               class_bias=True):
+               class_bias=True, min_confidence=0.0, target_accuracy=0.0):
     """The Gradio page. `classes` ([] = those saved with the model) can be replaced on the page; a model with
-    neither gets a field asking for them. With `class_bias`, the class bias saved with the model for those classes
-    is added to the scores. Classifying is also the API endpoint /classify (images and class names in, the table,
-    the model's views and messages out), and /predict classifies one image in Gradio's label format."""
+    neither gets a field asking for them. The probabilities are calibrated as saved with the model for those classes
+    (calibration.load_calibration: the class bias with `class_bias`, the temperature), and an image whose top
+    probability is below the threshold (`min_confidence`, or the one `target_accuracy` chooses) is uncertain, its
+    best guesses shown. Classifying is also the API endpoint /classify (images and class names in, the table, the
+    model's views and messages out), and /predict classifies one image in Gradio's label format (label
+    "uncertain" below the threshold, the confidences still every class's)."""
     import gradio as gr
     default = classes_and_question(model_path, classes)
+    settings = {"class_bias": class_bias, "min_confidence": min_confidence, "target_accuracy": target_accuracy}
+    # a threshold that cannot be chosen stops the page before it starts
+    calibrated = load_calibration(model_path, default[0], **settings) if default else None
 
     def scoring(class_names):
-        """(classes, question, class bias values or None) for the class names given, else the page's; None
-        when there are fewer than two."""
+        """(classes, question, calibration) for the class names given, else the page's; None when there are fewer
+        than two."""
         found = classes_and_question(model_path, parse_class_names(class_names) or classes)
         if not found or len(found[0]) < 2:
             return None
-        bias = saved_class_bias(model_path, found[0]) if class_bias else None
-        return (*found, bias["values"] if bias else None)
+        return (*found, load_calibration(model_path, found[0], **settings))
 
     def run(paths, found):
         return classify_files(model, processor, paths, *found[:2], batch_size=batch_size, max_pixels=max_pixels,
-                              bias=found[2])
+                              calibration=found[2])
 
     def classify(images, class_names):
-        found = scoring(class_names)
+        try:
+            found = scoring(class_names)
+        except UserError as e:  # target_accuracy with class names other than the model's
+            return [], [], str(e)
         if not found:
             return [], [], "Give two or more class names, separated by commas."
         if not images:
             return [], [], "Drop, paste or pick one image or several."
         ranked, views, problems = run([path for path, _ in images], found)
-        return results_table(ranked), views, "\n\n".join(f"**Not classified:** {p}" for p in problems)
+        unsure = [f"**Not sure:** {name}: top probability below {found[2]['threshold']:.3f}; best guesses: "
+                  + ", ".join(f"{label} {p:.3f}" for label, p in probabilities[:2])
+                  for name, probabilities, uncertain in ranked if uncertain]
+        return results_table(ranked), views, "\n\n".join(
+            unsure + [f"**Not classified:** {p}" for p in problems])
 
     def predict(image):
-        """One image in, Gradio's label format out: the top class and every class's confidence."""
+        """One image in, Gradio's label format out: the top class, or "uncertain", and every class's confidence."""
         found = scoring("")
         if not found:
             raise gr.Error("This model has no class names saved: give them with --classes, or call /classify.")
@@ -129,13 +144,20 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
         ranked, _, problems = run([image], found)
         if problems:
             raise gr.Error(problems[0])
-        return dict(ranked[0][1])
+        _, probabilities, unsure = ranked[0]
+        return {"label": UNCERTAIN if unsure else probabilities[0][0],
+                "confidences": [{"label": label, "confidence": p} for label, p in probabilities]}
 
     known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"
     with gr.Blocks(title=f"{Path(model_path).name}: image classifier", analytics_enabled=False) as page:
         scored = objective_of(model).SCORED_BY
+        calibration = ("" if not calibrated else
+                       f" Probabilities calibrated with temperature {calibrated['temperature']:.2f}."
+                       if calibrated["temperature"] else " Probabilities uncalibrated (no temperature saved).")
+        unsure = f" An image whose top probability is below {calibrated['threshold']:.3f} is *uncertain*." \
+            if calibrated and calibrated["threshold"] else ""
         gr.Markdown(f"## {Path(model_path).name}\n{known}. Every class is scored by {scored}"
-                    f"{' (int8 weights)' if quantize == 'int8' else ''}.")
+                    f"{' (int8 weights)' if quantize == 'int8' else ''}.{calibration}{unsure}")
         with gr.Row():
             with gr.Column():
                 images = gr.Gallery(label="Images: drop, paste or pick one or several", type="filepath",
@@ -155,7 +177,9 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
         # The API of Hugging Face's image classifiers: one image in, gr.Label's format out. A file component, not
         # gr.Image, so that the file reaches the model as uploaded (gr.Image would decode and re-encode it).
         one_image, label = gr.File(type="filepath", visible=False), gr.Label(visible=False)
-        gr.Button(visible=False).click(predict, one_image, label, api_name="predict", concurrency_id="model")
+        # returned as gr.Label's data itself: its own formatting would name the top class, never "uncertain"
+        gr.Button(visible=False).click(predict, one_image, label, api_name="predict", concurrency_id="model",
+                                       postprocess=False)
         # New images (an upload, a paste, a click on an example) are classified at once.
         images.upload(classify, [images, class_names], outputs, api_visibility="private", concurrency_id="model")
         if examples:

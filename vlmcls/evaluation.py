@@ -1,11 +1,15 @@
 """Evaluation runs: each model over the same images, with its reports and a side-by-side comparison."""
+import io
+import json
 import re
 from functools import partial
 from pathlib import Path
 
-from .calibration import saved_class_bias
+from .calibration import calibration_pictures, calibration_report, describe_calibration, load_calibration, \
+    print_calibration
 from .cli import UserError
 from .compat import library_versions
+from .files import atomic_write
 from .inputs import auto_workers
 from .label_issues import label_issues_of_run
 from .models import join_processes, leave_processes, pick_device, pick_dtype
@@ -24,14 +28,18 @@ def default_report_dir(model_path, name):
 
 def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,
                     image_longest_edge, image_splitting, enlarge_images, num_workers, max_pixels, report_dir,
-                    report_name, quantize="none", class_bias=True, resume="auto", record=None):
+                    report_name, quantize="none", class_bias=True, resume="auto", record=None, min_confidence=0.0,
+                    target_accuracy=0.0):
     """Evaluate each model on the same images, print the original's lines for each and, for two or more,
     a side-by-side table. predictions.csv (and skipped.csv: files that cannot be used) grow as batches finish;
     an interrupted run is continued (`resume` "auto") or started afresh ("overwrite"); under torchrun each process
     predicts its share and the main process writes. With labels, report.json, confusion_matrix.png and the
     suspected label errors (label_issues.csv and .png) follow, computed from the rows written; report.json also
-    records `record` (the script's settings) and the library versions. `quantize` ("none" or "int8") applies to every model; with `class_bias`, score mode adds the class
-    bias saved with a model. Returns each model's metrics (None without labels, or in the other processes)."""
+    records `record` (the script's settings) and the library versions. `quantize` ("none" or "int8") applies to
+    every model. Score mode's probabilities are calibrated as saved with each model (calibration.load_calibration:
+    its class bias with `class_bias`, its temperature), and a result below the threshold (`min_confidence`, or the
+    one `target_accuracy` chooses) is uncertain; with labels, report.json's "calibration" section, reliability.png
+    and coverage.png measure them. Returns each model's metrics (None without labels, or in the other processes)."""
     rank, world, device = join_processes(pick_device(device))
     dtype = pick_dtype(device, dtype)
     say = print if rank == 0 else lambda *_: None
@@ -45,7 +53,13 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
         used = reported_mode(model_path, mode)
         say(f"\n=== {model_path} ({len(paths)} images, {used} mode, {device}{int8}{processes}) ===\n"
             f"question: {question}")
-        bias = saved_class_bias(model_path, classes) if class_bias and mode in ("score", "head") else None
+        scoring = mode in ("score", "head")
+        if not scoring and (min_confidence or target_accuracy):
+            raise UserError(f"prediction={mode} gives no probabilities, so min_confidence and target_accuracy cannot "
+                            "apply: use prediction=score")
+        calibration = load_calibration(model_path, classes, class_bias=class_bias, min_confidence=min_confidence,
+                                       target_accuracy=target_accuracy) if scoring else None
+        bias = calibration["class_bias"] if calibration else None
         out = Path(report_dir) / Path(model_path).name if report_dir and len(model_paths) > 1 else \
             Path(report_dir) if report_dir else default_report_dir(model_path, report_name)
         settings = {"model": str(Path(model_path).resolve()) if Path(model_path).is_dir() else model_path,
@@ -53,7 +67,9 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
                     "image_count": len(paths), "prediction": used, "classes": classes, "question": question,
                     "class_bias": bias["values"] if bias else None, "image_longest_edge": image_longest_edge,
                     "image_splitting": image_splitting, "enlarge_images": enlarge_images, "max_image_pixels": max_pixels,
-                    "quantize": quantize, "dtype": str(dtype), "columns": PREDICTION_HEADER}
+                    "quantize": quantize, "dtype": str(dtype),
+                    "temperature": calibration["temperature"] if calibration else None,
+                    "uncertain_below": calibration["threshold"] if calibration else 0, "columns": PREDICTION_HEADER}
         files = PredictionFiles(out, PREDICTION_HEADER, settings)
         start = open_files(files, resume, len(paths), rank)
         processor, model = load_for_inference(model_path, device=device, dtype=dtype, quantize=quantize,
@@ -61,9 +77,10 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
         if bias:
             say(f"class bias of strength {bias['strength']:.1f}, chosen on the validation images, added to the "
                 "scores (class_bias=false: without)")
+        for line in describe_calibration(calibration) if calibration else []:
+            say(line)
         predict = partial(predict_batches, model, processor, question=question, classes=classes, mode=mode,
-                          max_pixels=max_pixels, enlarge=enlarge_images, workers=workers,
-                          bias=bias["values"] if bias else None)
+                          max_pixels=max_pixels, enlarge=enlarge_images, workers=workers, calibration=calibration)
         predict_into(files, predict, paths, true, start=start, batch_size=batch_size, rank=rank, world=world,
                      echo=true is None)
         del model
@@ -71,16 +88,19 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
             continue
         outcomes.append(report_rows(files, out, len(paths), true, classes, {
             "model": str(model_path), "prediction": used, "classes": classes, "question": question,
-            "class_bias": bias["bias"] if bias else None, "settings": record or {}, "versions": library_versions()}))
+            "class_bias": bias["bias"] if bias else None, "settings": record or {}, "versions": library_versions()},
+            calibration))
     if rank == 0 and true is not None and len(model_paths) > 1:
         print_comparison(model_paths, outcomes, classes)
     leave_processes(world)
     return outcomes
 
 
-def report_rows(files, out, total, true, classes, extra):
+def report_rows(files, out, total, true, classes, extra, calibration=None):
     """The end of a run, from the rows written (a continued run's too): what was skipped, and with labels the
-    reports and the original's lines. Returns the metrics (None without labels)."""
+    reports and the original's lines; accuracy and macro-F1 count the best guesses, uncertain or not. With
+    probabilities (score mode), report.json's "calibration" section (calibration.calibration_report) and its
+    pictures. Returns the metrics (None without labels)."""
     skipped = files.rows("skipped")
     if skipped:
         print(f"skipped {len(skipped)} file(s) that cannot be used (listed in {files.paths['skipped']})")
@@ -89,9 +109,21 @@ def report_rows(files, out, total, true, classes, extra):
         raise UserError(f"no usable image among the {total} file(s) (see {files.paths['skipped']})")
     result = None
     if true is not None:
-        result = write_summary(out, [r["true_class"] for r in rows], [r["predicted_class"] for r in rows], classes,
-                               extra)
+        labels = [r["true_class"] for r in rows]
+        section = calibration_report([json.loads(r["probabilities"]) for r in rows], labels, classes, calibration) \
+            if all(r["probabilities"] for r in rows) else None
+        pictures = calibration_pictures(section) if section else {}
+        if section:
+            section.pop("curve")  # one point per image: drawn in coverage.png, too long for report.json
+        result = write_summary(out, labels, [r["best_guess"] for r in rows], classes,
+                               {**extra, "calibration": section})
         print_accuracy(result)
+        if section:
+            print_calibration(section, result["accuracy"])
+        for name, image in pictures.items():
+            buffer = io.BytesIO()
+            image.save(buffer, "PNG")
+            atomic_write(out / name, buffer.getvalue())
         label_issues_of_run(out, rows, classes)
     print(f"report written to {out}")
     return result

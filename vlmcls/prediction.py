@@ -1,6 +1,6 @@
 """Prediction: a class for each image of a list, in batches prepared while the model runs, in the mode that the
-model's objective classifies in (objectives.MODES), with the class bias where given."""
-from .calibration import with_class_bias
+model's objective classifies in (objectives.MODES), calibrated (class bias, temperature, uncertain) where given."""
+from .calibration import calibrate
 from .cli import OneOf, UserError
 from .inputs import PromptBatches
 from .objectives import MODES, prediction_mode
@@ -9,11 +9,11 @@ PREDICTIONS = OneOf(*MODES)  # the values of the evaluation scripts' PREDICTION
 
 
 def predict_batches(model, processor, batches, question, classes, mode, max_pixels, *, enlarge=False, workers=0,
-                    encoder=None, bias=None):
+                    encoder=None, calibration=None):
     """Predict each batch of images (file paths, or decoded images), the next batches prepared by `workers` processes
-    while the model runs, or taken from `encoder`'s cache; each image is checked as it is prepared. With `bias` (a
-    class bias's values), score mode's results are shifted by it. Yields, per batch, (positions in the batch of the
-    images predicted, one result dict each: answer, predicted class, class probabilities; [(position, message)] of
+    while the model runs, or taken from `encoder`'s cache; each image is checked as it is prepared. With
+    `calibration` (calibration.load_calibration's), score mode's results are calibrated by it. Yields, per batch,
+    (positions in the batch of the images predicted, one result dict each: answer, predicted class, class probabilities; [(position, message)] of
     the files that cannot be used)."""
     from torch.utils.data import DataLoader
     if mode not in MODES:
@@ -23,7 +23,7 @@ def predict_batches(model, processor, batches, question, classes, mode, max_pixe
                         collate_fn=PromptBatches(processor, question, max_pixels, enlarge, encoder).checked)
     for batch, kept, problems in loader:
         results = predict(model, processor, batch, question, classes) if batch is not None else []
-        yield kept, with_class_bias(results, classes, bias) if bias else results, problems
+        yield kept, calibrate(results, classes, calibration), problems
 
 
 def in_batches(items, size):
@@ -31,7 +31,7 @@ def in_batches(items, size):
 
 
 def evaluate(model, processor, images, question, classes, mode, batch_size, max_pixels, *, enlarge=False,
-             workers=0, encoder=None, bias=None, desc="evaluating"):
+             workers=0, encoder=None, calibration=None, desc="evaluating"):
     """predict_batches over every image, in batches of `batch_size`; a file that cannot be used stops it with its
     name and reason. Returns one result dict per image."""
     from tqdm import tqdm
@@ -39,7 +39,7 @@ def evaluate(model, processor, images, question, classes, mode, batch_size, max_
     with tqdm(total=len(images), desc=desc, unit="img") as bar:
         for _, batch_results, problems in predict_batches(
                 model, processor, in_batches(list(images), batch_size), question, classes, mode, max_pixels,
-                enlarge=enlarge, workers=workers, encoder=encoder, bias=bias):
+                enlarge=enlarge, workers=workers, encoder=encoder, calibration=calibration):
             if problems:
                 raise UserError(problems[0][1])
             results += batch_results

@@ -7,10 +7,11 @@ import json
 import math
 from pathlib import Path
 
+from .calibration import best_guesses
 from .cli import OneOf, UserError
 from .files import write_json
 from .prediction import in_batches
-from .report import prediction_rows
+from .report import best_guess, prediction_rows
 
 RESUMES = OneOf("auto", "overwrite")  # the values of the evaluation scripts' RESUME
 SKIPPED_HEADER = ["path", "reason"]
@@ -158,7 +159,8 @@ def predict_into(files, predict, images, true, *, start, batch_size, rank=0, wor
                 paths = [images[batch[i]] for i in kept]
                 skipped = [(str(images[batch[i]]), message.removeprefix(f"{images[batch[i]]}: "))
                            for i, message in problems]
-                lines = [f"{path}: {r['pred']}" + (f" ({r['probs'][r['pred']]:.3f})" if r["probs"] else "")
+                lines = [f"{path}: {r['pred']}" + (f" ({r['probs'][best_guess(r)]:.3f})" if r["probs"] else "")
+                         + (f" (best guesses: {best_guesses(r)})" if r.get("uncertain") else "")
                          for path, r in zip(paths, batch_results)] if echo else []
                 entry = (prediction_rows(paths, batch_results, [true[batch[i]] for i in kept] if true else None),
                          skipped, lines, len(batch))

@@ -8,8 +8,11 @@ from PIL import Image
 from .files import atomic_write, write_csv, write_json
 from .prompt import NO_CLASS
 
-# probabilities: every class's probability as JSON (score mode; empty in generate mode), for label_issues.py
-PREDICTION_HEADER = ["path", "true_class", "predicted_class", "probability", "top2", "answer", "probabilities"]
+# predicted_class is "uncertain" where the top probability is below the threshold; probability, top2 and best_guess
+# keep the best guess; probabilities: every class's, as JSON (score mode; empty in generate
+# mode), which label_issues.py reads
+PREDICTION_HEADER = ["path", "true_class", "predicted_class", "probability", "top2", "answer", "best_guess",
+                     "top2_probabilities", "probabilities"]
 
 
 def metrics(true, pred, classes):
@@ -62,19 +65,26 @@ def print_accuracy(result):
     print(f"Total Correct: {result['correct']}/{result['total']}, Accuracy: {result['accuracy']:.4f}")
 
 
+def best_guess(result):
+    """The class a result would predict were it sure: its top class (generate mode: its prediction)."""
+    return result["top2"][0] if result["probs"] else result["pred"]
+
+
 def prediction_rows(paths, results, true=None):
     rows = []
     for i, (path, r) in enumerate(zip(paths, results)):
-        prob = f"{r['probs'][r['pred']]:.6f}" if r["probs"] else ""
-        every = json.dumps({c: round(p, 6) for c, p in r["probs"].items()}, ensure_ascii=False) if r["probs"] else ""
-        rows.append([str(path), true[i] if true else "", r["pred"], prob, " | ".join(r["top2"]), r["answer"], every])
+        probs = r["probs"]
+        rows.append([str(path), true[i] if true else "", r["pred"], f"{probs[best_guess(r)]:.6f}" if probs else "",
+                     " | ".join(r["top2"]), r["answer"], best_guess(r),
+                     " | ".join(f"{probs[c]:.6f}" for c in r["top2"]) if probs else "",
+                     json.dumps({c: float(f"{p:.6g}") for c, p in probs.items()}) if probs else ""])
     return rows
 
 
 def write_report(report_dir, paths, results, true, classes, extra):
     """report.json, predictions.csv and confusion_matrix.png in report_dir; returns the metrics."""
     write_csv(Path(report_dir) / "predictions.csv", PREDICTION_HEADER, prediction_rows(paths, results, true))
-    return write_summary(report_dir, true, [r["pred"] for r in results], classes, extra)
+    return write_summary(report_dir, true, [best_guess(r) for r in results], classes, extra)
 
 
 def write_summary(report_dir, true, pred, classes, extra):

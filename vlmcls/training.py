@@ -6,7 +6,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from .calibration import describe
+from .calibration import UNCALIBRATED, describe, describe_calibration
 from .cli import OneOf, UserError, existing_path
 from .compat import run_without_grad
 from .files import write_json
@@ -155,10 +155,11 @@ def save_merged_lora(trainer, out, base_model_path, objective, n_classes):
         shutil.rmtree(adapter)
 
 
-def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config, class_bias=None,
+def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config, calibration=None,
          objective="answer"):
     """Model (LoRA merged in; what the objective added, a head, as its own file), processor with its resolution, class list (with the
-    objective, and the class bias if one was fitted), run_config.json and training log."""
+    objective, and what calibration.fit_calibration fitted on the validation images, where it did), run_config.json
+    and training log."""
     out = Path(output_dir)
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model is gathered into one file
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
@@ -169,11 +170,20 @@ def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, me
     if not trainer.is_world_process_zero():
         return
     processor.save_pretrained(out)
+    unfitted = "no validation images" if calibration is None else "fit_temperature=false"
+    calibration = calibration or {}
     write_json(out / "classes.json", {"classes": data["classes"], "question": data["question"],
-                                      "max_image_pixels": data["max_image_pixels"], "class_bias": class_bias,
-                                      "objective": objective})
-    if class_bias:
-        print(describe(class_bias))
+                                      "max_image_pixels": data["max_image_pixels"],
+                                      "class_bias": calibration.get("class_bias"), "objective": objective,
+                                      **{k: v for k, v in calibration.items() if k != "class_bias"}})
+    if calibration.get("class_bias"):
+        print(describe(calibration["class_bias"]))
+    fitted = calibration.get("temperature")
+    if fitted and fitted["value"]:
+        print(describe_calibration({"temperature_fit": fitted, "threshold": 0})[0])
+    else:
+        print(f"note: no temperature fitted ({fitted['reason'] if fitted else unfitted}), so "
+              f"{UNCALIBRATED}")
     write_json(out / "run_config.json", run_config)
     # Written last: its presence marks a finished run.
     write_json(out / TRAIN_LOG, trainer.state.log_history)
