@@ -6,10 +6,8 @@ from pathlib import Path
 from .calibration import saved_class_bias
 from .cli import UserError
 from .images import read_dataset_json
-from .inputs import InputEncoder
 from .models import classes_and_question
-from .objectives import objective_of
-from .prediction import evaluate
+from .prediction import evaluate_with
 
 RESULT_HEADERS = ["image", "class", "probability"]
 # System fonts: the default theme's web fonts would be fetched from the internet by every browser opening the page.
@@ -23,7 +21,7 @@ def model_view(image_processor, pixel_values):
     With tiles, the last: the view of the whole image."""
     import numpy as np
     from PIL import Image
-    pixels = pixel_values.float().numpy()
+    pixels = np.asarray(pixel_values, dtype=np.float32)
     tile = pixels.reshape(-1, *pixels.shape[-3:])[-1]
     if image_processor.do_normalize:
         tile = tile * np.array(image_processor.image_std)[:, None, None] + \
@@ -33,14 +31,15 @@ def model_view(image_processor, pixel_values):
     return Image.fromarray(np.clip(tile.transpose(1, 2, 0) + 0.5, 0, 255).astype(np.uint8))
 
 
-def classify_files(model, processor, paths, classes, question, *, batch_size, max_pixels, bias=None):
-    """Score mode over the files, as the evaluation scripts run it (`bias`: a class bias's values). Returns
+def classify_files(predictor, paths, classes, question, *, batch_size, max_pixels, bias=None):
+    """Score mode over the files with a predictor (vlmcls/runtime.py), as the evaluation scripts run it (`bias`: a
+    class bias's values). Returns
     ([(file name, every class with its probability, the top class first)] for each usable file;
     [(image as the model sees it, caption)]; one message per file that cannot be used, naming it and saying why).
 
     Each file is decoded and run through the processor once: the encoder keeps the result, which the
     prediction takes and the model's view is drawn from."""
-    encoder = InputEncoder(processor, max_pixels)
+    encoder = predictor.encoder(max_pixels)
     usable, problems = [], []
     for path in paths:
         try:
@@ -49,13 +48,13 @@ def classify_files(model, processor, paths, classes, question, *, batch_size, ma
         except UserError as e:
             # the message starts with the upload's temporary path: the page names the file instead
             problems.append(str(e).replace(str(path), Path(path).name, 1))
-    results = evaluate(model, processor, usable, question, classes, "score", batch_size, max_pixels,
-                       encoder=encoder, bias=bias, desc="page") if usable else []
+    results = evaluate_with(predictor, usable, question, classes, "score", batch_size, max_pixels, encoder=encoder,
+                            bias=bias, desc="page") if usable else []
     ranked, views = [], []
     for path, result in zip(usable, results):
         ranked.append((Path(path).name, sorted(result["probs"].items(), key=lambda item: -item[1])))
         top, probability = ranked[-1][1][0]
-        views.append((model_view(processor.image_processor, encoder.image_part(path)[1]["pixel_values"]),
+        views.append((model_view(predictor.processor.image_processor, encoder.image_part(path)[1]["pixel_values"]),
                       f"{Path(path).name}: {top} ({probability:.3f})"))
     return ranked, views, problems
 
@@ -88,9 +87,8 @@ def parse_class_names(text):
     return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
-def build_page(model, processor, *, model_path, classes, examples, batch_size, max_pixels, quantize,
-               class_bias=True):
-    """The Gradio page. `classes` ([] = those saved with the model) can be replaced on the page; a model with
+def build_page(predictor, *, model_path, classes, examples, batch_size, max_pixels, quantize, class_bias=True):
+    """The Gradio page of a predictor (vlmcls/runtime.py: a PyTorch model, or an exported one in ONNX Runtime). `classes` ([] = those saved with the model) can be replaced on the page; a model with
     neither gets a field asking for them. With `class_bias`, the class bias saved with the model for those classes
     is added to the scores. Classifying is also the API endpoint /classify (images and class names in, the table,
     the model's views and messages out), and /predict classifies one image in Gradio's label format."""
@@ -107,7 +105,7 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
         return (*found, bias["values"] if bias else None)
 
     def run(paths, found):
-        return classify_files(model, processor, paths, *found[:2], batch_size=batch_size, max_pixels=max_pixels,
+        return classify_files(predictor, paths, *found[:2], batch_size=batch_size, max_pixels=max_pixels,
                               bias=found[2])
 
     def classify(images, class_names):
@@ -133,7 +131,7 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
 
     known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"
     with gr.Blocks(title=f"{Path(model_path).name}: image classifier", analytics_enabled=False) as page:
-        scored = objective_of(model).SCORED_BY
+        scored = predictor.objective.SCORED_BY
         gr.Markdown(f"## {Path(model_path).name}\n{known}. Every class is scored by {scored}"
                     f"{' (int8 weights)' if quantize == 'int8' else ''}.")
         with gr.Row():

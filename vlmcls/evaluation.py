@@ -7,11 +7,11 @@ from .calibration import saved_class_bias
 from .cli import UserError
 from .compat import library_versions
 from .inputs import auto_workers
-from .models import join_processes, leave_processes, pick_device, pick_dtype
-from .objectives import load_for_inference, reported_mode
-from .prediction import predict_batches
+from .models import leave_processes
+from .objectives import reported_mode
 from .prediction_files import PredictionFiles, images_digest, model_files, open_files, predict_into
 from .report import PREDICTION_HEADER, print_accuracy, print_comparison, write_summary
+from .runtime import load_predictor, start
 
 
 def default_report_dir(model_path, name):
@@ -31,8 +31,7 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
     computed from the rows written; report.json also records `record` (the script's settings) and the library
     versions. `quantize` ("none" or "int8") applies to every model; with `class_bias`, score mode adds the class
     bias saved with a model. Returns each model's metrics (None without labels, or in the other processes)."""
-    rank, world, device = join_processes(pick_device(device))
-    dtype = pick_dtype(device, dtype)
+    rank, world, device, dtype = start(model_paths, device, dtype)
     say = print if rank == 0 else lambda *_: None
     # -1: at least one worker, also where a process's share of the cores is one (torchrun with a GPU per core):
     # the next images are then decoded while the model runs, not in turn with it.
@@ -54,18 +53,18 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
                     "image_splitting": image_splitting, "enlarge_images": enlarge_images, "max_image_pixels": max_pixels,
                     "quantize": quantize, "dtype": str(dtype)}
         files = PredictionFiles(out, PREDICTION_HEADER, settings)
-        start = open_files(files, resume, len(paths), rank)
-        processor, model = load_for_inference(model_path, device=device, dtype=dtype, quantize=quantize,
-                                              image_longest_edge=image_longest_edge, image_splitting=image_splitting)
+        done = open_files(files, resume, len(paths), rank, world)
+        predictor = load_predictor(model_path, device=device, dtype=dtype, quantize=quantize,
+                                   image_longest_edge=image_longest_edge, image_splitting=image_splitting)
         if bias:
             say(f"class bias of strength {bias['strength']:.1f}, chosen on the validation images, added to the "
                 "scores (class_bias=false: without)")
-        predict = partial(predict_batches, model, processor, question=question, classes=classes, mode=mode,
+        predict = partial(predictor.predict_batches, question=question, classes=classes, mode=mode,
                           max_pixels=max_pixels, enlarge=enlarge_images, workers=workers,
                           bias=bias["values"] if bias else None)
-        predict_into(files, predict, paths, true, start=start, batch_size=batch_size, rank=rank, world=world,
+        predict_into(files, predict, paths, true, start=done, batch_size=batch_size, rank=rank, world=world,
                      echo=true is None)
-        del model
+        del predictor
         if rank != 0:
             continue
         outcomes.append(report_rows(files, out, len(paths), true, classes, {
