@@ -88,10 +88,11 @@ def parse_class_names(text):
 
 
 def build_page(predictor, *, model_path, classes, examples, batch_size, max_pixels, quantize, class_bias=True):
-    """The Gradio page of a predictor (vlmcls/runtime.py: a PyTorch model, or an exported one in ONNX Runtime). `classes` ([] = those saved with the model) can be replaced on the page; a model with
-    neither gets a field asking for them. With `class_bias`, the class bias saved with the model for those classes
-    is added to the scores. Classifying is also the API endpoint /classify (images and class names in, the table,
-    the model's views and messages out), and /predict classifies one image in Gradio's label format."""
+    """The Gradio page of a predictor (vlmcls/runtime.py: a PyTorch model, or an exported one in ONNX Runtime).
+    `classes` ([] = those saved with the model) can be replaced on the page; a model with neither gets a field
+    asking for them. With `class_bias`, the class bias saved with the model for those classes is added to the
+    scores. Classifying is also the API endpoint /classify (images and class names in, the table, the model's views
+    and messages out), and /predict classifies one image in Gradio's label format."""
     import gradio as gr
     default = classes_and_question(model_path, classes)
 

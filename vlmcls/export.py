@@ -145,8 +145,14 @@ def export_graph(module, inputs, file, opset):
 
 def quantize_int8(source, target):
     """onnxruntime's dynamic quantisation: int8 weights in the matrix products, activations quantised per run."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    logging.disable(logging.WARNING)  # it logs each tensor whose type its shape inference cannot tell, graph and all
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def check_graph(file, module, inputs):
