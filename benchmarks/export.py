@@ -187,7 +187,8 @@ def report(runs, exported, sizes, agreement, started, elapsed):
     for setting in SETTINGS:
         floors = [r[setting, "pytorch fp32"]["floor_s"] for r in runs]
         tiles = runs[0][setting, "pytorch fp32"]["tiles"]
-        lines.append(f"| {setting} ({tiles} tile{'s' if tiles > 1 else ''}) | floor: vision encoder pass | {spread(floors, '{:.2f}')} | 1 | | |")
+        name = f"{setting} ({tiles} tile{'s' if tiles > 1 else ''})"
+        lines.append(f"| {name} | floor: vision encoder pass | {spread(floors, '{:.2f}')} | 1 | | |")
         for runtime in RUNTIMES:
             seconds = [r[setting, runtime]["s"] for r in runs]
             cpu = [r[setting, runtime]["cpu"] for r in runs]

@@ -44,15 +44,16 @@ def wait_until_up(url, proc, log, timeout=120):
 
 
 @contextlib.contextmanager
-def serving(work, model):
-    """vlm_app.py serving the model folder `model` of the work folder, started there as a user starts it; yields
-    its URL."""
+def serving(work, model, env=None, *flags):
+    """vlm_app.py serving the model folder `model` of the work folder, started there as a user starts it (with `env`
+    added to the environment, and `flags`); yields its URL."""
     url, log = f"http://127.0.0.1:{free_port()}/", work / "app.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "vlm_app.py"), f"--model_path={model}",
-                                 f"--port={url.rsplit(':', 1)[1].strip('/')}"], cwd=work,
+                                 f"--port={url.rsplit(':', 1)[1].strip('/')}", *flags], cwd=work,
                                 stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+                                     **(env or {})})
     try:
         wait_until_up(url, proc, log)
         yield url

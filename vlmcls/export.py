@@ -5,11 +5,11 @@ not at all.
 The graph takes one image's prompt, `input_ids` (1, tokens), and its tiles, `pixel_values` (1, tiles, 3, 512, 512),
 both of any length, and gives `scores` (1, classes): the head's logits (objective head), or the log-likelihood of
 every class's whole answer, each of its tokens through its end token (objective answer, score mode; the classes are
-fixed at export). Softmax of the scores is what the PyTorch path ranks classes by.
+fixed at export). Each objective makes its own module for it (export_module, objectives/base.py); softmax of the
+scores is what the PyTorch path ranks classes by.
 """
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 from importlib import metadata
@@ -18,12 +18,10 @@ from pathlib import Path
 from .cli import UserError
 from .compat import library_versions
 from .files import write_json
-from .models import classes_and_question, end_token_ids, saved_classes
+from .models import classes_and_question, saved_classes
 from .objectives import load_for_inference, saved_objective
-from .objectives.answer import class_answer_ids
 from .onnx_runtime import EXPORT_FILE, INT8_FILE, MODEL_FILE
 from .pixels import FAMILY
-from .prompt import render
 
 OPSET = 18  # the ONNX opset written: onnxruntime 1.20+ and OpenVINO 2024+ read it
 FAMILIES = ("idefics3", "smolvlm")  # config model types whose graph has been checked (SmolVLM's architecture)
@@ -47,53 +45,6 @@ def check_exportable(model_path, model, processor, mode, quantize):
     if type(processor.image_processor).__name__ != FAMILY:
         raise UserError(f"{model_path}: its image processor is {type(processor.image_processor).__name__}; the ONNX "
                         f"runtime computes pixels as {FAMILY} does (load the model without torchvision installed)")
-
-
-def scorer(model, objective, answers=None):
-    """A torch module from (input_ids, pixel_values) of one image's prompt to (1, classes) scores: the head's logits,
-    or the summed log-probabilities of each class's answer tokens `answers` (lists of ids, through the end token) as
-    objectives/answer.py's predict_scores computes them: the prompt once, then every answer from a copy of its
-    cache, all answers in one batch."""
-    import torch
-
-    class HeadScores(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, pixel_values):
-            positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
-            return self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                              pixel_values=pixel_values, position_ids=positions).logits.float()
-
-    class AnswerScores(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            longest = max(len(a) for a in answers)
-            self.register_buffer("answer_ids", torch.tensor([a + [0] * (longest - len(a)) for a in answers]))
-            self.register_buffer("answer_mask", torch.tensor([[1.0] * len(a) + [0.0] * (longest - len(a))
-                                                              for a in answers]))
-
-        def forward(self, input_ids, pixel_values):
-            n_classes, longest = self.answer_ids.shape
-            length = input_ids.shape[1]
-            out = self.model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True,
-                             position_ids=torch.arange(length).unsqueeze(0))
-            first = out.logits[:, -1].float().log_softmax(-1)  # predicts each answer's first token
-            cache = out.cache
-            cache.batch_repeat_interleave(n_classes)
-            # Right-padded answers need no mask: a causal model's later positions change nothing before them,
-            # and the padding's own scores are masked out of the sum.
-            rest = self.model(input_ids=self.answer_ids, cache=cache,
-                              attention_mask=torch.ones(n_classes, length + longest, dtype=torch.long),
-                              position_ids=(torch.arange(longest) + length).unsqueeze(0).expand(n_classes, -1)
-                              ).logits.float().log_softmax(-1)
-            per_token = torch.cat([first.expand(n_classes, -1).unsqueeze(1), rest[:, :-1]], dim=1)
-            token_logp = per_token.gather(-1, self.answer_ids.unsqueeze(-1)).squeeze(-1)
-            return (token_logp * self.answer_mask).sum(-1).unsqueeze(0)
-
-    return (HeadScores() if objective.NAME == "head" else AnswerScores()).eval()
 
 
 def example_inputs(processor, question):
@@ -234,11 +185,7 @@ def export_model(model_path, out, *, classes=(), mode="score", quantize="none", 
     processor, model = load_for_inference(str(model_path), device="cpu", dtype=torch.float32, quantize="none",
                                           image_longest_edge=image_longest_edge, image_splitting=image_splitting)
     check_exportable(model_path, model, processor, mode, quantize)
-    answers = None
-    if objective.NAME == "answer":
-        _, completions = render(processor, question, classes, end_token_ids(processor, model))
-        answers = class_answer_ids(processor, model, completions)
-    module = scorer(model, objective, answers)
+    module, answers = objective.export_module(model, processor, question, classes)
     inputs = example_inputs(processor, question)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -285,8 +232,3 @@ def describe(record, out):
     return (f"exported {record['objective']} model ({len(record['classes'])} classes: "
             f"{', '.join(record['classes'])}) to {out}: {sizes}; largest score difference from PyTorch on the "
             f"example image {record['check']['largest_score_difference']:.2g}")
-
-
-def read_export(folder):
-    """export.json of an exported folder."""
-    return json.loads((Path(folder) / EXPORT_FILE).read_text(encoding="utf-8"))
