@@ -9,7 +9,7 @@ format) or /classify (the page's: several images and other class names).
 from vlmcls.app import build_page, example_images, serve
 from vlmcls.cli import configure, run_main
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
-from vlmcls.runtime import load_predictor, start
+from vlmcls.runtime import load_predictor
 
 MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to serve: local folder, Hub id or exported folder (ONNX)
 HOST = "127.0.0.1"  # address to listen on; "0.0.0.0" lets other machines open the page
@@ -29,8 +29,7 @@ CLASS_BIAS = True  # add the class bias fine_tune.py chose on the validation ima
 
 
 def main():
-    _, _, device, dtype = start([MODEL_PATH], DEVICE, DTYPE)
-    predictor = load_predictor(MODEL_PATH, device=device, dtype=dtype, quantize=QUANTIZE,
+    predictor = load_predictor(MODEL_PATH, device=DEVICE, dtype=DTYPE, quantize=QUANTIZE,
                                image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING)
     examples = example_images(MODEL_PATH, TEST_JSON, EXAMPLES)
     page = build_page(predictor, model_path=MODEL_PATH, classes=CLASSES, examples=examples,

@@ -175,6 +175,8 @@ def test_the_page_shows_the_exported_models_probabilities(saved_models, exported
         assert len(problems) == 1 and "broken.png" in problems[0]
     assert shown["onnx"][0] == pytest.approx(shown["torch"][0], abs=1e-4)
     assert shown["onnx"][1] == shown["torch"][1]
+    with pytest.raises(UserError, match="fixed at export"):  # the page shows it as its message
+        classify_files(predictor, paths, ["red", "green"], QUESTION, batch_size=2, max_pixels=10**8)
 
 
 def torch_free_env(tmp_path):

@@ -115,7 +115,10 @@ def build_page(predictor, *, model_path, classes, examples, batch_size, max_pixe
             return [], [], "Give two or more class names, separated by commas."
         if not images:
             return [], [], "Drop, paste or pick one image or several."
-        ranked, views, problems = run([path for path, _ in images], found)
+        try:
+            ranked, views, problems = run([path for path, _ in images], found)
+        except UserError as e:  # classes an exported model was not exported with
+            return [], [], f"**Not classified:** {e}"
         return results_table(ranked), views, "\n\n".join(f"**Not classified:** {p}" for p in problems)
 
     def predict(image):

@@ -22,10 +22,13 @@ def start(model_paths, device, dtype):
 
 def load_predictor(model_path, *, device, dtype, image_longest_edge, image_splitting, quantize):
     """The predictor of a saved model: an exported folder in ONNX Runtime (quantize=int8: its int8 graph; device
-    and dtype do not apply), any other model as objectives.load_for_inference loads it."""
+    and dtype do not apply), any other model as objectives.load_for_inference loads it (device and dtype as
+    picked, or by the names the scripts take)."""
     if is_exported(model_path):
         return OnnxPredictor(model_path, quantize=quantize, image_longest_edge=image_longest_edge,
                              image_splitting=image_splitting)
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype) if isinstance(dtype, str) else dtype
     processor, model = load_for_inference(model_path, device=device, dtype=dtype, quantize=quantize,
                                           image_longest_edge=image_longest_edge, image_splitting=image_splitting)
     return TorchPredictor(model, processor)
