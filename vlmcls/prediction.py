@@ -2,8 +2,7 @@
 model's objective classifies in (objectives.MODES), with the class bias where given."""
 from .calibration import with_class_bias
 from .cli import OneOf, UserError
-from .inputs import PromptBatches
-from .inputs import InputEncoder
+from .inputs import InputEncoder, PromptBatches
 from .objectives import MODES, objective_of, prediction_mode
 
 PREDICTIONS = OneOf(*MODES)  # the values of the evaluation scripts' PREDICTION
