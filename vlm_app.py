@@ -8,10 +8,10 @@ format) or /classify (the page's: several images and other class names).
 """
 from vlmcls.app import build_page, example_images, serve
 from vlmcls.cli import configure, run_main
-from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS, pick_device, pick_dtype
-from vlmcls.objectives import load_for_inference
+from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
+from vlmcls.runtime import load_predictor
 
-MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to serve: local folder or Hub id
+MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to serve: local folder, Hub id or exported folder (ONNX)
 HOST = "127.0.0.1"  # address to listen on; "0.0.0.0" lets other machines open the page
 PORT = 7860  # port of the page
 CLASSES = []  # class names; [] = those saved with the model (the page asks when there are none)
@@ -24,19 +24,17 @@ IMAGE_LONGEST_EDGE = None  # None = the resolution saved with the model
 IMAGE_SPLITTING = None  # None = as saved with the model
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
-QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved
+QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only; exported: model.int8.onnx)
 CLASS_BIAS = True  # add the class bias fine_tune.py chose on the validation images to the scores (False: raw scores)
 MIN_CONFIDENCE = 0.0  # a prediction whose top probability is below this is "uncertain" (0 = never; docs/calibration.md)
 TARGET_ACCURACY = 0.0  # instead: the threshold at which the validation images kept are this accurate (0 = not used)
 
 
 def main():
-    device = pick_device(DEVICE)
-    processor, model = load_for_inference(MODEL_PATH, device=device, dtype=pick_dtype(device, DTYPE),
-                                          quantize=QUANTIZE, image_longest_edge=IMAGE_LONGEST_EDGE,
-                                          image_splitting=IMAGE_SPLITTING)
+    predictor = load_predictor(MODEL_PATH, device=DEVICE, dtype=DTYPE, quantize=QUANTIZE,
+                               image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING)
     examples = example_images(MODEL_PATH, TEST_JSON, EXAMPLES)
-    page = build_page(model, processor, model_path=MODEL_PATH, classes=CLASSES, examples=examples,
+    page = build_page(predictor, model_path=MODEL_PATH, classes=CLASSES, examples=examples,
                       batch_size=BATCH_SIZE, max_pixels=MAX_IMAGE_PIXELS, quantize=QUANTIZE,
                       class_bias=CLASS_BIAS, min_confidence=MIN_CONFIDENCE, target_accuracy=TARGET_ACCURACY)
     serve(page, host=HOST, port=PORT, max_file_mb=MAX_FILE_MB, examples=examples)

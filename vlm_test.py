@@ -13,7 +13,7 @@ from vlmcls.prediction import PREDICTIONS
 from vlmcls.prompt import classification_question
 from vlmcls.prediction_files import RESUMES
 
-MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # model to evaluate: local folder or Hub id
+MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # model to evaluate: local folder, Hub id or exported folder (ONNX)
 DATASET_DIR = "./Faulty_solar_panel"  # class folders, a folder of unlabelled images, or one image
 PREDICTION = "score"  # "score": rank every class by likelihood; "generate": let the model write (the original)
 BATCH_SIZE = 8  # images per forward pass
@@ -27,7 +27,7 @@ ENLARGE_IMAGES = False  # resize smaller images up to the longest edge, as the p
 NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1: one per CPU core (shared under torchrun), at least 1
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
-QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only); "none": as saved
+QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only; exported: model.int8.onnx)
 CLASS_BIAS = True  # score mode: add the class bias fine_tune.py chose on the validation images (False: raw scores)
 MIN_CONFIDENCE = 0.0  # a prediction whose top probability is below this is "uncertain" (0 = never; docs/calibration.md)
 TARGET_ACCURACY = 0.0  # instead: the threshold at which the validation images kept are this accurate (0 = not used)

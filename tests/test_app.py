@@ -18,6 +18,7 @@ from PIL import Image
 from conftest import COLOURS, ROOT, load_tiny, run_script
 from vlmcls.app import build_page, example_images, model_view
 from vlmcls.inputs import InputEncoder
+from vlmcls.prediction import TorchPredictor
 
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots of the page, kept after the run (ignored by git)
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages
@@ -43,15 +44,16 @@ def wait_until_up(url, proc, log, timeout=120):
 
 
 @contextlib.contextmanager
-def serving(work, model):
-    """vlm_app.py serving the model folder `model` of the work folder, started there as a user starts it; yields
-    its URL."""
+def serving(work, model, env=None, *flags):
+    """vlm_app.py serving the model folder `model` of the work folder, started there as a user starts it (with `env`
+    added to the environment, and `flags`); yields its URL."""
     url, log = f"http://127.0.0.1:{free_port()}/", work / "app.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "vlm_app.py"), f"--model_path={model}",
-                                 f"--port={url.rsplit(':', 1)[1].strip('/')}"], cwd=work,
+                                 f"--port={url.rsplit(':', 1)[1].strip('/')}", *flags], cwd=work,
                                 stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+                                     **(env or {})})
     try:
         wait_until_up(url, proc, log)
         yield url
@@ -274,8 +276,8 @@ def test_a_model_without_class_names_asks_for_them(tiny_smolvlm):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
     processor, model = load_tiny(tiny_smolvlm)
-    page = build_page(model, processor, model_path=str(tiny_smolvlm), classes=[], examples=[], batch_size=2,
-                      max_pixels=10**6, quantize="none")
+    page = build_page(TorchPredictor(model, processor), model_path=str(tiny_smolvlm), classes=[], examples=[],
+                      batch_size=2, max_pixels=10**6, quantize="none")
     asks = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "class_names")
     assert asks.visible is True
     page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
@@ -303,8 +305,8 @@ def test_the_page_adds_the_class_bias_saved_with_the_model(fine_tuned_smolvlm, t
     image = fine_tuned_smolvlm / "data" / "red" / "red_05.png"
     top = {}
     for class_bias in (True, False):
-        page = build_page(model, processor, model_path=str(tmp_path), classes=[], examples=[], batch_size=2,
-                          max_pixels=10**6, quantize="none", class_bias=class_bias)
+        page = build_page(TorchPredictor(model, processor), model_path=str(tmp_path), classes=[], examples=[],
+                          batch_size=2, max_pixels=10**6, quantize="none", class_bias=class_bias)
         page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
         try:
             client = Client(page.local_url, verbose=False)

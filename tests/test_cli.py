@@ -95,7 +95,7 @@ def test_the_committed_constants_reference_is_what_the_scripts_say():
 
 
 def test_the_reference_lists_each_constant_with_the_text_help_prints(tmp_path):
-    for script in ALL_SCRIPTS:  # six stand-in scripts, one with a constant added
+    for script in ALL_SCRIPTS:  # a stand-in for each script, one with a constant added
         (tmp_path / script).write_text(f'"""{script}: a stand-in.\n\nMore."""\nSEED = 1  # seed\n')
     (tmp_path / "vlm_test.py").write_text('"""Step 5: a stand-in."""\nSEED = 1  # seed\n'
                                           '# seconds before giving up\nMAX_SECONDS = 60\nPATTERN = "a|b"  # a or b\n')
@@ -103,7 +103,7 @@ def test_the_reference_lists_each_constant_with_the_text_help_prints(tmp_path):
     assert "## `vlm_test.py`\n\nStep 5: a stand-in.\n" in reference
     assert "| `MAX_SECONDS` | `60` | seconds before giving up |" in reference
     assert "| `PATTERN` | `'a\\|b'` | a or b |" in reference  # a | inside a cell would split the row
-    assert reference.count("| `SEED` | `1` | seed |") == 6
+    assert reference.count("| `SEED` | `1` | seed |") == len(ALL_SCRIPTS)
     help_text = subprocess.run([sys.executable, "-c", "import sys; from vlmcls.cli import configure; "
                                 f"ns = {{'__file__': {str(tmp_path / 'vlm_test.py')!r}, 'MAX_SECONDS': 60}}; "
                                 "configure(ns, ['--help'])"], capture_output=True, text=True, cwd=ROOT).stdout

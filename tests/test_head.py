@@ -128,12 +128,14 @@ def test_probabilities_are_equal_after_saving_and_loading(family, lora, colour_d
 
 def test_the_app_gives_the_heads_probabilities(colour_dataset, tiny_smolvlm):
     from vlmcls.app import classify_files
+    from vlmcls.prediction import TorchPredictor
     processor, model = load_tiny(tiny_smolvlm)
     torch.manual_seed(2)
     attach_head(model, len(CLASSES))
     paths = colour_paths(colour_dataset)
     expected = head_probs(model, processor, paths)
-    ranked, _, problems = classify_files(model, processor, paths, CLASSES, QUESTION, batch_size=4, max_pixels=10**7)
+    ranked, _, problems = classify_files(TorchPredictor(model, processor), paths, CLASSES, QUESTION, batch_size=4,
+                                         max_pixels=10**7)
     assert not problems
     shown = {(image, name): probability for image, classes, _ in ranked for name, probability in classes}
     for path, row in zip(paths, expected):

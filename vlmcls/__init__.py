@@ -1,3 +1,4 @@
-"""What the six scripts share, in layers (docs/package.md; tests/test_layers.py checks them): cli, files and
+"""What the seven scripts share, in layers (docs/package.md; tests/test_layers.py checks them): cli, files and
 compat; images, prompt, pixels, augment, inputs, report, confidence and label_issues; models and vision_cache;
-objectives (answer, head); prediction, calibration, validation and training; prediction_files, evaluation and app."""
+objectives (answer, head); prediction, calibration, validation, training, onnx_runtime and runtime;
+prediction_files, evaluation, app and export."""

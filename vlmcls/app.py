@@ -6,10 +6,8 @@ from pathlib import Path
 from .calibration import UNCERTAIN, best_guesses, load_calibration
 from .cli import UserError
 from .images import read_dataset_json
-from .inputs import InputEncoder
 from .models import classes_and_question
-from .objectives import objective_of
-from .prediction import evaluate
+from .prediction import evaluate_with
 
 RESULT_HEADERS = ["image", "class", "probability"]
 # System fonts: the default theme's web fonts would be fetched from the internet by every browser opening the page.
@@ -23,7 +21,7 @@ def model_view(image_processor, pixel_values):
     With tiles, the last: the view of the whole image."""
     import numpy as np
     from PIL import Image
-    pixels = pixel_values.float().numpy()
+    pixels = np.asarray(pixel_values, dtype=np.float32)
     tile = pixels.reshape(-1, *pixels.shape[-3:])[-1]
     if image_processor.do_normalize:
         tile = tile * np.array(image_processor.image_std)[:, None, None] + \
@@ -33,15 +31,15 @@ def model_view(image_processor, pixel_values):
     return Image.fromarray(np.clip(tile.transpose(1, 2, 0) + 0.5, 0, 255).astype(np.uint8))
 
 
-def classify_files(model, processor, paths, classes, question, *, batch_size, max_pixels, calibration=None):
-    """Score mode over the files, as the evaluation scripts run it (`calibration`: calibration.load_calibration's).
-    Returns ([(file name, every class with its probability, the top class first, whether it is uncertain)] for each
-    usable file; [(image as the model sees it, caption)]; one message per file that cannot be used, naming it and
-    saying why).
+def classify_files(predictor, paths, classes, question, *, batch_size, max_pixels, calibration=None):
+    """Score mode over the files with a predictor (vlmcls/runtime.py), as the evaluation scripts run it
+    (`calibration`: calibration.load_calibration's). Returns ([(file name, every class with its probability, the top
+    class first, whether it is uncertain)] for each usable file; [(image as the model sees it, caption)]; one message
+    per file that cannot be used, naming it and saying why).
 
     Each file is decoded and run through the processor once: the encoder keeps the result, which the
     prediction takes and the model's view is drawn from."""
-    encoder = InputEncoder(processor, max_pixels)
+    encoder = predictor.encoder(max_pixels)
     usable, problems = [], []
     for path in paths:
         try:
@@ -50,15 +48,15 @@ def classify_files(model, processor, paths, classes, question, *, batch_size, ma
         except UserError as e:
             # the message starts with the upload's temporary path: the page names the file instead
             problems.append(str(e).replace(str(path), Path(path).name, 1))
-    results = evaluate(model, processor, usable, question, classes, "score", batch_size, max_pixels,
-                       encoder=encoder, calibration=calibration, desc="page") if usable else []
+    results = evaluate_with(predictor, usable, question, classes, "score", batch_size, max_pixels, encoder=encoder,
+                            calibration=calibration, desc="page") if usable else []
     ranked, views = [], []
     for path, result in zip(usable, results):
         unsure = bool(result.get("uncertain"))
         ranked.append((Path(path).name, sorted(result["probs"].items(), key=lambda item: -item[1]), unsure))
         top, probability = ranked[-1][1][0]
         said = f"{UNCERTAIN} (best guesses: {best_guesses(result)})" if unsure else f"{top} ({probability:.3f})"
-        views.append((model_view(processor.image_processor, encoder.image_part(path)[1]["pixel_values"]),
+        views.append((model_view(predictor.processor.image_processor, encoder.image_part(path)[1]["pixel_values"]),
                       f"{Path(path).name}: {said}"))
     return ranked, views, problems
 
@@ -91,10 +89,11 @@ def parse_class_names(text):
     return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
-def build_page(model, processor, *, model_path, classes, examples, batch_size, max_pixels, quantize,
+def build_page(predictor, *, model_path, classes, examples, batch_size, max_pixels, quantize,
                class_bias=True, min_confidence=0.0, target_accuracy=0.0):
-    """The Gradio page. `classes` ([] = those saved with the model) can be replaced on the page; a model with
-    neither gets a field asking for them. The probabilities are calibrated as saved with the model for those classes
+    """The Gradio page of a predictor (vlmcls/runtime.py: a PyTorch model, or an exported one in ONNX Runtime).
+    `classes` ([] = those saved with the model) can be replaced on the page; a model with neither gets a field
+    asking for them. The probabilities are calibrated as saved with the model for those classes
     (calibration.load_calibration: the class bias with `class_bias`, the temperature), and an image whose top
     probability is below the threshold (`min_confidence`, or the one `target_accuracy` chooses) is uncertain, its
     best guesses shown. Classifying is also the API endpoint /classify (images and class names in, the table, the
@@ -115,7 +114,7 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
         return (*found, load_calibration(model_path, found[0], **settings))
 
     def run(paths, found):
-        return classify_files(model, processor, paths, *found[:2], batch_size=batch_size, max_pixels=max_pixels,
+        return classify_files(predictor, paths, *found[:2], batch_size=batch_size, max_pixels=max_pixels,
                               calibration=found[2])
 
     def classify(images, class_names):
@@ -127,7 +126,10 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
             return [], [], "Give two or more class names, separated by commas."
         if not images:
             return [], [], "Drop, paste or pick one image or several."
-        ranked, views, problems = run([path for path, _ in images], found)
+        try:
+            ranked, views, problems = run([path for path, _ in images], found)
+        except UserError as e:  # classes an exported model was not exported with
+            return [], [], f"**Not classified:** {e}"
         unsure = [f"**Not sure:** {name}: top probability below {found[2]['threshold']:.3f}; best guesses: "
                   + ", ".join(f"{label} {p:.3f}" for label, p in probabilities[:2])
                   for name, probabilities, uncertain in ranked if uncertain]
@@ -150,7 +152,7 @@ def build_page(model, processor, *, model_path, classes, examples, batch_size, m
 
     known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"
     with gr.Blocks(title=f"{Path(model_path).name}: image classifier", analytics_enabled=False) as page:
-        scored = objective_of(model).SCORED_BY
+        scored = predictor.objective.SCORED_BY
         calibration = ("" if not calibrated else
                        f" Probabilities calibrated with temperature {calibrated['temperature']:.2f}."
                        if calibrated["temperature"] else " Probabilities uncalibrated (no temperature saved).")

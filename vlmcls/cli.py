@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # The scripts, in the order they run; their constants make the reference.
 SCRIPTS = ["download_dataset.py", "generate_train_json.py", "fine_tune.py", "vlm_benchmark_test_dataset.py",
-           "vlm_test.py", "vlm_app.py"]
+           "vlm_test.py", "vlm_app.py", "export_model.py"]
 REFERENCE = ROOT / "docs" / "constants.md"
 
 

@@ -12,11 +12,11 @@ from .compat import library_versions
 from .files import atomic_write
 from .inputs import auto_workers
 from .label_issues import label_issues_of_run
-from .models import join_processes, leave_processes, pick_device, pick_dtype
-from .objectives import load_for_inference, reported_mode
-from .prediction import predict_batches
+from .models import leave_processes
+from .objectives import reported_mode
 from .prediction_files import PredictionFiles, images_digest, model_files, open_files, predict_into
 from .report import PREDICTION_HEADER, print_accuracy, print_comparison, write_summary
+from .runtime import load_predictor, start
 
 
 def default_report_dir(model_path, name):
@@ -33,15 +33,16 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
     """Evaluate each model on the same images, print the original's lines for each and, for two or more,
     a side-by-side table. predictions.csv (and skipped.csv: files that cannot be used) grow as batches finish;
     an interrupted run is continued (`resume` "auto") or started afresh ("overwrite"); under torchrun each process
-    predicts its share and the main process writes. With labels, report.json, confusion_matrix.png and the
-    suspected label errors (label_issues.csv and .png) follow, computed from the rows written; report.json also
-    records `record` (the script's settings) and the library versions. `quantize` ("none" or "int8") applies to
-    every model. Score mode's probabilities are calibrated as saved with each model (calibration.load_calibration:
-    its class bias with `class_bias`, its temperature), and a result below the threshold (`min_confidence`, or the
-    one `target_accuracy` chooses) is uncertain; with labels, report.json's "calibration" section, reliability.png
-    and coverage.png measure them. Returns each model's metrics (None without labels, or in the other processes)."""
-    rank, world, device = join_processes(pick_device(device))
-    dtype = pick_dtype(device, dtype)
+    predicts its share and the main process writes. Each model predicts in the runtime its folder calls for
+    (runtime.load_predictor: PyTorch, or ONNX Runtime for an exported one). With labels, report.json,
+    confusion_matrix.png and the suspected label errors (label_issues.csv and .png) follow, computed from the rows
+    written; report.json also records `record` (the script's settings) and the library versions. `quantize` ("none"
+    or "int8") applies to every model. Score mode's probabilities are calibrated as saved with each model
+    (calibration.load_calibration: its class bias with `class_bias`, its temperature), and a result below the
+    threshold (`min_confidence`, or the one `target_accuracy` chooses) is uncertain; with labels, report.json's
+    "calibration" section, reliability.png and coverage.png measure them. Returns each model's metrics (None
+    without labels, or in the other processes)."""
+    rank, world, device, dtype = start(model_paths, device, dtype)
     say = print if rank == 0 else lambda *_: None
     # -1: at least one worker, also where a process's share of the cores is one (torchrun with a GPU per core):
     # the next images are then decoded while the model runs, not in turn with it.
@@ -71,19 +72,19 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
                     "temperature": calibration["temperature"] if calibration else None,
                     "uncertain_below": calibration["threshold"] if calibration else 0, "columns": PREDICTION_HEADER}
         files = PredictionFiles(out, PREDICTION_HEADER, settings)
-        start = open_files(files, resume, len(paths), rank)
-        processor, model = load_for_inference(model_path, device=device, dtype=dtype, quantize=quantize,
-                                              image_longest_edge=image_longest_edge, image_splitting=image_splitting)
+        done = open_files(files, resume, len(paths), rank, world)
+        predictor = load_predictor(model_path, device=device, dtype=dtype, quantize=quantize,
+                                   image_longest_edge=image_longest_edge, image_splitting=image_splitting)
         if bias:
             say(f"class bias of strength {bias['strength']:.1f}, chosen on the validation images, added to the "
                 "scores (class_bias=false: without)")
         for line in describe_calibration(calibration) if calibration else []:
             say(line)
-        predict = partial(predict_batches, model, processor, question=question, classes=classes, mode=mode,
+        predict = partial(predictor.predict_batches, question=question, classes=classes, mode=mode,
                           max_pixels=max_pixels, enlarge=enlarge_images, workers=workers, calibration=calibration)
-        predict_into(files, predict, paths, true, start=start, batch_size=batch_size, rank=rank, world=world,
+        predict_into(files, predict, paths, true, start=done, batch_size=batch_size, rank=rank, world=world,
                      echo=true is None)
-        del model
+        del predictor
         if rank != 0:
             continue
         outcomes.append(report_rows(files, out, len(paths), true, classes, {

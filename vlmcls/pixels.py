@@ -42,6 +42,15 @@ def pixel_values(image_processor, image, arithmetic, size=None):
     alone (size: its `size` override; arithmetic: arithmetic() of the processor), with rows = cols = 0 for an
     image that is one tile."""
     import torch
+    out, rows, cols = pixel_array(image_processor, image, arithmetic, size)
+    # Every frame is a full tile, so the processor pads none of them: its mask is all ones.
+    mask = torch.ones((), dtype=torch.int64).expand(*out.shape[:2], *out.shape[-2:])
+    return torch.from_numpy(out), mask, rows, cols
+
+
+def pixel_array(image_processor, image, arithmetic, size=None):
+    """(pixel values as a float32 numpy array of shape (1, frames, 3, tile, tile), rows, cols): pixel_values
+    without torch (the ONNX runtime's)."""
     ip = image_processor
     tile = dict(ip.max_image_size)["longest_edge"]
     edge = dict(size or ip.size)["longest_edge"]  # a processor loaded from a file holds its sizes as SizeDicts
@@ -66,9 +75,7 @@ def pixel_values(image_processor, image, arithmetic, size=None):
     out /= divisor
     out -= mean
     out /= std
-    # Every frame is a full tile, so the processor pads none of them: its mask is all ones.
-    mask = torch.ones((), dtype=torch.int64).expand(1, len(frames), tile, tile)
-    return torch.from_numpy(out), mask, rows, cols
+    return out, rows, cols
 
 
 def tile_multiple(height, width, tile):

@@ -119,17 +119,19 @@ class PredictionFiles:
             return list(csv.DictReader(f))
 
 
-def open_files(files, resume, total, rank=0):
+def open_files(files, resume, total, rank=0, world=1):
     """PredictionFiles.open in the main process, its answer (how many images are done, or why it refuses) shared
-    with the others. Returns how many images are done."""
-    from accelerate.utils import broadcast_object_list
+    with the others (`world` processes). Returns how many images are done."""
     start = [None]
     if rank == 0:
         try:
             start[0] = files.open(resume)
         except UserError as e:
             start[0] = str(e)
-    start = broadcast_object_list(start)[0]
+    if world > 1:  # accelerate (and torch) only where there are other processes: an exported model runs without
+        from accelerate.utils import broadcast_object_list
+        start = broadcast_object_list(start)
+    start = start[0]
     if isinstance(start, str):
         raise UserError(start)
     if rank == 0 and start:
@@ -145,8 +147,9 @@ def predict_into(files, predict, images, true, *, start, batch_size, rank=0, wor
     gathers one batch from every process, which follow each other in the list, and writes them in order, so the files
     equal one process's. `predict` is predict_batches with the model and settings given. Skipped files are printed
     as they are met, and with `echo` each prediction too; under torchrun each process says how many images it took."""
-    from accelerate.utils import gather_object
     from tqdm import tqdm
+    if world > 1:
+        from accelerate.utils import gather_object
     batches = in_batches(range(start, len(images)), batch_size)
     mine = batches[rank::world]
     results = predict([[images[i] for i in batch] for batch in mine])
@@ -164,7 +167,7 @@ def predict_into(files, predict, images, true, *, start, batch_size, rank=0, wor
                          for path, r in zip(paths, batch_results)] if echo else []
                 entry = (prediction_rows(paths, batch_results, [true[batch[i]] for i in kept] if true else None),
                          skipped, lines, len(batch))
-            gathered = gather_object([entry])
+            gathered = gather_object([entry]) if world > 1 else [entry]
             if rank != 0:
                 continue
             for rows, skipped, lines, count in gathered:

@@ -167,4 +167,42 @@ def generate_mode(model, processor, batch, question, classes):
     return results
 
 
+def export_module(model, processor, question, classes):
+    """Score mode's log-likelihoods of every class's whole answer (each token through its end token; the first alone
+    would not do: class names share first tokens) for one image's prompt, as predict_scores computes them: the
+    prompt once, then every answer from a copy of its cache, all answers in one batch. The classes' answer ids are
+    fixed in the module, and returned."""
+    import torch
+    _, completions = render(processor, question, classes, end_token_ids(processor, model))
+    answers = class_answer_ids(processor, model, completions)
+
+    class AnswerScores(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            longest = max(len(a) for a in answers)
+            self.register_buffer("answer_ids", torch.tensor([a + [0] * (longest - len(a)) for a in answers]))
+            self.register_buffer("answer_mask", torch.tensor([[1.0] * len(a) + [0.0] * (longest - len(a))
+                                                              for a in answers]))
+
+        def forward(self, input_ids, pixel_values):
+            n_classes, longest = self.answer_ids.shape
+            length = input_ids.shape[1]
+            out = self.model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True,
+                             position_ids=torch.arange(length).unsqueeze(0))
+            first = out.logits[:, -1].float().log_softmax(-1)  # predicts each answer's first token
+            cache = out.cache
+            cache.batch_repeat_interleave(n_classes)
+            # Right-padded answers need no mask: a causal model's later positions change nothing before them, and
+            # the padding's own scores are masked out of the sum.
+            rest = self.model(input_ids=self.answer_ids, cache=cache,
+                              attention_mask=torch.ones(n_classes, length + longest, dtype=torch.long),
+                              position_ids=(torch.arange(longest) + length).unsqueeze(0).expand(n_classes, -1)
+                              ).logits.float().log_softmax(-1)
+            per_token = torch.cat([first.expand(n_classes, -1).unsqueeze(1), rest[:, :-1]], dim=1)
+            token_logp = per_token.gather(-1, self.answer_ids.unsqueeze(-1)).squeeze(-1)
+            return (token_logp * self.answer_mask).sum(-1).unsqueeze(0)
+    return AnswerScores().eval(), answers
+
+
 MODES = {"score": score_mode, "generate": generate_mode}

@@ -29,13 +29,17 @@ An objective is one module of this package (answer.py, head.py) defining, at mod
     prediction_mode(mode) the mode to predict in when `mode` is asked of a model trained with it (or UserError)
     results_from_features(model, features, paths, classes)
                           score-mode results of images from their features (as `features` computed them)
+    export_module(model, processor, question, classes)
+                          (a torch module from one image's prompt and tiles, (input_ids (1, tokens), pixel_values
+                          (1, tiles, 3, H, W)), to its (1, classes) scores, whose softmax is score mode's
+                          probabilities; what it fixes besides, for export.json): what vlmcls/export.py exports
 
 vlmcls/objectives/__init__.py registers each module; everything above this layer goes through it.
 """
 
 OPERATIONS = ("NAME", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "check_settings", "carries", "attach",
               "prepare", "features", "training_set", "test_set", "save", "load", "prediction_mode",
-              "results_from_features")
+              "results_from_features", "export_module")
 
 
 def ranked(classes, probs):

@@ -272,4 +272,20 @@ def head_mode(model, processor, batch, question, classes):
     return [ranked(classes, row) for row in logits.float().softmax(-1).tolist()]
 
 
+def export_module(model, processor, question, classes):
+    """The head's logits of one image's prompt (no padding: positions 0, 1, ...), for export; nothing fixed."""
+    import torch
+
+    class HeadScores(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, pixel_values):
+            positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
+            return self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                              pixel_values=pixel_values, position_ids=positions).logits.float()
+    return HeadScores().eval(), None
+
+
 MODES = {"head": head_mode}

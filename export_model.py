@@ -1,0 +1,30 @@
+"""Step 7: export a fine-tuned model for a machine without PyTorch: an ONNX graph from image and prompt to class
+scores (either objective; the answer objective's class list fixed at export), optionally with int8 weights, and
+what prediction needs beside it (processor files, classes.json with its class bias and temperature, export.json).
+
+vlm_test.py, vlm_benchmark_test_dataset.py and vlm_app.py take the exported folder as --model_path and predict
+with ONNX Runtime (--quantize=int8: with the int8 graph). See docs/deploy.md.
+"""
+from vlmcls.cli import configure, run_main, settings_of
+from vlmcls.export import OPSET, describe, export_model
+from vlmcls.models import QUANTIZATIONS
+
+MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # the saved model folder to export (fine_tune.py's OUTPUT_DIR)
+OUTPUT_DIR = "./SmolVLM-256M-Instruct-finetuned-onnx"  # the exported folder (an earlier export there is replaced)
+QUANTIZE = "none"  # "int8": also model.int8.onnx, int8 weights (onnxruntime's dynamic quantisation); "none": fp32 only
+CLASSES = []  # objective=answer: the classes the graph scores, fixed at export; [] = those saved with the model
+IMAGE_LONGEST_EDGE = None  # None = the resolution saved with the model (the graph takes any; this sets the processor)
+IMAGE_SPLITTING = None  # None = as saved with the model
+OPSET_VERSION = OPSET  # ONNX opset of the graph
+
+
+def main():
+    record = export_model(MODEL_PATH, OUTPUT_DIR, classes=CLASSES, quantize=QUANTIZE,
+                          image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
+                          opset=OPSET_VERSION, record=settings_of(globals()))
+    print(describe(record, OUTPUT_DIR))
+
+
+if __name__ == "__main__":
+    configure(globals(), choices={"QUANTIZE": QUANTIZATIONS})
+    run_main(main)

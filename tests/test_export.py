@@ -1,0 +1,241 @@
+"""vlmcls.export, vlmcls.onnx_runtime and vlmcls.runtime: an exported model gives PyTorch's probabilities, runs
+where torch cannot be imported, and a failed or refused export leaves nothing behind."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import tiny_models
+from conftest import COLOURS, report_in, run_script
+from vlmcls.app import classify_files
+from vlmcls.cli import UserError
+from vlmcls.export import export_model
+from vlmcls.onnx_runtime import EXPORT_FILE, INT8_FILE, MODEL_FILE, OnnxPredictor
+from vlmcls.prediction import evaluate_with
+from vlmcls.prompt import classification_question
+from vlmcls.runtime import load_predictor
+
+CLASSES = ["red", "green", "blue", "Bird-drop"]  # the answers "red" and "Bird-drop" share no token; others may
+QUESTION = classification_question(CLASSES)
+# (width, height): with 1024 px and splitting, 1 tile, 2 tiles across, 2x2, 2 down (each with the global view)
+SIZES = [(64, 48), (700, 300), (600, 520), (300, 900)]
+
+
+def noisy_images(folder, sizes, seed=0, noise=60, per_class=False):
+    """Noisy images of each colour at each size (with `per_class`, in a folder per colour); returns their paths."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for name, rgb in COLOURS.items():
+        for width, height in sizes:
+            pixels = np.clip(np.array(rgb) + rng.normal(0, noise, (height, width, 3)), 0, 255).astype(np.uint8)
+            paths.append(Path(folder) / (name if per_class else "") / f"{name}_{width}x{height}.png")
+            paths[-1].parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """A tiny SmolVLM saved at 1024 px with image splitting, as an answer model (a confident output head) and as a
+    head model (a random head of weights large enough to decide), each with classes.json and a class bias."""
+    root = tmp_path_factory.mktemp("export-models")
+    torch.manual_seed(0)
+    answer = tiny_models.build_tiny_smolvlm(root / "answer", image_longest_edge=1024, head_std=0.2)
+    head = root / "head"
+    shutil.copytree(answer, head)
+    bias = {"strength": 1.0, "bias": {name: 0.3 * i for i, name in enumerate(CLASSES)}, "metric": "macro_f1"}
+    for folder, objective in ((answer, "answer"), (head, "head")):
+        (folder / "classes.json").write_text(json.dumps({"classes": CLASSES, "question": QUESTION,
+                                                         "objective": objective, "max_image_pixels": 10**8,
+                                                         "class_bias": bias}))
+    hidden = json.loads((head / "config.json").read_text())["text_config"]["hidden_size"]
+    save_file({"weight": torch.randn(len(CLASSES), hidden), "bias": torch.randn(len(CLASSES))},
+              str(head / "classifier.safetensors"))
+    return {"answer": answer, "head": head}
+
+
+@pytest.fixture(scope="module")
+def exported(saved_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exported")
+    return {name: (export_model(folder, root / name, quantize="int8"), root / name)[1]
+            for name, folder in saved_models.items()}
+
+
+@pytest.mark.parametrize("objective", ["head", "answer"])
+def test_exported_probabilities_equal_pytorchs_on_every_tile_count(objective, saved_models, exported, tmp_path):
+    """Images of 1, 3 and 5 tiles, batched and left-padded on PyTorch's side, one at a time in ONNX Runtime: the same
+    probabilities within 1e-4, also after the class bias, and the same order of classes."""
+    paths = noisy_images(tmp_path, SIZES)
+    settings = dict(device="cpu", dtype=torch.float32, image_longest_edge=None, image_splitting=None,
+                    quantize="none")
+    torch_side = load_predictor(str(saved_models[objective]), **settings)
+    onnx_side = load_predictor(str(exported[objective]), **settings)
+    assert isinstance(onnx_side, OnnxPredictor) and onnx_side.objective.NAME == objective
+    encoder = onnx_side.encoder(10**8)
+    assert {encoder.image_part(p)[1]["pixel_values"].shape[1] for p in paths} == {1, 3, 5}
+    bias = [1.5 * i for i in range(len(CLASSES))]
+    got = {}
+    for with_bias in (None, bias):
+        wanted = evaluate_with(torch_side, paths, QUESTION, CLASSES, "score", 3, 10**8, bias=with_bias)
+        got[bool(with_bias)] = evaluate_with(onnx_side, paths, QUESTION, CLASSES, "score", 3, 10**8, bias=with_bias)
+        for w, g in zip(wanted, got[bool(with_bias)]):
+            assert g["pred"] == w["pred"] and g["top2"] == w["top2"]
+            assert g["probs"] == pytest.approx(w["probs"], abs=1e-4)
+        assert max(max(r["probs"].values()) for r in wanted) > 0.5  # probabilities that decide, not all alike
+    assert got[True][0]["probs"] != pytest.approx(got[False][0]["probs"], abs=1e-3)  # the bias was added
+    # the classes asked in another order are the same classes, each with its own probability
+    reordered = evaluate_with(onnx_side, paths[:2], QUESTION, CLASSES[::-1], "score", 2, 10**8)
+    for r, g in zip(reordered, got[False]):
+        assert r["probs"] == pytest.approx(g["probs"], abs=1e-9)
+
+
+def test_the_folder_holds_what_prediction_needs_and_records_what_was_exported(saved_models, exported):
+    folder, source = exported["answer"], saved_models["answer"]
+    names = {p.name for p in folder.iterdir()}
+    assert {MODEL_FILE, INT8_FILE, EXPORT_FILE, "classes.json", "processor_config.json", "tokenizer.json"} <= names
+    assert not any(p.name.startswith(".") for p in folder.parent.iterdir())  # no temporary folder left
+    assert (folder / "classes.json").read_bytes() == (source / "classes.json").read_bytes()  # bias travels whole
+    record = json.loads((folder / EXPORT_FILE).read_text())
+    assert record["objective"] == "answer" and record["classes"] == CLASSES and record["opset"] == 18
+    assert record["files"][MODEL_FILE] == (folder / MODEL_FILE).stat().st_size
+    assert record["image"] == {"longest_edge": 1024, "splitting": True}
+    assert record["check"]["largest_score_difference"] < 1e-3
+    import hashlib
+    digest = hashlib.sha256()
+    for file in sorted(p for p in source.iterdir() if p.is_file()):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    assert record["source"]["sha256"] == digest.hexdigest()
+    assert (folder / INT8_FILE).stat().st_size < 0.8 * (folder / MODEL_FILE).stat().st_size
+
+
+def test_what_cannot_be_exported_or_predicted_is_refused_and_nothing_is_left(saved_models, exported, tiny_llava,
+                                                                             tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="generate mode"):
+        export_model(saved_models["answer"], tmp_path / "out", mode="generate")
+    with pytest.raises(UserError, match="llava model cannot be exported"):
+        export_model(tiny_llava, tmp_path / "out", classes=["a", "b"])
+    with pytest.raises(UserError, match="not a saved model folder"):
+        export_model(tmp_path, tmp_path / "out")
+    with pytest.raises(UserError, match="its head scores the classes it was trained on"):
+        export_model(saved_models["head"], tmp_path / "out", classes=["a", "b"])
+    assert list(tmp_path.iterdir()) == []
+
+    # a failure late in the export (here quantising) leaves the earlier export as it was, and no temporary folder
+    out = tmp_path / "head"
+    shutil.copytree(exported["head"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(source, target):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr("vlmcls.export.quantize_int8", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(saved_models["head"], out, quantize="int8")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["head"]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an exported model folder"):
+        export_model(saved_models["head"], tmp_path / "elsewhere")
+
+    predictor = OnnxPredictor(exported["answer"])
+    with pytest.raises(UserError, match="score mode only"):
+        next(predictor.predict_batches([[tmp_path / "x.png"]], QUESTION, CLASSES, "generate", 10**8))
+    with pytest.raises(UserError, match="fixed at export"):
+        next(predictor.predict_batches([[tmp_path / "x.png"]], QUESTION, ["red", "green"], "score", 10**8))
+    fp32_only = tmp_path / "fp32-only"
+    shutil.copytree(exported["answer"], fp32_only)
+    (fp32_only / INT8_FILE).unlink()
+    with pytest.raises(UserError, match="export with --quantize=int8"):
+        OnnxPredictor(fp32_only, quantize="int8")
+
+
+def test_the_page_shows_the_exported_models_probabilities(saved_models, exported, tmp_path):
+    """The app's classification (what /classify and /predict run) with the exported model: PyTorch's numbers, the
+    model's views, and an unusable file named."""
+    paths = noisy_images(tmp_path, SIZES[:2])
+    (tmp_path / "broken.png").write_bytes(b"not a picture")
+    settings = dict(device="cpu", dtype=torch.float32, image_longest_edge=None, image_splitting=None,
+                    quantize="none")
+    shown = {}
+    for side in ("torch", "onnx"):
+        predictor = load_predictor(str((saved_models if side == "torch" else exported)["head"]), **settings)
+        ranked, views, problems = classify_files(predictor, [*paths, tmp_path / "broken.png"], CLASSES, QUESTION,
+                                                 batch_size=2, max_pixels=10**8)
+        shown[side] = ({(name, c): p for name, classes in ranked for c, p in classes}, [v.size for v, _ in views])
+        assert len(problems) == 1 and "broken.png" in problems[0]
+    assert shown["onnx"][0] == pytest.approx(shown["torch"][0], abs=1e-4)
+    assert shown["onnx"][1] == shown["torch"][1]
+    with pytest.raises(UserError, match="fixed at export"):  # the page shows it as its message
+        classify_files(predictor, paths, ["red", "green"], QUESTION, batch_size=2, max_pixels=10**8)
+
+
+def torch_free_env(tmp_path):
+    """Environment variables under which this Python cannot import torch: a copy of site-packages (links) without
+    torch and its kin replaces the real one on sys.path (sitecustomize), so torch is neither importable nor found
+    by importlib.metadata, as on a machine where it was never installed."""
+    site_packages = os.path.realpath(sysconfig.get_paths()["purelib"])
+    farm = tmp_path / "site-packages"
+    farm.mkdir()
+    for entry in Path(site_packages).iterdir():
+        if not entry.name.lower().startswith(("torch", "functorch", "triton", "nvidia")):
+            (farm / entry.name).symlink_to(entry)
+    custom = tmp_path / "sitecustomize"
+    custom.mkdir()
+    (custom / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        f"sys.path[:] = [p for p in sys.path if os.path.realpath(p) != {site_packages!r}] + [{str(farm)!r}]\n")
+    return {"PYTHONPATH": str(custom)}
+
+
+@pytest.mark.slow
+def test_vlm_test_predicts_with_an_exported_model_where_torch_cannot_be_imported(fine_tuned_head, tmp_path):
+    """A model fine-tuned by fine_tune.py, exported by export_model.py, evaluated by vlm_test.py in a process that
+    cannot import torch: the reports PyTorch's run writes, the same classes and probabilities; with
+    --quantize=int8 the int8 graph keeps the top class of every image (>= 99%) of a larger set."""
+    work = fine_tuned_head
+    run_script("export_model.py", "--model_path=head", f"--output_dir={tmp_path / 'onnx'}", "--quantize=int8",
+               cwd=work)
+    env = torch_free_env(tmp_path)
+    probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True,
+                           env={**os.environ, **env})
+    assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr
+    # images the model never saw, drawn as its training images were (make_colour_images), of 20 sizes
+    data = tmp_path / "images"
+    noisy_images(data, [(40 + 7 * i, 30 + 5 * (i % 7)) for i in range(20)], seed=1, noise=25, per_class=True)
+    reports = {}
+    for side, model, extra in [("torch", work / "head", {}), ("onnx", tmp_path / "onnx", env),
+                               ("int8", tmp_path / "onnx", env)]:
+        run_script("vlm_test.py", f"--model_path={model}", f"--dataset_dir={data}", f"--report_dir={tmp_path / side}",
+                   f"--quantize={'int8' if side == 'int8' else 'none'}", cwd=work, env=extra)
+        with open(tmp_path / side / "predictions.csv") as f:
+            reports[side] = (report_in(tmp_path / side), list(csv.DictReader(f)))
+        assert (tmp_path / side / "confusion_matrix.png").is_file()
+    (torch_report, torch_rows), (onnx_report, onnx_rows) = reports["torch"], reports["onnx"]
+    assert onnx_report["accuracy"] == torch_report["accuracy"] and onnx_report["prediction"] == "head"
+    assert [r["predicted_class"] for r in onnx_rows] == [r["predicted_class"] for r in torch_rows]
+    assert [float(r["probability"]) for r in onnx_rows] == \
+        pytest.approx([float(r["probability"]) for r in torch_rows], abs=1e-4)
+    assert len(torch_rows) == 60 and torch_report["accuracy"] > 0.8  # a trained model; 99% of 60 is all of them
+    agree = sum(a["predicted_class"] == b["predicted_class"] for a, b in zip(torch_rows, reports["int8"][1]))
+    assert agree >= 0.99 * len(torch_rows)
+
+    # the page's API, served by vlm_app.py where torch cannot be imported, gives vlm_test.py's numbers
+    from gradio_client import Client, handle_file
+
+    from test_app import serving
+    row = onnx_rows[0]
+    with serving(work, tmp_path / "onnx", env) as url:
+        result = Client(url, verbose=False).predict(handle_file(row["path"]), api_name="/predict")
+    assert result["label"] == row["predicted_class"]
+    assert {c["label"]: c["confidence"] for c in result["confidences"]}[result["label"]] == \
+        pytest.approx(float(row["probability"]), abs=1e-5)

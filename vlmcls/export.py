@@ -1,0 +1,234 @@
+"""Export of a saved model to ONNX (torch.onnx's dynamo exporter): one graph from an image's prompt to its class
+scores, int8 weights on request, and the folder a runtime without PyTorch reads (onnx_runtime.py), written whole or
+not at all.
+
+The graph takes one image's prompt, `input_ids` (1, tokens), and its tiles, `pixel_values` (1, tiles, 3, 512, 512),
+both of any length, and gives `scores` (1, classes): the head's logits (objective head), or the log-likelihood of
+every class's whole answer, each of its tokens through its end token (objective answer, score mode; the classes are
+fixed at export). Each objective makes its own module for it (export_module, objectives/base.py); softmax of the
+scores is what the PyTorch path ranks classes by.
+"""
+import contextlib
+import hashlib
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from .cli import UserError
+from .compat import library_versions
+from .files import write_json
+from .models import classes_and_question, saved_classes
+from .objectives import load_for_inference, saved_objective
+from .onnx_runtime import EXPORT_FILE, INT8_FILE, MODEL_FILE
+from .pixels import FAMILY
+
+OPSET = 18  # the ONNX opset written: onnxruntime 1.20+ and OpenVINO 2024+ read it
+FAMILIES = ("idefics3", "smolvlm")  # config model types whose graph has been checked (SmolVLM's architecture)
+RUNTIME_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+TOLERANCE = 1e-3  # largest difference of the exported graph's scores from PyTorch's on the example image
+
+
+def check_exportable(model_path, model, processor, mode, quantize):
+    """Refuse what cannot be exported, naming why: generate mode (a loop of passes, not one graph), a model loaded
+    with torch's int8 weights (export from float32; QUANTIZE=int8 quantises the exported graph), an architecture
+    whose graph was not checked, or an image processor the ONNX runtime cannot compute pixels for."""
+    if mode != "score":
+        raise UserError(f"{model_path}: prediction={mode} cannot be exported: generate mode writes an answer token by "
+                        "token, a loop of model passes; export classifies in score mode (one graph)")
+    if quantize not in ("none", "int8"):
+        raise UserError(f"quantize={quantize!r}: use none or int8")
+    kind = model.config.model_type
+    if kind not in FAMILIES:
+        raise UserError(f"{model_path}: a {kind} model cannot be exported: only SmolVLM's architecture "
+                        f"({', '.join(FAMILIES)}) has an export checked against PyTorch")
+    if type(processor.image_processor).__name__ != FAMILY:
+        raise UserError(f"{model_path}: its image processor is {type(processor.image_processor).__name__}; the ONNX "
+                        f"runtime computes pixels as {FAMILY} does (load the model without torchvision installed)")
+
+
+def example_inputs(processor, question):
+    """A prompt and tiles of a synthetic image of 3 tiles (2 and the global view), so that the graph's tile count
+    stays variable (the exporter fixes a dimension of size 1), with the processor's own settings otherwise."""
+    from PIL import Image
+
+    from .inputs import PromptBatches
+    image_processor = processor.image_processor
+    tile = image_processor.max_image_size["longest_edge"]
+    splitting, size = image_processor.do_image_splitting, dict(image_processor.size)
+    image_processor.do_image_splitting, image_processor.size = True, {"longest_edge": 2 * tile}
+    try:
+        batch = PromptBatches(processor, question, None, True)([Image.new("RGB", (2 * tile, tile), (120, 60, 30))])
+    finally:
+        image_processor.do_image_splitting, image_processor.size = splitting, size
+    return batch["input_ids"], batch["pixel_values"]
+
+
+@contextlib.contextmanager
+def torch_checks_off():
+    """transformers' documented switch TRANSFORMERS_DISABLE_TORCH_CHECK=1 (read at each check) for the duration:
+    its checks become torch._check_tensor_all, whose aten._is_all_true has no ONNX function."""
+    before = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
+    os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"]
+        else:
+            os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = before
+
+
+def export_graph(module, inputs, file, opset):
+    """The module as an ONNX file (one file, weights inside), tokens and tiles of any number."""
+    import torch
+    try:
+        import onnxscript  # noqa: F401  (torch's dynamo exporter needs it)
+    except ImportError:
+        raise UserError("export needs onnx and onnxscript: pip install -r requirements.txt") from None
+    with torch_checks_off(), torch.inference_mode():
+        torch.onnx.export(module, inputs, str(file), dynamo=True, opset_version=opset, external_data=False,
+                          input_names=["input_ids", "pixel_values"], output_names=["scores"],
+                          dynamic_shapes={"input_ids": {1: torch.export.Dim("tokens")},
+                                          "pixel_values": {1: torch.export.Dim("tiles")}},
+                          verbose=False)
+
+
+def quantize_int8(source, target):
+    """onnxruntime's dynamic quantisation: int8 weights in the matrix products, activations quantised per run."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    logging.disable(logging.WARNING)  # it logs each tensor whose type its shape inference cannot tell, graph and all
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def check_graph(file, module, inputs):
+    """The exported graph's scores against the module's on the example inputs; UserError beyond TOLERANCE."""
+    import numpy as np
+    import onnxruntime
+    import torch
+    session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_ids": inputs[0].numpy(), "pixel_values": inputs[1].numpy()})[0]
+    with torch.inference_mode():
+        wanted = module(*inputs).numpy()
+    difference = float(np.abs(got - wanted).max())
+    if not difference <= TOLERANCE:
+        raise UserError(f"{file.name}: the exported graph's scores differ from PyTorch's by {difference:.2g} "
+                        f"(more than {TOLERANCE}); nothing was written")
+    return difference
+
+
+def source_digest(model_path):
+    """SHA-256 of the model folder's top-level files (names and contents): which weights were exported."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(model_path).iterdir() if p.is_file()):
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def versions():
+    found = library_versions()
+    for name in RUNTIME_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def replace_folder(staging, out):
+    """Put the finished `staging` folder at `out`: a rename; an earlier export there is replaced, any other
+    non-empty folder refused."""
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        elif (out / EXPORT_FILE).is_file():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old)
+            return
+        else:
+            raise UserError(f"{out} exists and is not an exported model folder (no {EXPORT_FILE}): choose another "
+                            "output_dir")
+    os.replace(staging, out)
+
+
+def export_model(model_path, out, *, classes=(), mode="score", quantize="none", image_longest_edge=None,
+                 image_splitting=None, opset=OPSET, record=None):
+    """Export a saved model folder to `out`: model.onnx (float32), with quantize=int8 also model.int8.onnx, the
+    processor's files at the resolution given (None: as saved), classes.json copied whole (class bias, temperature
+    and the rest travel with it; for the answer objective `classes`, when given, replace its class list), and
+    export.json recording what was exported. Everything is written to a temporary folder beside `out` and renamed
+    into place at the end: a failed export leaves nothing. Returns export.json's record."""
+    import torch
+    model_path, out = Path(model_path), Path(out)
+    if not (model_path / "config.json").is_file():
+        raise UserError(f"{model_path}: not a saved model folder (no config.json); export a folder that "
+                        "fine_tune.py wrote")
+    saved = saved_classes(model_path)
+    objective = saved_objective(saved)
+    found = classes_and_question(model_path, list(classes) if objective.NAME == "answer" else [])
+    if not found:
+        raise UserError(f"{model_path}: no classes.json: give the class names with --classes='[\"a\", \"b\"]'")
+    if classes and objective.NAME == "head" and list(classes) != found[0]:
+        raise UserError(f"{model_path}: its head scores the classes it was trained on ({', '.join(found[0])}); "
+                        "leave classes empty")
+    classes, question = found
+    processor, model = load_for_inference(str(model_path), device="cpu", dtype=torch.float32, quantize="none",
+                                          image_longest_edge=image_longest_edge, image_splitting=image_splitting)
+    check_exportable(model_path, model, processor, mode, quantize)
+    module, answers = objective.export_module(model, processor, question, classes)
+    inputs = example_inputs(processor, question)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        export_graph(module, inputs, staging / MODEL_FILE, opset)
+        difference = check_graph(staging / MODEL_FILE, module, inputs)
+        files = [MODEL_FILE]
+        if quantize == "int8":
+            quantize_int8(staging / MODEL_FILE, staging / INT8_FILE)
+            files.append(INT8_FILE)
+        processor.save_pretrained(str(staging))
+        if saved is not None:
+            shutil.copyfile(model_path / "classes.json", staging / "classes.json")
+        if objective.NAME == "answer" and (saved is None or saved.get("classes") != classes):
+            write_json(staging / "classes.json", {**(saved or {}), "classes": classes, "question": question,
+                                                  "objective": "answer"})
+        image_processor = processor.image_processor
+        record_ = {"format": 1, "objective": objective.NAME,
+                   "scores": "head logits" if objective.NAME == "head" else
+                   "log-likelihood of each class's answer tokens (score mode)",
+                   "classes": classes, "question": question, "answer_ids": answers, "opset": opset,
+                   "inputs": {"input_ids": "(1, tokens) int64", "pixel_values": "(1, tiles, 3, tile, tile) float32"},
+                   "outputs": {"scores": "(1, classes) float32"},
+                   "files": {name: (staging / name).stat().st_size for name in files},
+                   "source": {"path": str(model_path.resolve()), "sha256": source_digest(model_path)},
+                   "image": {"longest_edge": dict(image_processor.size)["longest_edge"],
+                             "splitting": bool(image_processor.do_image_splitting)},
+                   "check": {"largest_score_difference": difference, "tolerance": TOLERANCE},
+                   "settings": record or {}, "versions": versions()}
+        write_json(staging / EXPORT_FILE, record_)
+        replace_folder(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record_
+
+
+def describe(record, out):
+    """The console lines of a finished export."""
+    sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in record["files"].items())
+    return (f"exported {record['objective']} model ({len(record['classes'])} classes: "
+            f"{', '.join(record['classes'])}) to {out}: {sizes}; largest score difference from PyTorch on the "
+            f"example image {record['check']['largest_score_difference']:.2g}")
