@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
 import accuracy  # noqa: E402
-from common import ROOT, flag, git  # noqa: E402
+from common import ROOT, command, flag, git  # noqa: E402
 from ledger import FIRST_CONFIRMATION_SEED, code_hash  # noqa: E402
 from tasks import TASK_DATA, build_model, prepare_split, run  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
@@ -104,7 +104,7 @@ def report(results, started, elapsed):
                      for name, spec in ROWS.items())
     return f"""# Calibration: the probabilities before and after the temperature (development splits)
 
-Command: `HF_HUB_OFFLINE=1 python benchmarks/calibration.py {' '.join(sys.argv[1:])}`
+{command("calibration.py")}
 
 - Commit {head}, split seeds {DEVELOPMENT_SPLITS} (development: the confirmation seeds are never read); started
   {started}, {elapsed / 60:.1f} min, on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), {JOBS} runs at

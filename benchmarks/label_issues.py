@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
-from common import ROOT, git  # noqa: E402
+from common import ROOT, command, git  # noqa: E402
 from tasks import build_model, prepare_split, run  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
 from vlmcls.files import atomic_write, write_json  # noqa: E402
@@ -128,7 +128,6 @@ def by_class(runs):
 
 
 def report(results, started, elapsed):
-    shown = [a for a in sys.argv[1:] if not a.startswith(("--work_dir", "--output"))]  # no machine paths
     changed = git("status", "--porcelain", "--untracked-files=no")
     lines = ["| backbone | noise | images | flipped | listed | recall | precision | precision of the first n | "
              "recall by true class |", "|---" * 9 + "|"]
@@ -145,7 +144,7 @@ def report(results, started, elapsed):
                         for r in results)
     return f"""# Suspected label errors: planted flipped labels found by fine_tune.py's k-fold ({TASK})
 
-Command: `HF_HUB_OFFLINE=1 python benchmarks/label_issues.py {' '.join(shown)}`
+{command("label_issues.py")}
 
 - Commit {git("rev-parse", "--short", "HEAD")}{" with uncommitted changes" if changed else ""}, development split
   seeds {SPLITS} (never a confirmation seed); started {started}, {elapsed / 60:.1f} min, on {platform.machine()}
