@@ -73,6 +73,30 @@ def test_int8_classifies_as_float32_does(fine_tuned_head):
     assert accuracy_in(fine_tuned_head / "int8_report") == accuracy_in(fine_tuned_head / "none_report") >= 0.9
 
 
+def test_a_loaded_head_names_each_probability_by_the_class_it_was_trained_for(fine_tuned_head):
+    """Asked for its classes in another order (a test JSON's, a typed list), the head's probabilities stay with
+    their classes; other classes than its own are refused. Labelling the logits in the asked order, as before,
+    swapped the classes' probabilities."""
+    from vlmcls.cli import UserError
+    from vlmcls.models import saved_classes
+    from vlmcls.objectives import load_for_inference
+    from vlmcls.prediction import evaluate
+    model = fine_tuned_head / "head"
+    trained = saved_classes(model)["classes"]
+    processor, loaded = load_for_inference(str(model), device="cpu", dtype=torch.float32, image_longest_edge=None,
+                                           image_splitting=None, quantize="none")
+    paths = [str(p) for c in trained for p in sorted((fine_tuned_head / "data" / c).glob("*.png"))[:1]]
+
+    def probs(classes):
+        return evaluate(loaded, processor, paths, saved_classes(model)["question"], classes, "score", 4, 10**7)
+    asked, reversed_ = probs(trained), probs(trained[::-1])
+    assert [r["pred"] for r in asked] == [r["pred"] for r in reversed_] == trained  # each colour's image
+    for a, b in zip(asked, reversed_):
+        assert b["probs"] == pytest.approx(a["probs"], abs=1e-6)
+    with pytest.raises(UserError, match="head scores"):
+        probs(trained[:-1] + ["purple"])
+
+
 def colour_paths(folder):
     return [str(p) for name in CLASSES for p in sorted((Path(folder) / name).glob("*.png"))[:2]]
 

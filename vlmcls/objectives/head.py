@@ -151,7 +151,9 @@ def load(model_path, model, saved):
         raise UserError(f"{model_path}: classes.json records objective=head, but {HEAD_FILE} is missing")
     from safetensors.torch import load_file
     state = load_file(str(file))
-    return attach_head(model, state["weight"].shape[0], state)
+    model = attach_head(model, state["weight"].shape[0], state)
+    head_of(model).classes = list(saved["classes"])  # the class of each logit, in its order
+    return model
 
 
 def head_example(encoder, image, segments, label):
@@ -253,6 +255,19 @@ def test_set(data, *, classes, question, encoder, processor, end_ids=None, featu
     return head_dataset(data["samples"], classes, encoder, processor, question, states=features)
 
 
+def head_ranked(model, logits, classes):
+    """Score-mode results from the head's logits, each named by the class it was trained for: a loaded head scores
+    the classes saved with it, in their order, which may differ from the order `classes` asks them in (a test JSON,
+    class folders, names typed on the page). UserError where `classes` are other classes than the head's."""
+    trained = getattr(head_of(model), "classes", None)
+    if trained is not None and trained != list(classes):
+        if sorted(trained) != sorted(classes):
+            raise UserError(f"the model's head scores {', '.join(trained)} (fixed when it was trained), not "
+                            f"{', '.join(classes)}: give those classes, or fine-tune a head for these")
+        logits = logits[:, [trained.index(name) for name in classes]]
+    return [ranked(classes, row) for row in logits.float().softmax(-1).tolist()]
+
+
 def results_from_features(model, states, paths, classes):
     """Prediction results (as head_mode gives them) of images whose pooled states were computed."""
     import torch
@@ -260,7 +275,7 @@ def results_from_features(model, states, paths, classes):
     weight = next(head.parameters())
     with torch.inference_mode():
         logits = head(torch.stack([states[str(p)] for p in paths]).to(weight.device, weight.dtype))
-    return [ranked(classes, row) for row in logits.float().softmax(-1).tolist()]
+    return head_ranked(model, logits, classes)
 
 
 def head_mode(model, processor, batch, question, classes):
@@ -269,7 +284,7 @@ def head_mode(model, processor, batch, question, classes):
     with torch.inference_mode():
         batch = {k: v.to(model.device) for k, v in batch.items()}
         logits = model(**batch, position_ids=generation_position_ids(model, batch)).logits
-    return [ranked(classes, row) for row in logits.float().softmax(-1).tolist()]
+    return head_ranked(model, logits, classes)
 
 
 def export_module(model, processor, question, classes):
