@@ -74,7 +74,7 @@ def exported(saved_models, tmp_path_factory):
 @pytest.mark.parametrize("objective", ["head", "answer"])
 def test_exported_probabilities_equal_pytorchs_on_every_tile_count(objective, saved_models, exported, tmp_path):
     """Images of 1, 3 and 5 tiles, batched and left-padded on PyTorch's side, one at a time in ONNX Runtime: the same
-    probabilities within 1e-4, also after the class bias, and the same order of classes."""
+    probabilities within 1e-4, also calibrated (class bias and temperature), and the same order of classes."""
     paths = noisy_images(tmp_path, SIZES)
     settings = dict(device="cpu", dtype=torch.float32, image_longest_edge=None, image_splitting=None,
                     quantize="none")
@@ -83,16 +83,17 @@ def test_exported_probabilities_equal_pytorchs_on_every_tile_count(objective, sa
     assert isinstance(onnx_side, OnnxPredictor) and onnx_side.objective.NAME == objective
     encoder = onnx_side.encoder(10**8)
     assert {encoder.image_part(p)[1]["pixel_values"].shape[1] for p in paths} == {1, 3, 5}
-    bias = [1.5 * i for i in range(len(CLASSES))]
+    calibration = {"bias": [1.5 * i for i in range(len(CLASSES))], "temperature": 1.7, "threshold": 0}
     got = {}
-    for with_bias in (None, bias):
-        wanted = evaluate_with(torch_side, paths, QUESTION, CLASSES, "score", 3, 10**8, bias=with_bias)
-        got[bool(with_bias)] = evaluate_with(onnx_side, paths, QUESTION, CLASSES, "score", 3, 10**8, bias=with_bias)
-        for w, g in zip(wanted, got[bool(with_bias)]):
+    for calibrated in (None, calibration):
+        wanted = evaluate_with(torch_side, paths, QUESTION, CLASSES, "score", 3, 10**8, calibration=calibrated)
+        got[bool(calibrated)] = evaluate_with(onnx_side, paths, QUESTION, CLASSES, "score", 3, 10**8,
+                                              calibration=calibrated)
+        for w, g in zip(wanted, got[bool(calibrated)]):
             assert g["pred"] == w["pred"] and g["top2"] == w["top2"]
             assert g["probs"] == pytest.approx(w["probs"], abs=1e-4)
         assert max(max(r["probs"].values()) for r in wanted) > 0.5  # probabilities that decide, not all alike
-    assert got[True][0]["probs"] != pytest.approx(got[False][0]["probs"], abs=1e-3)  # the bias was added
+    assert got[True][0]["probs"] != pytest.approx(got[False][0]["probs"], abs=1e-3)  # the calibration applied
     # the classes asked in another order are the same classes, each with its own probability
     reordered = evaluate_with(onnx_side, paths[:2], QUESTION, CLASSES[::-1], "score", 2, 10**8)
     for r, g in zip(reordered, got[False]):
@@ -171,7 +172,7 @@ def test_the_page_shows_the_exported_models_probabilities(saved_models, exported
         predictor = load_predictor(str((saved_models if side == "torch" else exported)["head"]), **settings)
         ranked, views, problems = classify_files(predictor, [*paths, tmp_path / "broken.png"], CLASSES, QUESTION,
                                                  batch_size=2, max_pixels=10**8)
-        shown[side] = ({(name, c): p for name, classes in ranked for c, p in classes}, [v.size for v, _ in views])
+        shown[side] = ({(name, c): p for name, classes, _ in ranked for c, p in classes}, [v.size for v, _ in views])
         assert len(problems) == 1 and "broken.png" in problems[0]
     assert shown["onnx"][0] == pytest.approx(shown["torch"][0], abs=1e-4)
     assert shown["onnx"][1] == shown["torch"][1]
