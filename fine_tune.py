@@ -55,7 +55,7 @@ LABEL_SMOOTHING = 0.0  # objective=head: label smoothing of the cross-entropy (0
 CLASS_BALANCE = "none"  # "none": as is; "oversample": rarer classes repeated; "weighted" (head): loss weights
 FIT_CLASS_BIAS = True  # after training, weigh the class scores against the class frequencies as validation says best
 FIT_TEMPERATURE = True  # after the class bias, fit a temperature calibrating the probabilities on the validation images
-LABEL_ISSUE_FOLDS = 0  # k >= 2: before training, list training images whose label a k-fold doubts (docs/label-issues.md)
+LABEL_ISSUE_FOLDS = 0  # k >= 2: before training, list training images whose label a k-fold doubts (label-issues.md)
 IMAGE_LONGEST_EDGE = 512  # images are resized to this longest edge; 2048 is SmolVLM's shipped setting
 IMAGE_SPLITTING = False  # cut large images into 512px tiles plus a global view (the original: true)
 ENLARGE_IMAGES = False  # resize smaller images up to IMAGE_LONGEST_EDGE, as the processor does (the original)

@@ -340,8 +340,8 @@ def test_the_api_says_uncertain_below_the_threshold_and_keeps_the_best_guess(uns
     from vlmcls.prediction import TorchPredictor
     processor, model = load_for_inference(str(unsure["model"]), device="cpu", dtype=torch.float32,
                                           image_longest_edge=None, image_splitting=None, quantize="none")
-    page = build_page(TorchPredictor(model, processor), model_path=str(unsure["model"]), classes=[], examples=[], batch_size=4,
-                      max_pixels=10**6, quantize="none", min_confidence=unsure["threshold"])
+    page = build_page(TorchPredictor(model, processor), model_path=str(unsure["model"]), classes=[], examples=[],
+                      batch_size=4, max_pixels=10**6, quantize="none", min_confidence=unsure["threshold"])
     page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(page.local_url, verbose=False)

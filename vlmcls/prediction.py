@@ -12,9 +12,9 @@ def predict_batches(model, processor, batches, question, classes, mode, max_pixe
                     encoder=None, calibration=None):
     """Predict each batch of images (file paths, or decoded images), the next batches prepared by `workers` processes
     while the model runs, or taken from `encoder`'s cache; each image is checked as it is prepared. With
-    `calibration` (calibration.load_calibration's), score mode's results are calibrated by it. Yields, per batch, (positions in the batch of the
-    images predicted, one result dict each: answer, predicted class, class probabilities; [(position, message)] of
-    the files that cannot be used)."""
+    `calibration` (calibration.load_calibration's), score mode's results are calibrated by it. Yields, per batch,
+    (positions in the batch of the images predicted, one result dict each: answer, predicted class, class
+    probabilities; [(position, message)] of the files that cannot be used)."""
     from torch.utils.data import DataLoader
     if mode not in MODES:
         raise UserError(f"prediction mode {mode!r}: use {' or '.join(MODES)}")

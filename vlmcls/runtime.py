@@ -4,7 +4,8 @@ by the folder. The evaluation scripts and the app reach either through load_pred
 
 A predictor has `objective` (the objective module), `processor`, `encoder(max_pixels, enlarge)` (keeps each image
 file's inputs; image_part(path)[1]["pixel_values"] is what the model receives) and `predict_batches(batches,
-question, classes, mode, max_pixels, *, enlarge, workers, encoder, calibration)` as vlmcls.prediction.predict_batches."""
+question, classes, mode, max_pixels, *, enlarge, workers, encoder, calibration)` as
+vlmcls.prediction.predict_batches."""
 from .models import join_processes, pick_device, pick_dtype
 from .objectives import load_for_inference
 from .onnx_runtime import OnnxPredictor, is_exported
