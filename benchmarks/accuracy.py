@@ -49,11 +49,11 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in 
 
 import fine_tune  # noqa: E402
 import ledger  # noqa: E402
-from common import ROOT, command, flag, git  # noqa: E402
+from common import ROOT, command, flag, git, write_report  # noqa: E402
 from paired import excludes_zero, mean_spread, paired_interval, verdict  # noqa: E402
 from tasks import TASK_DATA, build_model, prepare_split, run  # noqa: E402
 from vlmcls.cli import configure, run_main, settings_of  # noqa: E402
-from vlmcls.files import atomic_write, write_json  # noqa: E402
+from vlmcls.files import write_json  # noqa: E402
 
 TASKS = ["elpv2", "elpv4", "digits", "digits_small"]  # names from tasks.TASK_DATA
 # recipe -> fine_tune.py settings. Keys of the benchmark's own: learning_rate (instead of the task's),
@@ -331,10 +331,8 @@ def main(overrides=()):
         results[task][row].append(r)
     compared = comparisons(results)
     text = report(results, compared, splits, started, time.perf_counter() - start, bound)
-    print("\n" + text)
     output = OUTPUT or ROOT / "benchmarks" / f"results-accuracy-{'confirmation' if CONFIRM else 'development'}.md"
-    atomic_write(output, text)
-    print(f"written to {output}")
+    write_report(text, output)
     if CONFIRM:
         ledger.finish(LEDGER, entry, Path(output).name)
 

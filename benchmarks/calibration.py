@@ -27,11 +27,11 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
 import accuracy  # noqa: E402
-from common import ROOT, command, flag, git  # noqa: E402
+from common import ROOT, command, flag, git, write_report  # noqa: E402
 from ledger import FIRST_CONFIRMATION_SEED, code_hash  # noqa: E402
 from tasks import TASK_DATA, build_model, prepare_split, run  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
-from vlmcls.files import atomic_write, write_json  # noqa: E402
+from vlmcls.files import write_json  # noqa: E402
 
 TASKS = ["elpv2", "elpv4", "digits", "digits_small"]  # accuracy.py's tasks (tasks.TASK_DATA)
 DEVELOPMENT_SPLITS = accuracy.DEVELOPMENT_SPLITS  # split seeds; never a confirmation seed (refused)
@@ -159,10 +159,7 @@ def main():
     for (task, row, _), r in zip(runs, done):
         results[task][row].append(r)
     text = report(results, started, time.perf_counter() - start)
-    print("\n" + text)
-    output = OUTPUT or ROOT / "benchmarks" / "results-calibration.md"
-    atomic_write(output, text)
-    print(f"written to {output}")
+    write_report(text, OUTPUT or ROOT / "benchmarks" / "results-calibration.md")
 
 
 if __name__ == "__main__":

@@ -33,10 +33,10 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
-from common import ROOT, command, git  # noqa: E402
+from common import ROOT, command, git, write_report  # noqa: E402
 from tasks import build_model, prepare_split, run  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
-from vlmcls.files import atomic_write, write_json  # noqa: E402
+from vlmcls.files import write_json  # noqa: E402
 
 TASK = "elpv2"  # tasks.TASK_DATA's elpv with two classes (functional, defective)
 SPLITS = [0, 1, 2]  # development split seeds only (accuracy.py's DEVELOPMENT_SPLITS); never confirmation seeds
@@ -193,8 +193,7 @@ def main():
             results = list(pool.map(lambda r: check_labels(r[0], backbones[r[0], r[1]], files[r[1]], r[1], r[2],
                                                            work), runs))
     text = report(results, started, time.perf_counter() - start)
-    print("\n" + text)
-    atomic_write(Path(OUTPUT) if OUTPUT else ROOT / "benchmarks" / "results-label-issues.md", text)
+    write_report(text, OUTPUT or ROOT / "benchmarks" / "results-label-issues.md")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from common import command  # noqa: E402
+from common import command, write_report  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
-from vlmcls.files import atomic_write  # noqa: E402
 
 IMAGES = [200, 2000]  # folder sizes measured; the largest also runs under torchrun
 PROCESSES = 2  # torchrun's --nproc_per_node for the largest folder
@@ -150,10 +149,7 @@ def main():
                     results[name][count] = run(trees[code], model, folders[count], work, f"{i}-{count}", processes,
                                                env)
     text = table(results, started, load_before, os.getloadavg()[0], commit)
-    print("\n" + text)
-    output = OUTPUT or ROOT / "benchmarks" / "results-prediction.md"
-    atomic_write(output, text)
-    print(f"written to {output}")
+    write_report(text, OUTPUT or ROOT / "benchmarks" / "results-prediction.md")
 
 
 if __name__ == "__main__":
