@@ -51,7 +51,8 @@ def fit_class_bias(results, data, train_labels, metric, resamples=200, seed=0):
             "standard_error": error, "validation_images": len(labels)}
 
 
-def _softmax(logits):
+def softmax(logits):
+    """Probabilities from logits (a list of floats), computed stably."""
     top = max(logits)
     weights = [math.exp(x - top) for x in logits]
     total = sum(weights)
@@ -72,7 +73,7 @@ def with_class_bias(results, classes, bias, temperature=1.0):
             shifted.append(result)
             continue
         logits = [(x + b) / temperature for x, b in zip(_log_probabilities(result, classes), bias)]
-        shifted.append(ranked(classes, _softmax(logits)))
+        shifted.append(ranked(classes, softmax(logits)))
     return shifted
 
 

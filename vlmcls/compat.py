@@ -12,11 +12,12 @@ TESTED = {"transformers": "5.", "trl": "1.", "peft": "0.", "torch": "2."}
 RECORDED = ("torch", "transformers", "trl", "peft", "accelerate", "datasets")
 
 
-def library_versions():
-    """Python's and each library's installed version, for run_config.json and report.json."""
+def library_versions(extra=()):
+    """Python's and each library's installed version (RECORDED, then `extra`), for run_config.json, report.json
+    and export.json; None for a library not installed."""
     import platform
     versions = {"python": platform.python_version()}
-    for name in RECORDED:
+    for name in RECORDED + tuple(extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -5,7 +5,7 @@ import math
 
 from PIL import Image, ImageDraw
 
-from .report import _font as font  # the confusion matrix's font
+from .report import font  # the confusion matrix's font
 
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error (Guo et al. 2017)
 COVERAGES = [1.0, 0.95, 0.9, 0.8, 0.7, 0.5]  # shares of the images kept in the reports' risk–coverage table

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-from importlib import metadata
 from pathlib import Path
 
 from .cli import UserError
@@ -133,16 +132,6 @@ def source_digest(model_path):
     return digest.hexdigest()
 
 
-def versions():
-    found = library_versions()
-    for name in RUNTIME_PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 def replace_folder(staging, out):
     """Put the finished `staging` folder at `out`: a rename; an earlier export there is replaced, any other
     non-empty folder refused."""
@@ -217,7 +206,7 @@ def export_model(model_path, out, *, classes=(), mode="score", quantize="none", 
                    "image": {"longest_edge": dict(image_processor.size)["longest_edge"],
                              "splitting": bool(image_processor.do_image_splitting)},
                    "check": {"largest_score_difference": difference, "tolerance": TOLERANCE},
-                   "settings": record or {}, "versions": versions()}
+                   "settings": record or {}, "versions": library_versions(RUNTIME_PACKAGES)}
         write_json(staging / EXPORT_FILE, record_)
         replace_folder(staging, out)
     except BaseException:

@@ -108,7 +108,6 @@ class InputEncoder:
         first image also goes through the processor, which checks the tensors; should they ever differ, the
         processor makes every image's from then on.
         """
-        import torch
         image_processor = self.processor.image_processor
         size = longest_edge_for(image_processor, image, self.enlarge)
         fast = handles(image_processor, image)
@@ -116,18 +115,27 @@ class InputEncoder:
             self.arithmetic = arithmetic(image_processor) or False
         if not (fast and self.arithmetic):
             return self._processor_part(image, size)
-        values, mask, rows, cols = pixel_values(image_processor, image, self.arithmetic, size.get("size"))
-        tensors = {"pixel_values": values, "pixel_attention_mask": mask}
+        tensors, rows, cols = self._pixels(image, size.get("size"))
         if (rows, cols) in self.layouts:
             return self.layouts[rows, cols][0], tensors, self.layouts[rows, cols][1]
         ids, expected, per_token = self._processor_part(image, size)
-        if expected.keys() != tensors.keys() or not all(torch.equal(expected[k], tensors[k]) for k in expected):
+        if expected.keys() != tensors.keys() or not all(self._equal(expected[k], tensors[k]) for k in expected):
             print(f"note: {type(image_processor).__name__} made other pixel tensors than vlmcls.pixels; "
                   "images go through the processor from now on")
             self.arithmetic = False
             return ids, expected, per_token
         self.layouts[rows, cols] = ids, per_token
         return ids, tensors, per_token
+
+    def _pixels(self, image, size):
+        """(pixel tensors, rows, cols) of an image that vlmcls.pixels handles, as the processor would make them."""
+        values, mask, rows, cols = pixel_values(self.processor.image_processor, image, self.arithmetic, size)
+        return {"pixel_values": values, "pixel_attention_mask": mask}, rows, cols
+
+    @staticmethod
+    def _equal(a, b):
+        import torch
+        return torch.equal(a, b)
 
     def _processor_part(self, image, size):
         out = self.processor(images=[[image]], text=[self.processor.image_token], add_special_tokens=False,
@@ -139,17 +147,18 @@ class InputEncoder:
 
     def image_part(self, path):
         """encode_image of an image file, from the cache when it holds it."""
-        import torch
         key = file_key(path)
         if self.memory is not None and key in self.memory:
             return self.memory[key]
         file = self.folder / f"{key}.pt" if self.folder else None
         if file is not None and file.is_file():
+            import torch
             return torch.load(file)
         part = self.encode_image(load_image(path, self.max_pixels))
         if self.memory is not None:
             self.memory[key] = part
         elif file is not None:
+            import torch
             file.parent.mkdir(parents=True, exist_ok=True)
             partial = file.with_name(f".{file.name}.{os.getpid()}.tmp")
             torch.save(part, partial)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from .cli import UserError
 from .files import atomic_write, write_csv
-from .report import _font
+from .report import font
 
 ISSUES_CSV = "label_issues.csv"
 ISSUES_PNG = "label_issues.png"
@@ -147,14 +147,14 @@ def contact_sheet(rows, found, total, what):
     """A grid of thumbnails of the issues' images (label_issues.csv rows), each captioned with its rank, file name,
     given and predicted class and the predicted class's probability."""
     from PIL import ImageDraw
-    font, small = _font(15), _font(12)
+    large, small = font(15), font(12)
     cell_w, cell_h, pad, top = THUMB + 16, THUMB + 66, 8, 40
     columns = max(min(len(rows), SHEET_COLUMNS), 1)
     lines = -(-len(rows) // columns)
     sheet = Image.new("RGB", (max(columns * cell_w + 2 * pad, 520), top + max(lines, 1) * cell_h + pad), "white")
     draw = ImageDraw.Draw(sheet)
     shown = f"the first {len(rows)} shown" if rows else "none to show"
-    draw.text((pad, 10), f"Suspected label errors: {found} of {total} {what} ({shown})", fill="black", font=font)
+    draw.text((pad, 10), f"Suspected label errors: {found} of {total} {what} ({shown})", fill="black", font=large)
     for n, (rank, path, given, predicted, probability, *_) in enumerate(rows):
         x, y = pad + (n % columns) * cell_w, top + (n // columns) * cell_h
         thumb = _thumbnail(path)

@@ -99,7 +99,7 @@ def write_summary(report_dir, true, pred, classes, extra):
     return result
 
 
-def _font(size):
+def font(size):
     from PIL import ImageFont
     try:
         return ImageFont.load_default(size=size)
@@ -110,14 +110,14 @@ def _font(size):
 def draw_confusion_matrix(matrix, rows, columns, accuracy):
     """A heat-map of counts, rows the true class and columns the prediction, each row shaded by its share."""
     from PIL import ImageDraw
-    cell, font, small = 64, _font(15), _font(13)
+    cell, large, small = 64, font(15), font(13)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(int(measure.textlength(n, font=small)) for n in rows + columns) + 16
     left, top = label_w + 24, label_w + 48
     width, height = left + cell * len(columns) + 16, top + cell * len(rows) + 40
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((left, 8), f"Confusion matrix (accuracy {accuracy:.4f})", fill="black", font=font)
+    draw.text((left, 8), f"Confusion matrix (accuracy {accuracy:.4f})", fill="black", font=large)
     for i, name in enumerate(rows):
         total = sum(matrix[i]) or 1
         y = top + i * cell
@@ -127,7 +127,7 @@ def draw_confusion_matrix(matrix, rows, columns, accuracy):
             shade = (int(255 - 200 * share), int(255 - 140 * share), 255)
             x = left + j * cell
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade, outline=(200, 200, 200))
-            draw.text((x + cell // 2, y + cell // 2), str(count), font=font, anchor="mm",
+            draw.text((x + cell // 2, y + cell // 2), str(count), font=large, anchor="mm",
                       fill="white" if share > 0.6 else "black")
     for j, name in enumerate(columns):
         label = Image.new("RGB", (label_w, 20), "white")

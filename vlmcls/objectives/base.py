@@ -37,9 +37,20 @@ An objective is one module of this package (answer.py, head.py) defining, at mod
 vlmcls/objectives/__init__.py registers each module; everything above this layer goes through it.
 """
 
+from ..cli import UserError
+
 OPERATIONS = ("NAME", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "check_settings", "carries", "attach",
               "prepare", "features", "training_set", "test_set", "save", "load", "prediction_mode",
               "results_from_features", "export_module")
+
+
+def class_order(scored, classes, whose, fixed, remedy):
+    """Where each of `classes` is among the classes a model scores (`scored`, in the order of its outputs), so that
+    each output keeps its class whatever order the classes are asked in; UserError naming both lists where they are
+    other classes."""
+    if sorted(classes) != sorted(scored):
+        raise UserError(f"{whose} scores {', '.join(scored)} ({fixed}), not {', '.join(classes)}: {remedy}")
+    return [scored.index(name) for name in classes]
 
 
 def ranked(classes, probs):

@@ -12,7 +12,7 @@ from ..files import atomic_write
 from ..inputs import PromptBatches, collate
 from ..models import base_of
 from ..prompt import render_segments
-from .base import ranked
+from .base import class_order, ranked
 
 NAME = "head"
 SCORE_MODE = "head"
@@ -261,10 +261,8 @@ def head_ranked(model, logits, classes):
     class folders, names typed on the page). UserError where `classes` are other classes than the head's."""
     trained = getattr(head_of(model), "classes", None)
     if trained is not None and trained != list(classes):
-        if sorted(trained) != sorted(classes):
-            raise UserError(f"the model's head scores {', '.join(trained)} (fixed when it was trained), not "
-                            f"{', '.join(classes)}: give those classes, or fine-tune a head for these")
-        logits = logits[:, [trained.index(name) for name in classes]]
+        logits = logits[:, class_order(trained, classes, "the model's head", "fixed when it was trained",
+                                       "give those classes, or fine-tune a head for these")]
     return [ranked(classes, row) for row in logits.float().softmax(-1).tolist()]
 
 
