@@ -16,7 +16,7 @@ an image, re-encoded or resized, judged the same picture as its original. Three 
 
 False alarms count every pair of distinct images; copies are made of a seeded sample of COPIES images a set.
 
-    HF_HUB_OFFLINE=1 python benchmarks/copy_guard.py                 # ~1 min
+    HF_HUB_OFFLINE=1 python benchmarks/copy_guard.py                 # ~2 min on 2 cores
 """
 import sys
 import time
@@ -70,8 +70,8 @@ def scaled(image, factor):
 
 
 def old_look(image):
-    """The rule before issue 41: the grey levels alone (no colour, so its chroma is nought; its grey levels,
-    tolerances and mean-colour check are the new rule's, so vlmcls.images.look_distance measures it too)."""
+    """The rule before issue 41: the grey levels alone (its colour nought). Its grey levels (Pillow's Y, the weights
+    of its greyscale), tolerances and mean-colour check are the new rule's, so look_distance measures it too."""
     luma, chroma, colour = images.look(image)
     return luma, np.zeros_like(chroma), colour
 
@@ -190,15 +190,16 @@ def report(results, started, elapsed):
 {command("copy_guard.py")}
 
 - Commit {commit()}. {machine(started, elapsed)}.
-- Same picture: look-alike distance at most {images.THUMBNAIL_TOLERANCE} (thumbnail {images.THUMBNAIL_SIDE}x{images.THUMBNAIL_SIDE}, spread at
-  least {images.THUMBNAIL_MIN_SPREAD} levels) and mean colours within {images.MEAN_COLOUR_TOLERANCE} levels a channel. Old rule: a
-  greyscale thumbnail; new: a colour one. Everything else is the same in both.
-- Structured: {len(LAYOUTS)} layouts x {len(PERIODS)} periods x {COLOUR_PAIRS} colour pairs, each pair with its twin (same mean
-  colour, same grey levels, other colours), {STRUCTURED_SIZE} px. Copies: a seeded sample (seed {SEED}) of {COPIES} images a set.
+- Same picture (vlmcls.images.look_distance at most 1): {images.THUMBNAIL_SIDE}x{images.THUMBNAIL_SIDE} thumbnails whose grey levels differ (RMS) by at most
+  {images.THUMBNAIL_TOLERANCE} of their spread (at least {images.THUMBNAIL_MIN_SPREAD} levels) and whose colour (Cb, Cr) by at most {images.CHROMA_TOLERANCE} levels, and mean colours
+  within {images.MEAN_COLOUR_TOLERANCE} levels a channel. Old rule: grey levels alone (before issue 41); new: grey levels and colour.
+- Structured: {len(LAYOUTS)} layouts ({", ".join(LAYOUTS)}) x {len(PERIODS)} periods x {COLOUR_PAIRS} colour pairs, each pair with its
+  twin (same mean colour, same grey levels, other colours), {STRUCTURED_SIZE} px. Copies: a seeded sample (seed {SEED}) of up to
+  {COPIES} images a set; resizes with Pillow's bicubic filter.
 
-False alarms: pairs of distinct images (different pixels) judged the same picture, and the smallest distance
-between distinct images (the tolerance is {images.THUMBNAIL_TOLERANCE}; inf: none within {5 * images.THUMBNAIL_TOLERANCE:.1f}). Pairs of identical images
-are counted apart: they are the same picture.
+False alarms: pairs of distinct images (different pixels) judged the same picture, and the distance of the closest
+two distinct images (1 is the limit; inf: none within 5). Pairs of identical images are counted apart: they are the
+same picture.
 
 | set | images | identical pairs | {rules[0]}: false alarms | closest | {rules[1]}: false alarms | closest |
 |---|---|---|---|---|---|---|
@@ -207,7 +208,7 @@ are counted apart: they are the same picture.
 {chr(10).join(examples) or "No false alarms."}
 
 Copies caught: the share of the sampled images whose copy is judged the same picture as the original (the largest
-copy's distance):
+distance of a copy from its original; 1 is the limit):
 
 | set | copy | {rules[0]} | {rules[1]} |
 |---|---|---|---|
