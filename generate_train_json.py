@@ -1,8 +1,9 @@
 """Step 2: turn an image-folder data set into training, validation and test JSON files of questions and answers.
 
 Every image is decoded once; files that cannot be used are listed in skipped.csv with the reason.
-The split is by image (identical pictures stay together), stratified per class and seeded, so
-no test image is ever seen in training. Validation images (VAL_RATIO > 0; none by default), which
+The split is by image (identical pictures, and look-alikes by the rule fine_tune.py checks, stay together),
+stratified per class and seeded, so no test image, nor a copy of it resized or re-encoded, is ever seen in
+training, and fine_tune.py never refuses the splits written here. Validation images (VAL_RATIO > 0; none by default), which
 fine_tune.py measures while it trains, are taken from the training side by the same rules; the test split does
 not depend on them.
 """
@@ -88,8 +89,12 @@ def main():
 
     groups, conflicts = group_duplicates(good, label_of)
     for group in conflicts:
-        print("label conflict, identical images in different classes (kept together in one split): " +
+        print("label conflict, identical or look-alike images in different classes (kept together in one split): " +
               ", ".join(f"{p} [{label_of[p]}]" for p in group))
+    together = [g for g in groups if len(g) > 1]
+    if together:
+        print(f"{sum(map(len, together))} images in {len(together)} groups of identical or look-alike images, "
+              "each kept in one split")
     train, test = split_groups(groups, label_of, classes, 1 - TRAIN_RATIO, SEED)
     train, val = split_validation(groups, train, label_of, classes)
     parts = {"train": train, "val": val, "test": test}

@@ -39,18 +39,24 @@ def run(script, *args, cwd, log, threads):
     return time.perf_counter() - start
 
 
-def write_digits(folder, size):
-    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels) as `size` px PNG class folders, each pixel a
-    square (nearest neighbour: nothing is invented)."""
+def digit_images(size):
+    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels) as `size` px images with their classes, dark
+    ink on white as on paper, each pixel a square (nearest neighbour: nothing is invented)."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
     digits = load_digits()
+    for pixels, target in zip(digits.images, digits.target):
+        grey = (255 - pixels * 255 / 16).round().astype(np.uint8)
+        yield Image.fromarray(grey).resize((size, size), Image.NEAREST), DIGIT_NAMES[target]
+
+
+def write_digits(folder, size):
+    """digit_images as `size` px PNG class folders."""
     building = folder.with_name(folder.name + ".building")
-    for i, (pixels, target) in enumerate(zip(digits.images, digits.target)):
-        (building / DIGIT_NAMES[target]).mkdir(parents=True, exist_ok=True)
-        grey = (255 - pixels * 255 / 16).round().astype(np.uint8)  # dark ink on white, as on paper
-        Image.fromarray(grey).resize((size, size), Image.NEAREST).save(building / DIGIT_NAMES[target] / f"{i:04d}.png")
+    for i, (image, name) in enumerate(digit_images(size)):
+        (building / name).mkdir(parents=True, exist_ok=True)
+        image.save(building / name / f"{i:04d}.png")
     building.rename(folder)
 
 

@@ -1,12 +1,20 @@
 """generate_train_json.py: nothing lost, bad files listed with the reason, the split by image, stratified, seeded."""
 import csv
 import json
+import shutil
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import awkward_images, make_colour_images, run_script
-from vlmcls.images import read_dataset_json
+from vlmcls.images import lookalike_groups, read_dataset_json, refuse_overlap
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import copy_guard  # noqa: E402
+import generate_train_json  # noqa: E402
 
 
 BAD = {"red/empty.jpg": "empty file", "red/notes.txt": "not an image", "green/corrupt.png": "corrupt",
@@ -144,3 +152,70 @@ def test_validation_json_can_be_left_out_and_must_be_its_own_file(tmp_path):
     too_big = run_script("generate_train_json.py", "--dataset_dir=images", "--val_ratio=0.8", cwd=tmp_path,
                          check=False)
     assert too_big.returncode == 1 and "val_ratio must be" in too_big.stderr
+
+
+def random_picture(rng, size=64):
+    """A stripe, grid or checkerboard layout in a random colour pair (and the layout in its twin colours: the same
+    mean colour and grey levels), or random blobs on a gradient."""
+    if rng.random() < 0.6:
+        mask = copy_guard.layout(str(rng.choice(copy_guard.LAYOUTS)), int(rng.choice([16, 32, 64])), size)[..., None]
+        a, b, c, d = copy_guard.colour_pair_and_twin(rng)
+        paint = lambda one, two: Image.fromarray(np.where(mask, np.array(two, np.uint8), np.array(one, np.uint8)))
+        return paint(a, b), paint(c, d)
+    y, x = np.mgrid[:size, :size]
+    pixels = np.stack([x * rng.integers(1, 4), y * rng.integers(1, 4), x + y], -1) % 256
+    for _ in range(3):
+        top, left = rng.integers(0, size - 16, 2)
+        pixels[top:top + 16, left:left + 16] = rng.integers(0, 256, 3)
+    return Image.fromarray(pixels.astype(np.uint8)), None
+
+
+def random_data_set(folder, rng):
+    """Two or three class folders of random pictures, with planted copies (the same file, resized 0.5-1.5x,
+    re-encoded as JPEG at quality 30-95, or both) and colour twins, in the original's class or another."""
+    classes = ["a", "b", "c"][:rng.integers(2, 4)]
+    made = []
+    for name in classes:
+        (folder / name).mkdir(parents=True)
+        for i in range(rng.integers(2, 6)):
+            image, twin = random_picture(rng)
+            made.append(folder / name / f"{i}.png")
+            image.save(made[-1])
+            if twin is not None and rng.random() < 0.5:
+                twin.save(folder / name / f"{i}_twin.png")
+    for k in range(rng.integers(2, 8)):
+        original = made[rng.integers(len(made))]
+        copy = folder / (original.parent.name if rng.random() < 0.7 else str(rng.choice(classes))) / f"copy{k}"
+        kind = rng.integers(4)
+        if kind == 0:
+            shutil.copy(original, copy.with_suffix(".png"))
+            continue
+        with Image.open(original) as image:
+            if kind in (1, 3):
+                image = copy_guard.scaled(image, rng.uniform(0.5, 1.5))
+            if kind in (2, 3):
+                image.save(copy.with_suffix(".jpg"), quality=int(rng.integers(30, 96)))
+            else:
+                image.save(copy.with_suffix(".png"))
+
+
+def test_fine_tune_never_refuses_the_splits_generate_train_json_writes(tmp_path, monkeypatch, capsys):
+    # A property over 40 seeded random data sets (about 600 images), whatever the ratios and the seed: the splits
+    # keep every look-alike group whole, so the copy guard of fine_tune.py finds nothing to refuse.
+    rng = np.random.default_rng(0)
+    together = 0
+    for n in range(40):
+        work = tmp_path / str(n)
+        random_data_set(work / "images", rng)
+        for name, value in {"DATASET_DIR": work / "images", "TRAIN_JSON": work / "train.json",
+                            "VAL_JSON": work / "val.json", "TEST_JSON": work / "test.json",
+                            "TRAIN_RATIO": float(rng.choice([0.5, 0.7, 0.8])),
+                            "VAL_RATIO": float(rng.choice([0.0, 0.1, 0.25])), "SEED": int(rng.integers(100))}.items():
+            monkeypatch.setattr(generate_train_json, name, value)
+        generate_train_json.main()
+        refuse_overlap(read_dataset_json(work / "train.json"),
+                       {"validation": read_dataset_json(work / "val.json"),
+                        "test": read_dataset_json(work / "test.json")}, progress=False)
+        together += sum(len(g) > 1 for g in lookalike_groups(sorted((work / "images").rglob("*.*")), 10**7, False))
+    capsys.readouterr()
+    assert together > 50  # the planted copies are look-alikes: the property is not vacuous

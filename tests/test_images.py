@@ -2,6 +2,8 @@
 images are never training images, nor resized or re-encoded copies of them."""
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,10 @@ from PIL import Image, ImageDraw
 from conftest import awkward_images, make_colour_images, run_script
 from vlmcls.cli import UserError
 from vlmcls.files import write_json
-from vlmcls.images import load_image, pixel_hash, read_dataset_json, refuse_overlap
+from vlmcls.images import load_image, lookalike_groups, pixel_hash, read_dataset_json, refuse_overlap
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import copy_guard  # noqa: E402
 
 
 def test_awkward_images_are_converted_and_rotated(tmp_path):
@@ -139,3 +144,24 @@ def test_different_images_are_not_taken_for_copies(tmp_path):
         digit.save(path)
     refuse_overlap(as_dataset(train), {"validation": as_dataset(held[:2]), "test": as_dataset(held[2:])},
                    progress=False)
+
+
+def test_a_layout_in_other_colours_is_another_picture_and_its_resized_copies_are_caught(tmp_path):
+    # Stripes, grids and checkerboards in random colour pairs, each beside its twin: the same layout in other colours
+    # with the same mean colour and grey levels (benchmarks/copy_guard.py's structured set, at periods of 1/4 and 1/2
+    # of the side, whose cells span two thumbnail pixels or more).
+    structured = copy_guard.structured_set([32, 64], colour_pairs=3, size=128, seed=1)
+    originals, twins, copies = [], [], []
+    for i, (_, image) in enumerate(structured):
+        path = tmp_path / ("train" if i % 2 == 0 else "held") / f"{i:03d}.png"
+        path.parent.mkdir(exist_ok=True)
+        image.save(path)
+        (originals if i % 2 == 0 else twins).append(path)
+        for factor in (0.5, 1.5):
+            copies.append(tmp_path / "copies" / f"{i:03d}_{factor}.png")
+            copies[-1].parent.mkdir(exist_ok=True)
+            copy_guard.scaled(image, factor).save(copies[-1])
+    refuse_overlap(as_dataset(originals), {"validation": as_dataset(twins), "test": None}, progress=False)
+    groups = lookalike_groups(originals + twins + copies, 10**7, progress=False)
+    assert sorted(groups) == sorted(sorted([p, *(c for c in copies if c.stem.split("_")[0] == p.stem)])
+                                    for p in originals + twins)

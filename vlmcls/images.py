@@ -82,12 +82,12 @@ def class_folders(dataset_dir):
 
 
 def scan_images(paths, max_pixels, progress=True):
-    """Decode each file once. Returns ([(path, pixel hash)], [(path, reason)]) for the good and the skipped."""
+    """Decode each file once. Returns ([(path, look)], [(path, reason)]) for the good and the skipped."""
     from tqdm import tqdm
     good, skipped = [], []
     for path in tqdm(paths, desc="checking images", unit="img", disable=not progress):
         try:
-            good.append((path, pixel_hash(load_image(path, max_pixels))))
+            good.append((path, look(load_image(path, max_pixels))))
         except UserError as e:
             skipped.append((path, str(e).split(": ", 1)[1]))
     return good, skipped
@@ -107,12 +107,10 @@ def print_skipped(skipped, csv_path=None):
 
 
 def group_duplicates(good, label_of):
-    """Images with identical pixels form one group, so they land on the same side of a split.
-    `good` is [(path, pixel hash)]; returns the groups and those whose images carry different labels."""
-    by_hash = defaultdict(list)
-    for path, digest in good:
-        by_hash[digest].append(path)
-    groups = sorted(by_hash.values())
+    """Images that are the same picture (identical pixels, or look-alikes by the copy guard's rule: group_looks)
+    form one group, so they land on the same side of a split and fine_tune.py's check never refuses it.
+    `good` is [(path, look)]; returns the groups and those whose images carry different labels."""
+    groups = group_looks([p for p, _ in good], [x for _, x in good])
     conflicts = [g for g in groups if len({label_of[p] for p in g}) > 1]
     return groups, conflicts
 
@@ -144,49 +142,99 @@ def file_digest(path):
 
 
 # The look-alike check. Two images are the same picture when their mean colours are within MEAN_COLOUR_TOLERANCE
-# levels in every channel and their 16x16 greyscale thumbnails, each less its mean, differ (RMS) by at most
-# THUMBNAIL_TOLERANCE of the larger thumbnail's spread (its standard deviation, at least THUMBNAIL_MIN_SPREAD grey
-# levels, so that flat images are told apart by their colour alone). The thumbnail is made with a bilinear filter,
-# whose weights follow the image's size smoothly; a box filter's pixel-edge rounding moves half-size copies of
-# sharp images apart. Measured on photos, solar cells, digits and drawings: JPEG re-encodings down to quality 30 and
-# resizes from 0.5x to 1.5x (nearest-neighbour shrinking aside), alone or together, stay under 0.035 and within 3
-# levels of mean colour; the closest distinct images among the 2,624 elpv solar cells are at 0.054 (mostly
-# neighbours in its own order), among sklearn's 1,797 digits at 0.098.
+# levels in every channel, their 16x16 thumbnails' grey levels (luma), each less its mean, differ (RMS) by at most
+# THUMBNAIL_TOLERANCE of the larger one's spread (its standard deviation, at least THUMBNAIL_MIN_SPREAD levels, so
+# that flat images are told apart by their colour alone), and their thumbnails' colour (chroma: Cb and Cr, each less
+# its mean) differ (RMS) by at most CHROMA_TOLERANCE levels. Grey alone took a layout in other colours whose grey
+# levels and mean colour agree (red-green stripes and olive-violet ones) for the same picture. Colour is compared in
+# levels, not relative to its spread: JPEG stores colour coarser than grey (half the resolution, coarser steps), and
+# a photo's colours vary little, so a relative tolerance took its re-encodings for other pictures. The thumbnail is
+# made with a bilinear filter, whose weights follow the image's size smoothly; a box filter's pixel-edge rounding
+# moves half-size copies of sharp images apart. Measured by benchmarks/copy_guard.py (results-copy-guard.md).
 THUMBNAIL_SIDE = 16
 THUMBNAIL_TOLERANCE = 0.04
 THUMBNAIL_MIN_SPREAD = 12.0
+CHROMA_TOLERANCE = 4.0
 MEAN_COLOUR_TOLERANCE = 6.0
 
 
 def look(image):
-    """What the look-alike check compares of an RGB image: (its greyscale thumbnail less its mean, flattened; its
-    mean colour)."""
+    """What the look-alike check compares of an RGB image: (its thumbnail's grey levels, less their mean; its
+    thumbnail's Cb and Cr, each less its mean; its mean colour), the thumbnails flattened."""
     side = (THUMBNAIL_SIDE, THUMBNAIL_SIDE)
-    thumbnail = np.asarray(image.convert("L").convert("F").resize(side, Image.BILINEAR), dtype=np.float64).ravel()
-    return thumbnail - thumbnail.mean(), np.array(ImageStat.Stat(image).mean)
+    channels = [np.asarray(band.convert("F").resize(side, Image.BILINEAR), dtype=np.float64).ravel()
+                for band in image.convert("YCbCr").split()]
+    luma, cb, cr = (c - c.mean() for c in channels)
+    return luma, np.concatenate([cb, cr]), np.array(ImageStat.Stat(image).mean)
 
 
-def lookalikes(looks, others, rows_at_once=256):
-    """For each look in `looks`, the index of the closest of `others` that is the same picture by the look-alike
-    check, or -1. Compares every pair, a block of rows at a time to bound memory."""
-    found = np.full(len(looks), -1)
-    if not looks or not others:
-        return found
-    a, b = (np.stack([t for t, _ in x]) for x in (looks, others))
-    colour_a, colour_b = (np.stack([c for _, c in x]) for x in (looks, others))
+def look_distance(one, other):
+    """How far apart two looks are, in tolerances: the larger of their grey levels' RMS difference as a share of
+    the larger spread (at least THUMBNAIL_MIN_SPREAD) over THUMBNAIL_TOLERANCE and their colour's RMS difference
+    over CHROMA_TOLERANCE; infinite where their mean colours differ by more than MEAN_COLOUR_TOLERANCE in a channel.
+    The same picture: at most 1."""
+    (luma_a, chroma_a, colour_a), (luma_b, chroma_b, colour_b) = one, other
+    if np.abs(colour_a - colour_b).max() > MEAN_COLOUR_TOLERANCE:
+        return np.inf
+    spread = max(np.sqrt(max((luma_a ** 2).mean(), (luma_b ** 2).mean())), THUMBNAIL_MIN_SPREAD)
+    grey = np.sqrt(((luma_a - luma_b) ** 2).mean()) / spread / THUMBNAIL_TOLERANCE
+    return max(grey, np.sqrt(((chroma_a - chroma_b) ** 2).mean()) / CHROMA_TOLERANCE)
+
+
+def _rms_distances(a, b):
+    """RMS differences of every row of `a` with every row of b, and their RMS values: |x - y|^2 = |x|^2 + |y|^2 -
+    2 x.y, all pairs at once."""
     energy_a, energy_b = (a * a).sum(1), (b * b).sum(1)
-    for start in range(0, len(a), rows_at_once):
+    distance = np.sqrt(np.maximum(energy_a[:, None] + energy_b[None] - 2 * a @ b.T, 0) / a.shape[1])
+    return distance, np.sqrt(np.maximum(energy_a[:, None], energy_b[None]) / a.shape[1])
+
+
+def lookalike_pairs(looks, others=None, tolerance=1.0, rows_at_once=256):
+    """Every pair (i, j) of looks[i] and others[j] within `tolerance` by look_distance (1: the same picture),
+    sorted (others None: the pairs i < j within `looks`). All pairs are compared at once, a block of rows at a time
+    to bound memory, with a margin; each pair found is then measured alone, so that its answer never depends on the
+    block's rounding: the splits generate_train_json.py writes and fine_tune.py's check agree on every pair."""
+    within = others is None
+    others = looks if within else others
+    if not looks or not others:
+        return []
+    (luma_a, chroma_a, colour_a), (luma_b, chroma_b, colour_b) = (
+        [np.stack(part) for part in zip(*x)] for x in (looks, others))
+    pairs = []
+    for start in range(0, len(looks), rows_at_once):
         rows = slice(start, start + rows_at_once)
-        # |x - y|^2 = |x|^2 + |y|^2 - 2 x.y, all pairs at once
-        distance = np.sqrt(np.maximum(energy_a[rows, None] + energy_b[None] - 2 * a[rows] @ b.T, 0) / a.shape[1])
-        spread = np.sqrt(np.maximum(energy_a[rows, None], energy_b[None]) / a.shape[1])
-        relative = distance / np.maximum(spread, THUMBNAIL_MIN_SPREAD)
-        for channel in range(3):
-            far = np.abs(colour_a[rows, channel, None] - colour_b[None, :, channel]) > MEAN_COLOUR_TOLERANCE
-            relative[far] = np.inf
-        best = relative.argmin(1)
-        found[rows] = np.where(relative[np.arange(len(best)), best] <= THUMBNAIL_TOLERANCE, best, -1)
-    return found
+        grey, spread = _rms_distances(luma_a[rows], luma_b)
+        near = grey <= 1.01 * tolerance * THUMBNAIL_TOLERANCE * np.maximum(spread, THUMBNAIL_MIN_SPREAD) + 1e-6
+        near &= _rms_distances(chroma_a[rows], chroma_b)[0] <= 1.01 * tolerance * CHROMA_TOLERANCE + 1e-6
+        near &= (np.abs(colour_a[rows, None] - colour_b[None]) <= MEAN_COLOUR_TOLERANCE + 1e-6).all(-1)
+        for i, j in zip(*np.nonzero(near)):
+            i += start
+            if (not within or i < j) and look_distance(looks[i], others[j]) <= tolerance:
+                pairs.append((int(i), int(j)))
+    return pairs
+
+
+def group_looks(paths, looks):
+    """`paths` in groups of the same picture: two images by the look-alike check (identical pixels included), and
+    by a chain of such pairs, are in one group. Each group sorted, the groups by their first path."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    pairs = np.array(lookalike_pairs(looks), dtype=int).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(paths), len(paths)))
+    _, component = connected_components(graph, directed=False)
+    groups = defaultdict(list)
+    for path, c in zip(paths, component):
+        groups[c].append(path)
+    return sorted(sorted(g) for g in groups.values())
+
+
+def lookalike_groups(paths, max_pixels, progress=True):
+    """`paths` in groups by the copy guard's rule (group_looks), decoding each image once; an image that cannot be
+    used stops it with UserError."""
+    from tqdm import tqdm
+    looks = [look(load_image(p, max_pixels)) for p in tqdm(paths, desc="comparing images", unit="img",
+                                                            disable=not progress)]
+    return group_looks(list(paths), looks)
 
 
 def refuse_overlap(train_data, held_out, progress=True):
@@ -213,13 +261,14 @@ def refuse_overlap(train_data, held_out, progress=True):
     bar = tqdm(train_paths + held_paths, desc="checking held-out images for copies of training images", unit="img",
                disable=not progress)
     looks = {path: look(load_image(path, train_data["max_image_pixels"])) for path in bar}
-    twins = lookalikes([looks[p] for p in held_paths], [looks[p] for p in train_paths])
-    twin_of = {path: train_paths[i] for path, i in zip(held_paths, twins) if i >= 0}
+    twin_of = {}
+    for i, j in lookalike_pairs([looks[p] for p in held_paths], [looks[p] for p in train_paths]):
+        twin_of.setdefault(held_paths[i], train_paths[j])
     for kind, path in held:
         if path in twin_of:
             raise UserError(f"{path}: this {kind} image looks like the training image {twin_of[path]} (the same "
-                            "picture, resized or re-encoded); keep one of the two in the data set and write the "
-                            "splits again with one run of generate_train_json.py")
+                            "picture, resized or re-encoded); write the splits with one run of "
+                            "generate_train_json.py, which keeps look-alikes together")
 
 
 def read_dataset_json(path):
