@@ -281,6 +281,118 @@ def test_the_target_holds_on_new_images_in_all_but_about_one_minus_the_level_of_
     assert outcome["new"]["kept"] > 0.05  # it keeps images in some runs: not "never certify"
 
 
+def imbalanced_validation(n=150, seed=0):
+    """Validation data of a 3-class model trained on 80:15:5 labels whose scores rank the rarer classes down
+    (log-prior added twice over) and are over-confident (doubled logits): the class bias fitted on it is strong,
+    so the temperature fitted after it differs from the one fitted without it."""
+    classes, prior = ["common", "middle", "rare"], [0.8, 0.15, 0.05]
+    rng, results, labels = random.Random(seed), [], []
+    for _ in range(n):
+        logits = [rng.gauss(0, 1.5) for _ in classes]
+        labels.append(rng.choices(classes, weights=softmax(logits))[0])
+        results.append(ranked(classes, softmax([2 * (x + 1.5 * math.log(p)) for x, p in zip(logits, prior)])))
+    data = {"classes": classes, "samples": [{"image": f"{i}.png", "label": x} for i, x in enumerate(labels)]}
+    return results, data, ["common"] * 80 + ["middle"] * 15 + ["rare"] * 5
+
+
+def test_fit_calibration_fits_the_temperature_after_the_class_bias_and_both_without_it():
+    results, data, train_labels = imbalanced_validation()
+    classes, labels = data["classes"], [s["label"] for s in data["samples"]]
+    fitted = fit_calibration(results, data, train_labels, metric="macro_f1")
+    bias = fit_class_bias(results, data, train_labels, "macro_f1")
+    assert fitted["class_bias"] == bias and bias["strength"] >= 0.5
+    biased = with_class_bias(results, classes, [bias["bias"][c] for c in classes])
+    after, raw = fit_temperature(biased, labels, classes), fit_temperature(results, labels, classes)
+    assert fitted["temperature"] == {**after, "after_class_bias": True}
+    assert abs(math.log(after["value"] / raw["value"])) > 0.2  # the order matters on these scores
+    assert fitted["validation_confidences"] == confidence_table(with_temperature(biased, classes, after["value"]),
+                                                                labels)
+    # without the class bias: the temperature fitted on the raw scores, and their confidences
+    assert fitted["without_class_bias"] == {
+        "temperature": {**raw, "after_class_bias": False},
+        "validation_confidences": confidence_table(with_temperature(results, classes, raw["value"]), labels)}
+    # nothing fitted without the class bias or without the temperature: what is fitted stands alone
+    plain = fit_calibration(results, data, train_labels, metric="macro_f1", class_bias=False)
+    assert plain == {"class_bias": None, **fitted["without_class_bias"]}
+    untempered = fit_calibration(results, data, train_labels, metric="macro_f1", temperature=False)
+    assert untempered["temperature"] is None and untempered["without_class_bias"]["temperature"] is None
+    assert untempered["validation_confidences"] == confidence_table(biased, labels)
+
+
+def test_the_temperature_search_finds_the_minimum_of_the_validation_nll():
+    results, data, _ = imbalanced_validation(seed=1)
+    classes, labels = data["classes"], [s["label"] for s in data["samples"]]
+    fitted = fit_temperature(results, labels, classes)
+
+    def nll_at(t):
+        return measures([r["probs"] for r in with_temperature(results, classes, t)], labels)["nll"]
+    assert fitted["validation_nll_after"] == pytest.approx(nll_at(fitted["value"]))
+    assert nll_at(fitted["value"]) < min(nll_at(fitted["value"] * 0.98), nll_at(fitted["value"] * 1.02))
+
+
+def saved_both(tmp_path, **entries):
+    """A model saved after issue 41: the class bias, the temperature and confidences fitted after it, and those
+    fitted without it."""
+    return old_model_folder(tmp_path, **{
+        "class_bias": {"strength": 1.0, "bias": {"common": 0.1, "rare": 1.2}},
+        "temperature": {"value": 2.0, "after_class_bias": True},
+        "validation_confidences": [[0.99, True]] * 30 + [[0.6, False]] * 5,
+        "without_class_bias": {"temperature": {"value": 3.0, "after_class_bias": False},
+                               "validation_confidences": [[0.99, True]] * 20 + [[0.6, False]] * 5}, **entries})
+
+
+def test_without_the_class_bias_the_temperature_and_confidences_fitted_without_it_apply(tmp_path):
+    model = saved_both(tmp_path / "both")
+    biased, raw = (load_calibration(model, CLASSES, class_bias=on, target_accuracy=0.9) for on in (True, False))
+    assert (biased["bias"], biased["temperature"]) == ([0.1, 1.2], 2.0)
+    assert biased["threshold"] == min(t for t in THRESHOLDS if t > 0.6)  # 30 right: certified
+    assert (raw["bias"], raw["temperature"]) == (None, 3.0)
+    assert raw["threshold"] == math.inf and "the 25 most confident of the 25" in raw["why"]  # 20 right: not
+    assert biased["temperature_note"] is None and raw["temperature_note"] is None
+    # a model saved before both were fitted: as before, the temperature fitted after the bias, and a note saying so
+    saved = json.loads((model / "classes.json").read_text())
+    del saved["without_class_bias"]
+    (model / "classes.json").write_text(json.dumps(saved))
+    before = load_calibration(model, CLASSES, class_bias=False, target_accuracy=0.9)
+    assert (before["bias"], before["temperature"], before["threshold"]) == (None, 2.0, biased["threshold"])
+    assert "fitted after the class bias" in before["temperature_note"]
+
+
+def test_the_report_gives_the_measures_without_the_temperature_exactly():
+    """Calibrated probabilities (T = 2) of four images; the report undoes T: softmax(2 log q) = q^2 / sum(q^2) gives
+    back the raw probabilities 0.9, 25/26, 49/50 and 0.5 for the top classes."""
+    from sklearn.metrics import brier_score_loss, log_loss
+    classes = ["a", "b"]
+    calibrated = [[0.75, 0.25], [5 / 6, 1 / 6], [1 / 8, 7 / 8], [0.5, 0.5]]
+    raw = [[0.9, 0.1], [25 / 26, 1 / 26], [1 / 50, 49 / 50], [0.5, 0.5]]
+    labels = ["a", "b", "b", "a"]  # right, wrong, right, right (a tie goes to the first class)
+    section = calibration_report([dict(zip(classes, p)) for p in calibrated], labels, classes,
+                                 {"temperature": 2.0, "threshold": 0.7, "why": "min_confidence=0.7"})
+    without, with_ = section["without_temperature"], section["with_temperature"]
+    assert without["nll"] == pytest.approx(-(math.log(0.9) + math.log(1 / 26) + math.log(0.98) + math.log(0.5)) / 4)
+    assert without["nll"] == pytest.approx(log_loss(labels, raw, labels=classes))
+    assert without["brier"] == pytest.approx((2 * 0.1 ** 2 + 2 * (25 / 26) ** 2 + 2 * (1 / 50) ** 2 + 0.5) / 4)
+    # of two classes scikit-learn scores one (the binary Brier score): half the sum over both
+    assert without["brier"] == pytest.approx(2 * brier_score_loss(labels, raw, labels=classes))
+    # bins of width 1/15: 0.9 (right) alone; 25/26 (wrong) and 0.98 (right) together; 0.5 (right) alone
+    assert without["ece"] == pytest.approx((0.1 + 2 * abs(0.5 - (25 / 26 + 0.98) / 2) + 0.5) / 4)
+    assert with_["nll"] == pytest.approx(log_loss(labels, calibrated, labels=classes))
+    assert with_["brier"] == pytest.approx(2 * brier_score_loss(labels, calibrated, labels=classes))
+    assert with_["ece"] == pytest.approx((0.25 + 5 / 6 + 1 / 8 + 0.5) / 4)  # each alone in its bin
+    assert (section["temperature"], section["threshold"], section["uncertain"]) == (2.0, 0.7, 1)
+    assert (section["kept"], section["accuracy_kept"], section["confidence_level"]) == (0.75, pytest.approx(2 / 3), None)
+    # without a temperature, the probabilities are reported as given, with the note
+    plain = calibration_report([dict(zip(classes, p)) for p in raw], labels, classes, None)
+    assert plain["with_temperature"] is None and plain["without_temperature"] == pytest.approx(without)
+    assert plain["threshold"] == 0 and plain["uncertain"] == 0 and "uncalibrated" in plain["note"]
+    # no threshold certified: every image uncertain, the threshold None in report.json, the level recorded
+    none = calibration_report([dict(zip(classes, p)) for p in raw], labels, classes,
+                              {"temperature": None, "threshold": math.inf, "why": "not certified",
+                               "confidence_level": 0.9})
+    assert (none["threshold"], none["uncertain"], none["kept"], none["accuracy_kept"]) == (None, 4, 0.0, None)
+    assert none["confidence_level"] == 0.9 and json.loads(json.dumps(none))["threshold"] is None
+
+
 @pytest.fixture(scope="module")
 def short_head(fine_tuned_head, tiny_smolvlm):
     """A head model trained for 3 steps only (about 20 s) beside the fine_tuned_head fixture's: some validation
@@ -304,6 +416,8 @@ def test_fine_tune_saves_the_temperature_fitted_after_the_class_bias_and_the_val
     fitted, table = saved["temperature"], saved["validation_confidences"]
     validation = json.loads((short_head / "solar_panel_val_dataset.json").read_text())["samples"]
     assert fitted["validation_images"] == len(table) == len(validation) and fitted["after_class_bias"] is True
+    raw = saved["without_class_bias"]  # and fitted on the scores without the class bias, for class_bias=false
+    assert raw["temperature"]["after_class_bias"] is False and len(raw["validation_confidences"]) == len(table)
     assert TEMPERATURES[0] < fitted["value"] < TEMPERATURES[1]
     assert fitted["validation_nll_after"] < fitted["validation_nll_before"]
     assert [c for c, _ in table] == sorted((c for c, _ in table), reverse=True) and not all(ok for _, ok in table)
@@ -358,30 +472,52 @@ def test_a_minimum_confidence_makes_the_planted_images_and_only_those_uncertain_
     section = report["calibration"]
     assert section["uncertain"] == 3 and section["kept"] == pytest.approx(1 - 3 / len(unsure["plain"]))
     assert f"3 of {len(unsure['plain'])} images uncertain" in out
-    assert section["with_temperature"]["nll"] != section["without_temperature"]["nll"]
+    # without the temperature: the probabilities written, the temperature undone, against the true classes
+    rows, classes = rows_of(work / "vlm_test"), sorted(COLOURS)
+    written = [json.loads(r["probabilities"]) for r in rows.values()]
+    undone = [r["probs"] for r in with_temperature([ranked(classes, [p[c] for c in classes]) for p in written],
+                                                   classes, 1 / section["temperature"])]
+    labels = [r["true_class"] for r in rows.values()]
+    assert section["without_temperature"] == pytest.approx(measures(undone, labels))
+    assert section["with_temperature"] == pytest.approx(measures(written, labels))
+    assert section["without_temperature"]["nll"] != pytest.approx(section["with_temperature"]["nll"])
     for picture in ("reliability.png", "coverage.png", "confusion_matrix.png"):
         assert Image.open(work / "vlm_test" / picture).size[0] > 250
 
 
-def test_a_target_accuracy_chooses_the_threshold_on_the_validation_confidences_in_the_test_script(unsure, tmp_path):
+def test_a_target_accuracy_takes_the_threshold_certified_on_the_validation_confidences_in_the_test_script(
+        unsure, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(unsure["model"], model, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "reports"))
     saved = json.loads((model / "classes.json").read_text())
-    # validation images right from the threshold up, one wrong just below: target 1.0 chooses the threshold
-    saved["validation_confidences"] = [[unsure["threshold"], True], [unsure["threshold"] - 1e-5, False]]
+    # 30 validation images right at the top certify 0.9; 5 wrong at the planted images' threshold stop the scan
+    saved["validation_confidences"] = [[0.9999, True]] * 30 + [[unsure["threshold"], False]] * 5
     (model / "classes.json").write_text(json.dumps(saved))
     test_json = tmp_path / "test.json"
     split = json.loads((unsure["model"].parent / "solar_panel_test_dataset.json").read_text())
     samples = [{"image": str(path), "label": path.parent.name} for path in sorted(unsure["data"].rglob("*.png"))]
     test_json.write_text(json.dumps({**split, "samples": samples}))
-    out = run_script("vlm_benchmark_test_dataset.py", f"--model_path={model}", f"--test_json={test_json}",
-                     f"--report_dir={tmp_path / 'report'}", "--target_accuracy=1.0", cwd=tmp_path).stdout
-    assert "target_accuracy=1.0" in out
-    assert_only_the_planted_are_uncertain(unsure, rows_of(tmp_path / "report"))
+
+    def evaluate(name, *flags, check=True):
+        return run_script("vlm_benchmark_test_dataset.py", f"--model_path={model}", f"--test_json={test_json}",
+                          f"--report_dir={tmp_path / name}", *flags, cwd=tmp_path, check=check)
+    out = evaluate("report", "--target_accuracy=0.9").stdout
+    threshold = min(t for t in THRESHOLDS if t > unsure["threshold"])
+    section = report_in(tmp_path / "report")["calibration"]
+    assert section["threshold"] == pytest.approx(threshold) and section["confidence_level"] == 0.9
+    assert "target_accuracy=0.9 at confidence_level=0.9: 30 of the 35 validation images" in out
+    plain, rows = unsure["plain"], rows_of(tmp_path / "report")
+    uncertain = {name for name, r in rows.items() if r["predicted_class"] == "uncertain"}
+    assert uncertain == {name for name in plain if float(plain[name]["probability"]) < threshold} >= unsure["planted"]
+    # 0.999 cannot be certified from 35 images: every image uncertain, and the reports say why
+    out = evaluate("none", "--target_accuracy=0.999", "--confidence_level=0.8").stdout
+    assert "target_accuracy=0.999 at confidence_level=0.8 is not certified" in out
+    assert {r["predicted_class"] for r in rows_of(tmp_path / "none").values()} == {"uncertain"}
+    section = report_in(tmp_path / "none")["calibration"]
+    assert section["threshold"] is None and section["uncertain"] == len(plain) and section["confidence_level"] == 0.8
     del saved["validation_confidences"]
     (model / "classes.json").write_text(json.dumps(saved))
-    refused = run_script("vlm_benchmark_test_dataset.py", f"--model_path={model}", f"--test_json={test_json}",
-                         f"--report_dir={tmp_path / 'refused'}", "--target_accuracy=0.9", cwd=tmp_path, check=False)
+    refused = evaluate("refused", "--target_accuracy=0.9", check=False)
     assert refused.returncode == 1 and "no confidences of validation images saved" in refused.stderr
 
 
