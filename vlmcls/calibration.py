@@ -106,19 +106,21 @@ def fit_temperature(results, labels, classes):
         scaled = logs / math.exp(log_t)
         return float(np.mean(logsumexp(scaled, axis=1) - scaled[np.arange(len(truth)), truth]))
 
-    value = math.exp(minimize_scalar(loss, bounds=[math.log(t) for t in TEMPERATURES], method="bounded").x)
+    ends = [math.log(t) for t in TEMPERATURES]
+    found = minimize_scalar(loss, bounds=ends, method="bounded").x
+    # an end at least as low as the minimum found: the NLL falls all the way there (flat, or still falling)
+    low_end, high_end = (loss(end) <= loss(found) for end in ends)
     before = {"validation_nll_before": nll([r["probs"] for r in results], labels),
               "validation_ece_before": _ece(results, labels), "validation_images": len(labels)}
     right = sum(r["pred"] == label for r, label in zip(results, labels))
-    if abs(math.log(value / TEMPERATURES[0])) < 0.01:
+    if low_end:
         return {"value": None, **before,
                 "reason": f"the validation NLL falls all the way to T={TEMPERATURES[0]}, as {right} of the "
                           f"{len(labels)} validation images are right: more validation images, some of them wrong, "
                           "are needed"}
     note = {"note": f"the validation NLL falls all the way to T={TEMPERATURES[1]}: only {right} of the {len(labels)} "
-                    "validation images are right, no better than a uniform guess"} \
-        if abs(math.log(value / TEMPERATURES[1])) < 0.01 else {}
-    value = TEMPERATURES[1] if note else value
+                    "validation images are right, no better than a uniform guess"} if high_end else {}
+    value = TEMPERATURES[1] if high_end else math.exp(found)
     after = with_temperature(results, classes, value)
     return {"value": value, **before, "validation_nll_after": nll([r["probs"] for r in after], labels),
             "validation_ece_after": _ece(after, labels), **note}
