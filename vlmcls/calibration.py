@@ -138,8 +138,9 @@ def confidence_table(results, labels):
                                                           [r["pred"] == label for r, label in zip(results, labels)])]
 
 
-def _temperature_and_confidences(results, labels, classes, temperature):
-    fitted = fit_temperature(results, labels, classes) if temperature else None
+def _temperature_and_confidences(results, labels, classes, temperature, after_class_bias):
+    fitted = {**fit_temperature(results, labels, classes), "after_class_bias": after_class_bias} if temperature \
+        else None
     if fitted and fitted["value"]:
         results = with_temperature(results, classes, fitted["value"])
     return {"temperature": fitted, "validation_confidences": confidence_table(results, labels)}
@@ -154,15 +155,11 @@ def fit_calibration(results, data, train_labels, *, metric, class_bias=True, tem
     temperature fitted after the bias belongs to the biased probabilities)."""
     labels, classes = [s["label"] for s in data["samples"]], data["classes"]
     bias = fit_class_bias(results, data, train_labels, metric) if class_bias else None
-    raw = _temperature_and_confidences(results, labels, classes, temperature)
-    if raw["temperature"]:
-        raw["temperature"]["after_class_bias"] = False
+    raw = _temperature_and_confidences(results, labels, classes, temperature, after_class_bias=False)
     if not bias:
         return {"class_bias": None, **raw}
     biased = _temperature_and_confidences(with_class_bias(results, classes, [bias["bias"][name] for name in classes]),
-                                          labels, classes, temperature)
-    if biased["temperature"]:
-        biased["temperature"]["after_class_bias"] = True
+                                          labels, classes, temperature, after_class_bias=True)
     return {"class_bias": bias, **biased, "without_class_bias": raw}
 
 

@@ -39,9 +39,9 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
     written; report.json also records `record` (the script's settings) and the library versions. `quantize` ("none"
     or "int8") applies to every model. Score mode's probabilities are calibrated as saved with each model
     (calibration.load_calibration: its class bias with `class_bias`, its temperature), and a result below the
-    threshold (`min_confidence`, or the one certified for `target_accuracy` at `confidence_level`) is uncertain; with labels, report.json's
-    "calibration" section, reliability.png and coverage.png measure them. Returns each model's metrics (None
-    without labels, or in the other processes)."""
+    threshold (`min_confidence`, or the one certified for `target_accuracy` at `confidence_level`) is uncertain;
+    with labels, report.json's "calibration" section, reliability.png and coverage.png measure them. Returns each
+    model's metrics (None without labels, or in the other processes)."""
     rank, world, device, dtype = start(model_paths, device, dtype)
     say = print if rank == 0 else lambda *_: None
     # -1: at least one worker, also where a process's share of the cores is one (torchrun with a GPU per core):
