@@ -27,7 +27,8 @@ DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or
 QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only; exported: model.int8.onnx)
 CLASS_BIAS = True  # add the class bias fine_tune.py chose on the validation images to the scores (False: raw scores)
 MIN_CONFIDENCE = 0.0  # a prediction whose top probability is below this is "uncertain" (0 = never; docs/calibration.md)
-TARGET_ACCURACY = 0.0  # instead: the threshold at which the validation images kept are this accurate (0 = not used)
+TARGET_ACCURACY = 0.0  # instead: the threshold certified to keep this accuracy on new images (0 = not used)
+CONFIDENCE_LEVEL = 0.9  # how sure TARGET_ACCURACY's certificate is: the target holds with this probability
 
 
 def main():
@@ -36,7 +37,8 @@ def main():
     examples = example_images(MODEL_PATH, TEST_JSON, EXAMPLES)
     page = build_page(predictor, model_path=MODEL_PATH, classes=CLASSES, examples=examples,
                       batch_size=BATCH_SIZE, max_pixels=MAX_IMAGE_PIXELS, quantize=QUANTIZE,
-                      class_bias=CLASS_BIAS, min_confidence=MIN_CONFIDENCE, target_accuracy=TARGET_ACCURACY)
+                      class_bias=CLASS_BIAS, min_confidence=MIN_CONFIDENCE, target_accuracy=TARGET_ACCURACY,
+                      confidence_level=CONFIDENCE_LEVEL)
     serve(page, host=HOST, port=PORT, max_file_mb=MAX_FILE_MB, examples=examples)
 
 

@@ -25,7 +25,8 @@ DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or
 QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only; exported: model.int8.onnx)
 CLASS_BIAS = True  # score mode: add the class bias fine_tune.py chose on the validation images (False: raw scores)
 MIN_CONFIDENCE = 0.0  # a prediction whose top probability is below this is "uncertain" (0 = never; docs/calibration.md)
-TARGET_ACCURACY = 0.0  # instead: the threshold at which the validation images kept are this accurate (0 = not used)
+TARGET_ACCURACY = 0.0  # instead: the threshold certified to keep this accuracy on new images (0 = not used)
+CONFIDENCE_LEVEL = 0.9  # how sure TARGET_ACCURACY's certificate is: the target holds with this probability
 RESUME = "auto"  # "auto": continue an interrupted run in REPORT_DIR (same settings only); "overwrite": predict afresh
 
 
@@ -39,7 +40,7 @@ def main():
                     enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,
                     max_pixels=data["max_image_pixels"], report_dir=REPORT_DIR, report_name="test_set",
                     quantize=QUANTIZE, class_bias=CLASS_BIAS, resume=RESUME, min_confidence=MIN_CONFIDENCE,
-                    target_accuracy=TARGET_ACCURACY, record=settings_of(globals()))
+                    target_accuracy=TARGET_ACCURACY, confidence_level=CONFIDENCE_LEVEL, record=settings_of(globals()))
 
 
 if __name__ == "__main__":

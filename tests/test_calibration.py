@@ -5,6 +5,7 @@ import json
 import math
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,14 @@ from PIL import Image
 
 from conftest import COLOURS, make_colour_images, report_in, run_script
 from test_app import free_port
-from vlmcls.calibration import STRENGTHS, TEMPERATURES, calibrate, fit_class_bias, fit_temperature, \
-    frequency_bias, load_calibration, saved_class_bias, threshold_for_accuracy, with_class_bias, with_temperature
+from vlmcls.calibration import STRENGTHS, TEMPERATURES, THRESHOLDS, calibrate, calibration_report, certify, \
+    confidence_table, fit_calibration, fit_class_bias, fit_temperature, frequency_bias, load_calibration, \
+    lower_bound, saved_class_bias, with_class_bias, with_temperature
 from vlmcls.confidence import ece, measures, risk_coverage
 from vlmcls.objectives import ranked
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from target_accuracy import simulate  # noqa: E402
 
 CLASSES = ["common", "rare"]
 
@@ -163,10 +168,6 @@ def test_the_risk_coverage_table_keeps_the_most_confident_share():
     assert table[1.0]["accuracy"] == 0.6 and table[1.0]["kept"] == 1.0
     assert (table[0.5]["threshold"], table[0.5]["kept"], table[0.5]["accuracy"]) == (0.5, 0.5, 0.8)
     assert (table[0.4]["threshold"], table[0.4]["accuracy"]) == (0.6, 1.0)
-    pairs = [[c, ok] for c, ok in zip(confidences, correct)]
-    assert threshold_for_accuracy(pairs, 1.0) == (0.6, 0.4, 1.0)
-    assert threshold_for_accuracy(pairs, 0.7) == (0.2, 0.8, 0.75)  # the most images kept at 70% right or more
-    assert threshold_for_accuracy([[0.9, False]], 0.5) is None
 
 
 def test_a_temperature_at_an_end_of_the_range_is_refused_when_low_and_kept_with_a_note_when_high():
@@ -216,14 +217,181 @@ def test_load_calibration_reads_what_was_saved_and_says_what_it_cannot_do(tmp_pa
         load_calibration(old, CLASSES, target_accuracy=0.9)
     with pytest.raises(UserError, match="not both"):
         load_calibration(old, CLASSES, min_confidence=0.5, target_accuracy=0.9)
+    with pytest.raises(UserError, match="confidence_level"):
+        load_calibration(old, CLASSES, confidence_level=1.0)
+    # 30 right at 0.99 certify 0.9 at level 0.9 (lower bound 0.1^(1/30) = 0.926); the 5 wrong at 0.6 stop the scan
     new = old_model_folder(tmp_path / "new", temperature={"value": 2.5},
-                           validation_confidences=[[0.9, True], [0.8, True], [0.7, False], [0.6, True]])
-    loaded = load_calibration(new, CLASSES, target_accuracy=0.75)
-    assert (loaded["temperature"], loaded["threshold"]) == (2.5, 0.6) and "100% of them" in loaded["why"]
-    assert load_calibration(new, CLASSES, target_accuracy=1.0)["threshold"] == 0.8
+                           validation_confidences=[[0.99, True]] * 30 + [[0.6, False]] * 5)
+    loaded = load_calibration(new, CLASSES, target_accuracy=0.9)
+    assert loaded["temperature"] == 2.5 and loaded["threshold"] == min(t for t in THRESHOLDS if t > 0.6)
+    assert loaded["confidence_level"] == 0.9 and "30 of the 35 validation images" in loaded["why"]
+    assert "lower bound 0.926" in loaded["why"] and "chose the checkpoint" in loaded["why"]
+    assert load_calibration(new, CLASSES, min_confidence=0.5)["confidence_level"] is None
     assert load_calibration(new, ["x", "y"])["temperature"] is None  # fitted for other classes: not applied
     with pytest.raises(UserError, match="for these classes"):
         load_calibration(new, ["x", "y"], target_accuracy=0.9)
+
+
+def test_a_target_no_bound_can_reach_makes_every_result_uncertain_and_says_how_many_images_it_would_take(tmp_path):
+    # before issue 41, 40 validation images all right counted as meeting a target of 0.999
+    model = old_model_folder(tmp_path, validation_confidences=[[0.97, True]] * 40)
+    loaded = load_calibration(model, CLASSES, target_accuracy=0.999)
+    assert loaded["threshold"] == math.inf
+    assert "not certified" in loaded["why"] and "2302 or more validation images kept" in loaded["why"]
+    results = [ranked(CLASSES, [0.99999, 0.00001]), ranked(CLASSES, [0.3, 0.7])]
+    assert [r["pred"] for r in calibrate(results, CLASSES, loaded)] == ["uncertain", "uncertain"]
+    # the first group tested is right less often than the target: more validation images will not do
+    model = old_model_folder(tmp_path / "weak", validation_confidences=[[0.9, True]] * 30 + [[0.9, False]] * 10)
+    why = load_calibration(model, CLASSES, target_accuracy=0.9)["why"]
+    assert "the 40 most confident of the 40 validation images" in why and "right 75.0% of the time" in why
+    assert "no group of the most confident validation images is right more often than the target" in why
+    # The 20 most confident are too few to be tested (22 needed), the 40 right 47.5% of the time; at the 20's
+    # accuracy, 95%, about 75 such images would certify 0.9: 150 validation images at their share of a half.
+    model = old_model_folder(tmp_path / "few", validation_confidences=[[0.9, True]] * 19 + [[0.9, False]] +
+                             [[0.6, False]] * 20)
+    why = load_calibration(model, CLASSES, target_accuracy=0.9)["why"]
+    assert "the 40 most confident of the 40 validation images" in why and "right 47.5% of the time" in why
+    assert "at the accuracy of the 20 most confident (19 right), about 150 validation images would certify it" in why
+    assert lower_bound(0.95 * 75, 75, 0.9) >= 0.9 > lower_bound(0.95 * 74, 74, 0.9)
+
+
+def test_the_scan_stops_at_the_first_threshold_that_fails_and_skips_those_no_bound_could_pass():
+    # One wrong image alone at the top keeps too few for any bound (22 needed at 0.9): untested, not a failure.
+    # 40 right at 0.98 then pass (lower bound of 40 of 41: 0.908); 10 wrong at 0.95 fail; the 200 right below
+    # would pass again (240 of 251: 0.936) but are never tested.
+    table = [[0.999, False]] + [[0.98, True]] * 40 + [[0.95, False]] * 10 + [[0.9, True]] * 200
+    found = certify(table, 0.9, 0.9)
+    assert found["threshold"] == min(t for t in THRESHOLDS if t > 0.95)
+    assert found["group"] == {"threshold": found["threshold"], "kept": 41, "right": 40,
+                              "lower_bound": pytest.approx(0.9084, abs=1e-4)}
+    assert float(lower_bound(240, 251, 0.9)) > 0.9  # the lower threshold the old rule, or a scan on, would take
+    assert certify(table, 0.9, 0.9)["threshold"] == certify(table[::-1], 0.9, 0.9)["threshold"]  # any order given
+    assert certify([[0.9, True]] * 21, 0.9, 0.9)["threshold"] is None  # 21 all right: bound 0.896
+    assert certify([[0.9, True]] * 22, 0.9, 0.9)["threshold"] == min(t for t in THRESHOLDS if t <= 0.9)
+
+
+@pytest.mark.parametrize("images, target", [(100, 0.9), (300, 0.8)])
+def test_the_target_holds_on_new_images_in_all_but_about_one_minus_the_level_of_simulated_runs(images, target):
+    """1,000 runs of a perfectly calibrated model (benchmarks/target_accuracy.py): the threshold certify() takes is
+    below the target on new images in at most 10% of runs (level 0.9), with three binomial standard errors of
+    slack; the rule before issue 41, on the same draws, in about 55%."""
+    outcome = simulate(images, target, 0.9, runs=1000, seed=1)
+    assert outcome["new"]["below"] <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / 1000)
+    assert outcome["old"]["below"] > 0.4
+    assert outcome["new"]["kept"] > 0.05  # it keeps images in some runs: not "never certify"
+
+
+def imbalanced_validation(n=150, seed=0):
+    """Validation data of a 3-class model trained on 80:15:5 labels whose scores rank the rarer classes down
+    (log-prior added twice over) and are over-confident (doubled logits): the class bias fitted on it is strong,
+    so the temperature fitted after it differs from the one fitted without it."""
+    classes, prior = ["common", "middle", "rare"], [0.8, 0.15, 0.05]
+    rng, results, labels = random.Random(seed), [], []
+    for _ in range(n):
+        logits = [rng.gauss(0, 1.5) for _ in classes]
+        labels.append(rng.choices(classes, weights=softmax(logits))[0])
+        results.append(ranked(classes, softmax([2 * (x + 1.5 * math.log(p)) for x, p in zip(logits, prior)])))
+    data = {"classes": classes, "samples": [{"image": f"{i}.png", "label": x} for i, x in enumerate(labels)]}
+    return results, data, ["common"] * 80 + ["middle"] * 15 + ["rare"] * 5
+
+
+def test_fit_calibration_fits_the_temperature_after_the_class_bias_and_both_without_it():
+    results, data, train_labels = imbalanced_validation()
+    classes, labels = data["classes"], [s["label"] for s in data["samples"]]
+    fitted = fit_calibration(results, data, train_labels, metric="macro_f1")
+    bias = fit_class_bias(results, data, train_labels, "macro_f1")
+    assert fitted["class_bias"] == bias and bias["strength"] >= 0.5
+    biased = with_class_bias(results, classes, [bias["bias"][c] for c in classes])
+    after, raw = fit_temperature(biased, labels, classes), fit_temperature(results, labels, classes)
+    assert fitted["temperature"] == {**after, "after_class_bias": True}
+    assert abs(math.log(after["value"] / raw["value"])) > 0.2  # the order matters on these scores
+    assert fitted["validation_confidences"] == confidence_table(with_temperature(biased, classes, after["value"]),
+                                                                labels)
+    # without the class bias: the temperature fitted on the raw scores, and their confidences
+    assert fitted["without_class_bias"] == {
+        "temperature": {**raw, "after_class_bias": False},
+        "validation_confidences": confidence_table(with_temperature(results, classes, raw["value"]), labels)}
+    # nothing fitted without the class bias or without the temperature: what is fitted stands alone
+    plain = fit_calibration(results, data, train_labels, metric="macro_f1", class_bias=False)
+    assert plain == {"class_bias": None, **fitted["without_class_bias"]}
+    untempered = fit_calibration(results, data, train_labels, metric="macro_f1", temperature=False)
+    assert untempered["temperature"] is None and untempered["without_class_bias"]["temperature"] is None
+    assert untempered["validation_confidences"] == confidence_table(biased, labels)
+
+
+def test_the_temperature_search_finds_the_minimum_of_the_validation_nll():
+    results, data, _ = imbalanced_validation(seed=1)
+    classes, labels = data["classes"], [s["label"] for s in data["samples"]]
+    fitted = fit_temperature(results, labels, classes)
+
+    def nll_at(t):
+        return measures([r["probs"] for r in with_temperature(results, classes, t)], labels)["nll"]
+    assert fitted["validation_nll_after"] == pytest.approx(nll_at(fitted["value"]))
+    assert nll_at(fitted["value"]) < min(nll_at(fitted["value"] * 0.98), nll_at(fitted["value"] * 1.02))
+
+
+def saved_both(tmp_path, **entries):
+    """A model saved after issue 41: the class bias, the temperature and confidences fitted after it, and those
+    fitted without it."""
+    return old_model_folder(tmp_path, **{
+        "class_bias": {"strength": 1.0, "bias": {"common": 0.1, "rare": 1.2}},
+        "temperature": {"value": 2.0, "after_class_bias": True},
+        "validation_confidences": [[0.99, True]] * 30 + [[0.6, False]] * 5,
+        "without_class_bias": {"temperature": {"value": 3.0, "after_class_bias": False},
+                               "validation_confidences": [[0.99, True]] * 20 + [[0.6, False]] * 5}, **entries})
+
+
+def test_without_the_class_bias_the_temperature_and_confidences_fitted_without_it_apply(tmp_path):
+    model = saved_both(tmp_path / "both")
+    biased, raw = (load_calibration(model, CLASSES, class_bias=on, target_accuracy=0.9) for on in (True, False))
+    assert (biased["bias"], biased["temperature"]) == ([0.1, 1.2], 2.0)
+    assert biased["threshold"] == min(t for t in THRESHOLDS if t > 0.6)  # 30 right: certified
+    assert (raw["bias"], raw["temperature"]) == (None, 3.0)
+    assert raw["threshold"] == math.inf and "the 25 most confident of the 25" in raw["why"]  # 20 right: not
+    assert biased["temperature_note"] is None and raw["temperature_note"] is None
+    # a model saved before both were fitted: as before, the temperature fitted after the bias, and a note saying so
+    saved = json.loads((model / "classes.json").read_text())
+    del saved["without_class_bias"]
+    (model / "classes.json").write_text(json.dumps(saved))
+    before = load_calibration(model, CLASSES, class_bias=False, target_accuracy=0.9)
+    assert (before["bias"], before["temperature"], before["threshold"]) == (None, 2.0, biased["threshold"])
+    assert "fitted after the class bias" in before["temperature_note"]
+
+
+def test_the_report_gives_the_measures_without_the_temperature_exactly():
+    """Calibrated probabilities (T = 2) of four images; the report undoes T: softmax(2 log q) = q^2 / sum(q^2) gives
+    back the raw probabilities 0.9, 25/26, 49/50 and 0.5 for the top classes."""
+    from sklearn.metrics import brier_score_loss, log_loss
+    classes = ["a", "b"]
+    calibrated = [[0.75, 0.25], [5 / 6, 1 / 6], [1 / 8, 7 / 8], [0.5, 0.5]]
+    raw = [[0.9, 0.1], [25 / 26, 1 / 26], [1 / 50, 49 / 50], [0.5, 0.5]]
+    labels = ["a", "b", "b", "a"]  # right, wrong, right, right (a tie goes to the first class)
+    section = calibration_report([dict(zip(classes, p)) for p in calibrated], labels, classes,
+                                 {"temperature": 2.0, "threshold": 0.7, "why": "min_confidence=0.7"})
+    without, with_ = section["without_temperature"], section["with_temperature"]
+    assert without["nll"] == pytest.approx(-(math.log(0.9) + math.log(1 / 26) + math.log(0.98) + math.log(0.5)) / 4)
+    assert without["nll"] == pytest.approx(log_loss(labels, raw, labels=classes))
+    assert without["brier"] == pytest.approx((2 * 0.1 ** 2 + 2 * (25 / 26) ** 2 + 2 * (1 / 50) ** 2 + 0.5) / 4)
+    # of two classes scikit-learn scores one (the binary Brier score): half the sum over both
+    assert without["brier"] == pytest.approx(2 * brier_score_loss(labels, raw, labels=classes))
+    # bins of width 1/15: 0.9 (right) alone; 25/26 (wrong) and 0.98 (right) together; 0.5 (right) alone
+    assert without["ece"] == pytest.approx((0.1 + 2 * abs(0.5 - (25 / 26 + 0.98) / 2) + 0.5) / 4)
+    assert with_["nll"] == pytest.approx(log_loss(labels, calibrated, labels=classes))
+    assert with_["brier"] == pytest.approx(2 * brier_score_loss(labels, calibrated, labels=classes))
+    assert with_["ece"] == pytest.approx((0.25 + 5 / 6 + 1 / 8 + 0.5) / 4)  # each alone in its bin
+    assert (section["temperature"], section["threshold"], section["uncertain"]) == (2.0, 0.7, 1)
+    assert (section["kept"], section["accuracy_kept"]) == (0.75, pytest.approx(2 / 3))
+    assert section["confidence_level"] is None
+    # without a temperature, the probabilities are reported as given, with the note
+    plain = calibration_report([dict(zip(classes, p)) for p in raw], labels, classes, None)
+    assert plain["with_temperature"] is None and plain["without_temperature"] == pytest.approx(without)
+    assert plain["threshold"] == 0 and plain["uncertain"] == 0 and "uncalibrated" in plain["note"]
+    # no threshold certified: every image uncertain, the threshold None in report.json, the level recorded
+    none = calibration_report([dict(zip(classes, p)) for p in raw], labels, classes,
+                              {"temperature": None, "threshold": math.inf, "why": "not certified",
+                               "confidence_level": 0.9})
+    assert (none["threshold"], none["uncertain"], none["kept"], none["accuracy_kept"]) == (None, 4, 0.0, None)
+    assert none["confidence_level"] == 0.9 and json.loads(json.dumps(none))["threshold"] is None
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +417,8 @@ def test_fine_tune_saves_the_temperature_fitted_after_the_class_bias_and_the_val
     fitted, table = saved["temperature"], saved["validation_confidences"]
     validation = json.loads((short_head / "solar_panel_val_dataset.json").read_text())["samples"]
     assert fitted["validation_images"] == len(table) == len(validation) and fitted["after_class_bias"] is True
+    raw = saved["without_class_bias"]  # and fitted on the scores without the class bias, for class_bias=false
+    assert raw["temperature"]["after_class_bias"] is False and len(raw["validation_confidences"]) == len(table)
     assert TEMPERATURES[0] < fitted["value"] < TEMPERATURES[1]
     assert fitted["validation_nll_after"] < fitted["validation_nll_before"]
     assert [c for c, _ in table] == sorted((c for c, _ in table), reverse=True) and not all(ok for _, ok in table)
@@ -303,30 +473,52 @@ def test_a_minimum_confidence_makes_the_planted_images_and_only_those_uncertain_
     section = report["calibration"]
     assert section["uncertain"] == 3 and section["kept"] == pytest.approx(1 - 3 / len(unsure["plain"]))
     assert f"3 of {len(unsure['plain'])} images uncertain" in out
-    assert section["with_temperature"]["nll"] != section["without_temperature"]["nll"]
+    # without the temperature: the probabilities written, the temperature undone, against the true classes
+    rows, classes = rows_of(work / "vlm_test"), sorted(COLOURS)
+    written = [json.loads(r["probabilities"]) for r in rows.values()]
+    undone = [r["probs"] for r in with_temperature([ranked(classes, [p[c] for c in classes]) for p in written],
+                                                   classes, 1 / section["temperature"])]
+    labels = [r["true_class"] for r in rows.values()]
+    assert section["without_temperature"] == pytest.approx(measures(undone, labels))
+    assert section["with_temperature"] == pytest.approx(measures(written, labels))
+    assert section["without_temperature"]["nll"] != pytest.approx(section["with_temperature"]["nll"])
     for picture in ("reliability.png", "coverage.png", "confusion_matrix.png"):
         assert Image.open(work / "vlm_test" / picture).size[0] > 250
 
 
-def test_a_target_accuracy_chooses_the_threshold_on_the_validation_confidences_in_the_test_script(unsure, tmp_path):
+def test_a_target_accuracy_takes_the_threshold_certified_on_the_validation_confidences_in_the_test_script(
+        unsure, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(unsure["model"], model, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "reports"))
     saved = json.loads((model / "classes.json").read_text())
-    # validation images right from the threshold up, one wrong just below: target 1.0 chooses the threshold
-    saved["validation_confidences"] = [[unsure["threshold"], True], [unsure["threshold"] - 1e-5, False]]
+    # 30 validation images right at the top certify 0.9; 5 wrong at the planted images' threshold stop the scan
+    saved["validation_confidences"] = [[0.9999, True]] * 30 + [[unsure["threshold"], False]] * 5
     (model / "classes.json").write_text(json.dumps(saved))
     test_json = tmp_path / "test.json"
     split = json.loads((unsure["model"].parent / "solar_panel_test_dataset.json").read_text())
     samples = [{"image": str(path), "label": path.parent.name} for path in sorted(unsure["data"].rglob("*.png"))]
     test_json.write_text(json.dumps({**split, "samples": samples}))
-    out = run_script("vlm_benchmark_test_dataset.py", f"--model_path={model}", f"--test_json={test_json}",
-                     f"--report_dir={tmp_path / 'report'}", "--target_accuracy=1.0", cwd=tmp_path).stdout
-    assert "target_accuracy=1.0" in out
-    assert_only_the_planted_are_uncertain(unsure, rows_of(tmp_path / "report"))
+
+    def evaluate(name, *flags, check=True):
+        return run_script("vlm_benchmark_test_dataset.py", f"--model_path={model}", f"--test_json={test_json}",
+                          f"--report_dir={tmp_path / name}", *flags, cwd=tmp_path, check=check)
+    out = evaluate("report", "--target_accuracy=0.9").stdout
+    threshold = min(t for t in THRESHOLDS if t > unsure["threshold"])
+    section = report_in(tmp_path / "report")["calibration"]
+    assert section["threshold"] == pytest.approx(threshold) and section["confidence_level"] == 0.9
+    assert "target_accuracy=0.9 at confidence_level=0.9: 30 of the 35 validation images" in out
+    plain, rows = unsure["plain"], rows_of(tmp_path / "report")
+    uncertain = {name for name, r in rows.items() if r["predicted_class"] == "uncertain"}
+    assert uncertain == {name for name in plain if float(plain[name]["probability"]) < threshold} >= unsure["planted"]
+    # 0.999 cannot be certified from 35 images: every image uncertain, and the reports say why
+    out = evaluate("none", "--target_accuracy=0.999", "--confidence_level=0.8").stdout
+    assert "target_accuracy=0.999 at confidence_level=0.8 is not certified" in out
+    assert {r["predicted_class"] for r in rows_of(tmp_path / "none").values()} == {"uncertain"}
+    section = report_in(tmp_path / "none")["calibration"]
+    assert section["threshold"] is None and section["uncertain"] == len(plain) and section["confidence_level"] == 0.8
     del saved["validation_confidences"]
     (model / "classes.json").write_text(json.dumps(saved))
-    refused = run_script("vlm_benchmark_test_dataset.py", f"--model_path={model}", f"--test_json={test_json}",
-                         f"--report_dir={tmp_path / 'refused'}", "--target_accuracy=0.9", cwd=tmp_path, check=False)
+    refused = evaluate("refused", "--target_accuracy=0.9", check=False)
     assert refused.returncode == 1 and "no confidences of validation images saved" in refused.stderr
 
 

@@ -1,9 +1,10 @@
 """The browser page: images in, every class's probability and the image as the model sees it out; also as APIs."""
 import itertools
 import json
+import math
 from pathlib import Path
 
-from .calibration import UNCERTAIN, best_guesses, load_calibration
+from .calibration import UNCERTAIN, best_guesses, load_calibration, uncertain_rule
 from .cli import UserError
 from .images import read_dataset_json
 from .models import classes_and_question
@@ -90,18 +91,20 @@ def parse_class_names(text):
 
 
 def build_page(predictor, *, model_path, classes, examples, batch_size, max_pixels, quantize,
-               class_bias=True, min_confidence=0.0, target_accuracy=0.0):
+               class_bias=True, min_confidence=0.0, target_accuracy=0.0, confidence_level=0.9):
     """The Gradio page of a predictor (vlmcls/runtime.py: a PyTorch model, or an exported one in ONNX Runtime).
     `classes` ([] = those saved with the model) can be replaced on the page; a model with neither gets a field
     asking for them. The probabilities are calibrated as saved with the model for those classes
     (calibration.load_calibration: the class bias with `class_bias`, the temperature), and an image whose top
-    probability is below the threshold (`min_confidence`, or the one `target_accuracy` chooses) is uncertain, its
+    probability is below the threshold (`min_confidence`, or the one certified for `target_accuracy` at
+    `confidence_level`; every image where none is) is uncertain, its
     best guesses shown. Classifying is also the API endpoint /classify (images and class names in, the table, the
     model's views and messages out), and /predict classifies one image in Gradio's label format (label
     "uncertain" below the threshold, the confidences still every class's)."""
     import gradio as gr
     default = classes_and_question(model_path, classes)
-    settings = {"class_bias": class_bias, "min_confidence": min_confidence, "target_accuracy": target_accuracy}
+    settings = {"class_bias": class_bias, "min_confidence": min_confidence, "target_accuracy": target_accuracy,
+                "confidence_level": confidence_level}
     # a threshold that cannot be chosen stops the page before it starts
     calibrated = load_calibration(model_path, default[0], **settings) if default else None
 
@@ -130,7 +133,10 @@ def build_page(predictor, *, model_path, classes, examples, batch_size, max_pixe
             ranked, views, problems = run([path for path, _ in images], found)
         except UserError as e:  # classes an exported model was not exported with
             return [], [], f"**Not classified:** {e}"
-        unsure = [f"**Not sure:** {name}: top probability below {found[2]['threshold']:.3f}; best guesses: "
+        threshold = found[2]["threshold"]
+        below = f"top probability below {threshold:.3f}" if math.isfinite(threshold) else \
+            "no threshold is certified for the target accuracy"
+        unsure = [f"**Not sure:** {name}: {below}; best guesses: "
                   + ", ".join(f"{label} {p:.3f}" for label, p in probabilities[:2])
                   for name, probabilities, uncertain in ranked if uncertain]
         return results_table(ranked), views, "\n\n".join(
@@ -156,8 +162,8 @@ def build_page(predictor, *, model_path, classes, examples, batch_size, max_pixe
         calibration = ("" if not calibrated else
                        f" Probabilities calibrated with temperature {calibrated['temperature']:.2f}."
                        if calibrated["temperature"] else " Probabilities uncalibrated (no temperature saved).")
-        unsure = f" An image whose top probability is below {calibrated['threshold']:.3f} is *uncertain*." \
-            if calibrated and calibrated["threshold"] else ""
+        rule = uncertain_rule(calibrated) if calibrated and calibrated["threshold"] else ""
+        unsure = f" {rule[:1].upper()}{rule[1:]}." if rule else ""
         gr.Markdown(f"## {Path(model_path).name}\n{known}. Every class is scored by {scored}"
                     f"{' (int8 weights)' if quantize == 'int8' else ''}.{calibration}{unsure}")
         with gr.Row():

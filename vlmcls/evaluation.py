@@ -29,7 +29,7 @@ def default_report_dir(model_path, name):
 def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,
                     image_longest_edge, image_splitting, enlarge_images, num_workers, max_pixels, report_dir,
                     report_name, quantize="none", class_bias=True, resume="auto", record=None, min_confidence=0.0,
-                    target_accuracy=0.0):
+                    target_accuracy=0.0, confidence_level=0.9):
     """Evaluate each model on the same images, print the original's lines for each and, for two or more,
     a side-by-side table. predictions.csv (and skipped.csv: files that cannot be used) grow as batches finish;
     an interrupted run is continued (`resume` "auto") or started afresh ("overwrite"); under torchrun each process
@@ -39,9 +39,9 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
     written; report.json also records `record` (the script's settings) and the library versions. `quantize` ("none"
     or "int8") applies to every model. Score mode's probabilities are calibrated as saved with each model
     (calibration.load_calibration: its class bias with `class_bias`, its temperature), and a result below the
-    threshold (`min_confidence`, or the one `target_accuracy` chooses) is uncertain; with labels, report.json's
-    "calibration" section, reliability.png and coverage.png measure them. Returns each model's metrics (None
-    without labels, or in the other processes)."""
+    threshold (`min_confidence`, or the one certified for `target_accuracy` at `confidence_level`) is uncertain;
+    with labels, report.json's "calibration" section, reliability.png and coverage.png measure them. Returns each
+    model's metrics (None without labels, or in the other processes)."""
     rank, world, device, dtype = start(model_paths, device, dtype)
     say = print if rank == 0 else lambda *_: None
     # -1: at least one worker, also where a process's share of the cores is one (torchrun with a GPU per core):
@@ -59,7 +59,8 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
             raise UserError(f"prediction={mode} gives no probabilities, so min_confidence and target_accuracy cannot "
                             "apply: use prediction=score")
         calibration = load_calibration(model_path, classes, class_bias=class_bias, min_confidence=min_confidence,
-                                       target_accuracy=target_accuracy) if scoring else None
+                                       target_accuracy=target_accuracy, confidence_level=confidence_level) \
+            if scoring else None
         bias = calibration["class_bias"] if calibration else None
         out = Path(report_dir) / Path(model_path).name if report_dir and len(model_paths) > 1 else \
             Path(report_dir) if report_dir else default_report_dir(model_path, report_name)
