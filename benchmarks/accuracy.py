@@ -433,13 +433,15 @@ def aa_summary(compared):
 
 
 def rates_text(choices):
-    """The chosen learning rates with the validation macro-F1 of every rate of the grid."""
+    """The chosen learning rates with the validation macro-F1 of every rate of the grid (read back from CHOICES,
+    whose JSON keys are strings)."""
     lines = []
     for budget, by_arch in choices["learning_rates"].items():
         for a, by_task in by_arch.items():
             for t, by_row in by_task.items():
                 lines.append(f"- {budget}, {a}, {t}: " + "; ".join(
-                    f"{row} **{c['chosen']:g}** ({', '.join(f'{lr:g}: {v:.3f}' for lr, v in c['validation'].items())})"
+                    f"{row} **{c['chosen']:g}** ("
+                    + ", ".join(f"{float(lr):g}: {v:.3f}" for lr, v in c["validation"].items()) + ")"
                     for row, c in by_row.items()))
     return "\n".join(lines)
 
