@@ -1,27 +1,54 @@
-"""The accuracy protocol's ledger: what binds an experiment (every file that can change a number, the effective
-settings, the package versions), which split seeds are spent, and the refusals that keep confirmation splits
-from ever choosing anything."""
+"""The accuracy protocol's ledger: what binds an experiment (every tracked file that can change a number, the
+effective settings, the package versions, the machine), which split seeds are spent, the refusals that keep
+confirmation splits from ever choosing anything, and what a finished confirmation decided."""
 import hashlib
 import json
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
-from common import ROOT, git
+from common import ROOT
 
-# every file that can change a number: the scripts, the package, the benchmarks, the tiny model, the pins
-HASHED = ["*.py", "vlmcls/*.py", "benchmarks/*.py", "tests/tiny_models.py", "requirements.txt"]
+# every tracked file that can change a number (git pathspecs): the code in every folder, the pins and the fixtures
+# (the stand-ins' tokenizer and processor)
+HASHED = [":(glob)**/*.py", ":(glob)**/requirements*.txt", "tests/fixtures"]
+# the development run's choices: in a confirmation's settings (so outside the code hash, which keys cached runs),
+# and committed like the code
+CHOSEN = ["benchmarks/accuracy-choices.json"]
 PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers", "pillow", "numpy",
-            "scikit-learn", "elpv-dataset"]
-# settings a confirmation may be given on the command line: where files go changes no number
-HARMLESS = {"confirm", "work_dir", "output"}
-FIRST_CONFIRMATION_SEED = 100  # seeds below are development seeds: never confirmed on
+            "scikit-learn", "scipy", "elpv-dataset"]
+# settings a confirmation may be given on the command line: where files go, and its two steps, change no number
+HARMLESS = {"confirm", "plan", "work_dir", "output"}
+FIRST_CONFIRMATION_SEED = 100  # seeds below are development seeds, and only they: never confirmed on
+LEDGER_PATH = "benchmarks/confirmations.json"  # the ledger, relative to the checkout (git show HEAD:<it>)
+
+
+def git(*args):
+    """git's output in the checkout; a failing git call stops the run, since nothing it was to check is known."""
+    try:
+        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    except OSError as e:
+        sys.exit(f"error: git {' '.join(args)} could not run ({e}); the ledger cannot bind this run")
+    if proc.returncode:
+        sys.exit(f"error: git {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}; the ledger cannot "
+                 "bind this run")
+    return proc.stdout
+
+
+def hashed_files():
+    """The files of HASHED that git tracks, as paths relative to the checkout."""
+    return sorted(f for f in git("ls-files", "-z", "--", *HASHED).split("\0") if f)
 
 
 def code_hash():
-    """The hash of every file in HASHED, names and bytes."""
+    """The hash of every hashed file, names and bytes as they are in the checkout."""
     digest = hashlib.sha256()
-    for f in sorted({f for pattern in HASHED for f in Path(ROOT).glob(pattern) if f.is_file()}):
-        digest.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    for name in hashed_files():
+        path = Path(ROOT) / name
+        if not path.is_file():
+            sys.exit(f"error: {name} is tracked but missing from the checkout; the ledger cannot bind this run")
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -47,23 +74,34 @@ def read(path):
     return json.loads(Path(path).read_text()) if Path(path).is_file() else []
 
 
+def committed():
+    """The ledger as the checkout's HEAD holds it."""
+    return json.loads(git("show", f"HEAD:{LEDGER_PATH}"))
+
+
 def uncommitted():
-    """The hashed files that differ from the commit (or are not in it)."""
-    return git("status", "--porcelain", "--untracked-files=all", "--", *HASHED)
+    """The hashed files that differ from the commit, and untracked files the hashed patterns would take in."""
+    return git("status", "--porcelain", "--untracked-files=all", "--", *HASHED, *CHOSEN).strip()
+
+
+def planned(entries, splits):
+    """The entry of `entries` planned for these split seeds and not yet started, or None."""
+    return next((e for e in entries if e["splits"] == splits and e.get("status") == "planned"), None)
 
 
 def refuse_confirmation(*, splits, development, overrides, ledger, changed):
-    """The reason a confirmation may not run, or None. It must run committed code with the committed settings on
-    split seeds that no development run and no earlier confirmation has used."""
+    """The reason a confirmation may not be planned or run, or None. It must run committed code with the committed
+    settings on split seeds that no development run and no earlier confirmation has used (its own plan aside)."""
     if changed:
-        return (f"a confirmation runs committed code and records its commit; these files differ from it:\n{changed}")
+        return f"a confirmation runs committed code and records its commit; these files differ from it:\n{changed}"
     if given := sorted(set(overrides) - HARMLESS):
         return (f"a confirmation runs the committed settings; --{', --'.join(given)} given. Change a setting in a "
                 "commit, on development splits, before confirming")
     if dev := sorted(s for s in splits if s in development or s < FIRST_CONFIRMATION_SEED):
         return (f"split seeds {dev} are development seeds (those of development_splits, and every seed below "
                 f"{FIRST_CONFIRMATION_SEED}); choices were made on them, so they confirm nothing")
-    spent = {s for entry in ledger for s in entry["splits"]}
+    own = planned(ledger, splits)
+    spent = {s for entry in ledger if entry is not own for s in entry["splits"]}
     if used := sorted(set(splits) & spent):
         block = max(spent) // 100 * 100 + 100
         return (f"split seeds {used} are spent (benchmarks/confirmations.json): a seed confirms once, whatever the "
@@ -71,13 +109,66 @@ def refuse_confirmation(*, splits, development, overrides, ledger, changed):
     return None
 
 
-def spend(path, entry):
-    """Record a confirmation as started before its first run: seeds are spent whether or not it finishes."""
-    from vlmcls.files import write_json
-    write_json(path, read(path) + [{**entry, "status": "started"}])
+def refuse_unplanned(splits, digest, head):
+    """The reason a confirmation may not start, or None: its entry (--plan=true) must be in the ledger of HEAD,
+    planned for these seeds with this fingerprint, so that no one can run it and then delete the record."""
+    entry = planned(head, splits)
+    if entry is None:
+        return (f"no entry planned for split seeds {splits} in HEAD's {LEDGER_PATH}: run with --plan=true, commit "
+                f"{LEDGER_PATH}, then --confirm=true")
+    if entry["fingerprint"]["digest"] != digest:
+        return (f"the planned entry's fingerprint {entry['fingerprint']['digest']} is not this run's {digest}: code, "
+                "settings or packages changed since --plan=true")
+    return None
 
 
-def finish(path, entry, output):
+def refuse_development(splits):
+    """The reason a development run may not use these seeds, or None: confirmation seeds are for --confirm only."""
+    if spent := sorted(s for s in splits if s >= FIRST_CONFIRMATION_SEED):
+        return (f"split seeds {spent} are confirmation seeds (from {FIRST_CONFIRMATION_SEED} on): only --confirm=true "
+                "runs them")
+    return None
+
+
+def refuse_work_dir(folder):
+    """The reason a confirmation may not use this work folder, or None: it starts from an empty one, so that no
+    split, model or result of another run is reused unchecked."""
+    if folder and Path(folder).exists() and any(Path(folder).iterdir()):
+        return f"{folder}: a confirmation starts from an empty work folder (or none: a temporary one); this one is not"
+    return None
+
+
+def with_status(path, splits, **changes):
+    """The ledger with the changes applied to the latest entry of these split seeds, written whole."""
     from vlmcls.files import write_json
-    write_json(path, [{**e, "status": "finished", "output": output} if e["splits"] == entry["splits"] else e
-                      for e in read(path)])
+    entries = read(path)
+    last = max(i for i, e in enumerate(entries) if e["splits"] == splits)
+    entries[last] = {**entries[last], **changes}
+    write_json(path, entries)
+
+
+def plan(path, entry):
+    """Record a confirmation before it runs: its seeds are spent from now on, whether or not it ever finishes."""
+    from vlmcls.files import write_json
+    write_json(path, read(path) + [{**entry, "status": "planned"}])
+
+
+def finish(path, splits, output, decision, table):
+    """A finished confirmation: its results file, the rule's output and a hash of its table."""
+    with_status(path, splits, status="finished", output=output, decision=decision,
+                table_sha256=hashlib.sha256(table.encode()).hexdigest())
+
+
+def latest_decision(entries):
+    """The decision of the latest finished entry that recorded one."""
+    return next((e["decision"] for e in reversed(entries) if e.get("status") == "finished" and e.get("decision")),
+                None)
+
+
+def listing(entries):
+    """The ledger as benchmarks/README.md lists it: one line per entry, oldest first."""
+    return "\n".join(
+        f"- {e['commit']}, seeds {e['splits'][0]}-{e['splits'][-1]}, protocol {e['protocol']}, "
+        f"{e.get('status', 'finished')}" + (f", fingerprint {e['fingerprint']['digest']}" if 'fingerprint' in e else "")
+        + (f", default by the rule: {e['decision']['default']}" if e.get("decision") else "")
+        + (f": `{e['output']}`" if e.get("output") else "") for e in entries)

@@ -1,7 +1,18 @@
-"""Paired comparisons of the accuracy benchmark: macro-F1 of integer class arrays (vlmcls.report's), and the mean
-difference of two rows over splits with its bootstrap interval."""
+"""Paired comparisons of the accuracy benchmark: macro-F1 of integer class arrays (vlmcls.report's), the mean
+difference of two rows over splits with its bootstrap interval and p-value, Holm's adjustment of a family of
+p-values, and how often A/A intervals exclude 0."""
 import statistics
 import sys
+from typing import NamedTuple
+
+
+class Interval(NamedTuple):
+    """A paired difference: its mean over the splits, the 95% bootstrap interval, and the bootstrap's two-sided
+    p-value for "no difference" (twice the smaller tail beyond 0, counted as (k + 1) / (resamples + 1))."""
+    observed: float
+    low: float
+    high: float
+    p: float
 
 
 def macro_f1(true, pred, n):
@@ -43,18 +54,43 @@ def paired_interval(runs, baseline, metric, resamples, seed=0):
         chosen = [units[i] for i in rng.integers(len(units), size=len(units))]
         draws.append(difference([(u, rng.integers(len(u[0]), size=len(u[0]))) for u in chosen]))
     low, high = np.percentile(draws, [2.5, 97.5])
-    return observed, float(low), float(high)
+    tail = min(sum(d <= 0 for d in draws), sum(d >= 0 for d in draws))
+    return Interval(observed, float(low), float(high), min(1.0, 2 * (tail + 1) / (resamples + 1)))
+
+
+def holm(pvalues):
+    """Holm's step-down adjustment of a family of p-values ({name: p}): the adjusted p-values, each compared with
+    the level as it stands (at most the family-wise error rate of that level over the whole family)."""
+    adjusted, running, m = {}, 0.0, len(pvalues)
+    for rank, (name, p) in enumerate(sorted(pvalues.items(), key=lambda item: item[1])):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[name] = running
+    return adjusted
 
 
 def excludes_zero(interval):
-    _, low, high = interval
-    return low > 0 or high < 0
+    return interval.low > 0 or interval.high < 0
 
 
-def verdict(interval):
-    observed, low, high = interval
-    word = "**better**" if low > 0 else "**worse**" if high < 0 else "no difference shown"
-    return f"{observed:+.3f} [{low:+.3f}, {high:+.3f}] {word}"
+def verdict(interval, adjusted_p=None, level=0.05):
+    """The difference, its 95% interval and what it shows; with a Holm-adjusted p-value, "better" only where that
+    is below the level (the adjusted p beside it)."""
+    better = interval.low > 0 if adjusted_p is None else interval.observed > 0 and adjusted_p < level
+    word = "**better**" if better else "**worse**" if interval.high < 0 else "no difference shown"
+    holm_p = "" if adjusted_p is None else f" (Holm p {adjusted_p:.3f})"
+    return f"{interval.observed:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]{holm_p} {word}"
+
+
+def aa_rate(intervals, level=0.05):
+    """How often A/A intervals (the same recipe from other seeds) exclude 0, with the Clopper-Pearson 95% interval
+    of that rate: (excluding, draws, low, high)."""
+    from scipy.stats import binomtest
+    draws = len(intervals)
+    excluding = sum(excludes_zero(i) for i in intervals)
+    if not draws:
+        return 0, 0, 0.0, 1.0
+    low, high = binomtest(excluding, draws, level).proportion_ci(0.95, method="exact")
+    return excluding, draws, float(low), float(high)
 
 
 def mean_spread(values, digits=3):

@@ -104,32 +104,37 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_llava(folder):
+def build_tiny_llava(folder, tokenizer=None, vision_config=None, text_config=None, patch_size=16):
     """Save a tiny LLaVA-1.5-architecture model (CLIP vision tower, Llama text) to `folder`.
 
     The processor settings are llava-1.5-hf's (CLIP image processor, CLS token dropped by the "default"
-    feature strategy) but on 64 px crops with 16 px patches, so each image is 16 image tokens.
+    feature strategy) but on 64 px crops with 16 px patches, so each image is 16 image tokens. The
+    accuracy benchmark's stand-in gives its own `tokenizer` (LLaVA's chat template is set on it), sizes
+    (`vision_config` with its image_size, `text_config`) and `patch_size`.
     """
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     folder = Path(folder)
-    image_size, patch_size = 64, 16
-    tokenizer = _tokenizer(["<unk>", "<s>", "</s>", "<image>", "<pad>"], bos="<s>", eos="</s>", pad="<pad>",
-                           chat_template=LLAVA_CHAT_TEMPLATE)
-    tokenizer.add_special_tokens({"unk_token": "<unk>", "additional_special_tokens": ["<image>"]})
+    if tokenizer is None:
+        tokenizer = _tokenizer(["<unk>", "<s>", "</s>", "<image>", "<pad>"], bos="<s>", eos="</s>", pad="<pad>",
+                               chat_template=LLAVA_CHAT_TEMPLATE)
+        tokenizer.add_special_tokens({"unk_token": "<unk>", "additional_special_tokens": ["<image>"]})
+    tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
+    vision_config = vision_config or dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=2, image_size=64)
+    image_size = vision_config["image_size"]
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                             crop_size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=LLAVA_CHAT_TEMPLATE)
     config = LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
-                           patch_size=patch_size),
-        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(model_type="clip_vision_model", **vision_config, patch_size=patch_size),
+        text_config=text_config or dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64,
+                                        intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=(image_size // patch_size) ** 2, vision_feature_select_strategy="default",
         vision_feature_layer=-2)
