@@ -8,6 +8,7 @@ with ONNX Runtime (--quantize=int8: with the int8 graph). See docs/deploy.md.
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.export import OPSET, describe, export_model
 from vlmcls.models import QUANTIZATIONS
+from vlmcls.saved import open_classifier
 
 MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # the saved model folder to export (fine_tune.py's OUTPUT_DIR)
 OUTPUT_DIR = "./SmolVLM-256M-Instruct-finetuned-onnx"  # the exported folder (an earlier export there is replaced)
@@ -19,7 +20,7 @@ OPSET_VERSION = OPSET  # ONNX opset of the graph
 
 
 def main():
-    record = export_model(MODEL_PATH, OUTPUT_DIR, classes=CLASSES, quantize=QUANTIZE,
+    record = export_model(open_classifier(MODEL_PATH), OUTPUT_DIR, classes=CLASSES, quantize=QUANTIZE,
                           image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                           opset=OPSET_VERSION, record=settings_of(globals()))
     print(describe(record, OUTPUT_DIR))

@@ -10,6 +10,7 @@ from vlmcls.app import build_page, example_images, serve
 from vlmcls.cli import configure, run_main
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
 from vlmcls.runtime import load_predictor
+from vlmcls.saved import open_classifier
 
 MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to serve: local folder, Hub id or exported folder (ONNX)
 HOST = "127.0.0.1"  # address to listen on; "0.0.0.0" lets other machines open the page
@@ -32,10 +33,10 @@ CONFIDENCE_LEVEL = 0.9  # how sure TARGET_ACCURACY's certificate is: the target 
 
 
 def main():
-    predictor = load_predictor(MODEL_PATH, device=DEVICE, dtype=DTYPE, quantize=QUANTIZE,
+    predictor = load_predictor(open_classifier(MODEL_PATH), device=DEVICE, dtype=DTYPE, quantize=QUANTIZE,
                                image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING)
     examples = example_images(MODEL_PATH, TEST_JSON, EXAMPLES)
-    page = build_page(predictor, model_path=MODEL_PATH, classes=CLASSES, examples=examples,
+    page = build_page(predictor, classes=CLASSES, examples=examples,
                       batch_size=BATCH_SIZE, max_pixels=MAX_IMAGE_PIXELS, quantize=QUANTIZE,
                       class_bias=CLASS_BIAS, min_confidence=MIN_CONFIDENCE, target_accuracy=TARGET_ACCURACY,
                       confidence_level=CONFIDENCE_LEVEL)

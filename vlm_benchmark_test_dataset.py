@@ -9,6 +9,7 @@ from vlmcls.images import read_dataset_json
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
 from vlmcls.prediction import PREDICTIONS
 from vlmcls.prediction_files import RESUMES
+from vlmcls.saved import open_classifier
 
 MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to evaluate: local folder, Hub id or exported folder (ONNX)
 TEST_JSON = "solar_panel_test_dataset.json"  # from generate_train_json.py
@@ -33,8 +34,8 @@ RESUME = "auto"  # "auto": continue an interrupted run in REPORT_DIR (same setti
 def main():
     data = read_dataset_json(TEST_JSON)
     samples = data["samples"]
-    evaluate_models([MODEL_PATH] + ([COMPARE_WITH] if COMPARE_WITH else []),
-                    [s["image"] for s in samples], [s["label"] for s in samples], data["classes"],
+    models = [open_classifier(path) for path in [MODEL_PATH] + ([COMPARE_WITH] if COMPARE_WITH else [])]
+    evaluate_models(models, [s["image"] for s in samples], [s["label"] for s in samples], data["classes"],
                     data["question"], mode=PREDICTION, batch_size=BATCH_SIZE, device=DEVICE, dtype=DTYPE,
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                     enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,

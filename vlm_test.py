@@ -8,10 +8,10 @@ from pathlib import Path
 from vlmcls.cli import UserError, configure, run_main, settings_of
 from vlmcls.evaluation import evaluate_models
 from vlmcls.images import class_folders, list_files
-from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS, classes_and_question
+from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
 from vlmcls.prediction import PREDICTIONS
-from vlmcls.prompt import classification_question
 from vlmcls.prediction_files import RESUMES
+from vlmcls.saved import open_classifier
 
 MODEL_PATH = "HuggingFaceTB/SmolVLM-256M-Instruct"  # model to evaluate: local folder, Hub id or exported folder (ONNX)
 DATASET_DIR = "./Faulty_solar_panel"  # class folders, a folder of unlabelled images, or one image
@@ -47,9 +47,10 @@ def labelled_images():
     return sorted(labels), labels, [f.name for f in folders]
 
 
-def classes_for_unlabelled():
-    """Class names and question for unlabelled images: CLASSES, or those saved with the model and its question."""
-    found = classes_and_question(MODEL_PATH, CLASSES)
+def classes_and_question(saved, classes):
+    """Class names and question: those of the class folders, else for unlabelled images CLASSES, or those saved
+    with the model (`saved`: its record) and its question."""
+    found = saved.classes_and_question(classes or CLASSES)
     if not found:
         raise UserError("unlabelled images: give the class names with --classes='[\"a\", \"b\"]' "
                         f"(no classes.json saved with {MODEL_PATH})")
@@ -60,8 +61,9 @@ def main():
     paths, labels, classes = labelled_images()
     if not paths:
         raise UserError(f"{DATASET_DIR}: no files")
-    classes, question = (classes, classification_question(classes)) if classes else classes_for_unlabelled()
-    evaluate_models([MODEL_PATH] + ([COMPARE_WITH] if COMPARE_WITH else []), paths,
+    models = [open_classifier(path) for path in [MODEL_PATH] + ([COMPARE_WITH] if COMPARE_WITH else [])]
+    classes, question = classes_and_question(models[0], classes)
+    evaluate_models(models, paths,
                     [labels[p] for p in paths] if labels else None, classes, question,
                     mode=PREDICTION, batch_size=BATCH_SIZE, device=DEVICE, dtype=DTYPE,
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,

@@ -31,6 +31,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in 
 from common import CLASSES, ROOT, build_model, check_runs, command, machine, make_images, memory_gb, model_name, \
     now, script_env, spread, verdict, write_report  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
+from vlmcls.saved import open_classifier  # noqa: E402
 
 SETTINGS = {"one tile": (512, False), "splitting": (1024, True)}  # (image_longest_edge, image_splitting)
 RUNTIMES = ["pytorch fp32", "pytorch int8", "onnxruntime fp32", "onnxruntime int8", "openvino fp32"]
@@ -64,12 +65,12 @@ def speed_job(job):
         from vlmcls.runtime import load_predictor
         torch.set_num_threads(THREADS)
         base_gb = memory_gb("VmRSS")
-        predictor = load_predictor(job["model"], device="cpu", dtype=torch.float32, image_longest_edge=edge,
+        predictor = load_predictor(open_classifier(job["model"]), device="cpu", dtype=torch.float32, image_longest_edge=edge,
                                    image_splitting=splitting, quantize=quantize)
     elif runtime.startswith("onnxruntime"):
         from vlmcls.onnx_runtime import OnnxPredictor
         base_gb = memory_gb("VmRSS")
-        predictor = OnnxPredictor(job["export"], quantize=quantize, image_longest_edge=edge,
+        predictor = OnnxPredictor(open_classifier(job["export"]), quantize=quantize, image_longest_edge=edge,
                                   image_splitting=splitting, threads=THREADS)
     else:
         import openvino

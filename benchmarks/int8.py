@@ -36,6 +36,7 @@ from vlmcls.objectives import load_for_inference  # noqa: E402
 from vlmcls.objectives.answer import score_mode  # noqa: E402
 from vlmcls.prediction import evaluate  # noqa: E402
 from vlmcls.prompt import classification_question  # noqa: E402
+from vlmcls.saved import open_classifier  # noqa: E402
 
 SIZES = ["300x300", "640x480"]  # image sizes, WIDTHxHEIGHT
 WARMUP = 1  # untimed images before timing
@@ -67,7 +68,7 @@ def int8_job(job, torch, ft, device):
     load it with QUANTIZE=job["quantize"]: resident memory once loaded and after the images, each split into
     anonymous memory and pages of mapped files (the weights file among them), and the peak."""
     torchao = job["quantize"] == "torchao"
-    processor, model = load_for_inference(job["model"], device=device, dtype=torch.float32,
+    processor, model = load_for_inference(open_classifier(job["model"]), device=device, dtype=torch.float32,
                                           quantize="none" if torchao else job["quantize"],
                                           image_longest_edge=ft.IMAGE_LONGEST_EDGE,
                                           image_splitting=ft.IMAGE_SPLITTING)
@@ -92,7 +93,7 @@ def agreement_job(job, torch, ft, device):
     data = read_dataset_json(job["test_json"])
     paths = example_images(job["model"], job["test_json"], job["limit"] or len(data["samples"]))
     label = {s["image"]: s["label"] for s in data["samples"]}
-    processor, model = load_for_inference(job["model"], device="cpu", dtype=torch.float32, quantize="none",
+    processor, model = load_for_inference(open_classifier(job["model"]), device="cpu", dtype=torch.float32, quantize="none",
                                           image_longest_edge=ft.IMAGE_LONGEST_EDGE,
                                           image_splitting=ft.IMAGE_SPLITTING)
     runs = {}

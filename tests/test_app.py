@@ -19,6 +19,7 @@ from conftest import COLOURS, ROOT, load_tiny, run_script
 from vlmcls.app import build_page, example_images, model_view
 from vlmcls.inputs import InputEncoder
 from vlmcls.prediction import TorchPredictor
+from vlmcls.saved import open_classifier
 
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots of the page, kept after the run (ignored by git)
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages
@@ -213,19 +214,18 @@ def test_a_head_models_endpoints_give_the_heads_probabilities(fine_tuned_head):
     from vlmcls.calibration import saved_class_bias
     from vlmcls.calibration import with_class_bias
     from vlmcls.inputs import PromptBatches
-    from vlmcls.models import saved_classes
     from vlmcls.objectives import load_for_inference
     from vlmcls.objectives.head import head_mode
     model = fine_tuned_head / "head"
     images = [fine_tuned_head / "data" / name for name in ("green/green_04.png", "red/red_09.png")]
-    saved = saved_classes(model)
-    classes, question = saved["classes"], saved["question"]
-    processor, loaded = load_for_inference(str(model), device="cpu", dtype=torch.float32, image_longest_edge=None,
+    saved = open_classifier(model)
+    classes, question = saved.classes, saved.question
+    processor, loaded = load_for_inference(saved, device="cpu", dtype=torch.float32, image_longest_edge=None,
                                            image_splitting=None, quantize="none")
     # The head's forward pass itself, not the choice of prediction mode that the scripts and the app share: scoring
     # the class answers, as for a model without a head, gives other numbers.
     batch = PromptBatches(processor, question, 10**8, False)([str(p) for p in images])
-    bias = saved_class_bias(model, classes)
+    bias = saved_class_bias(saved, classes)
     expected = with_class_bias(head_mode(loaded, processor, batch, question, classes), classes, bias["values"])
     name, _, probability = vlm_test_says(fine_tuned_head, images[0], model="head")
     assert (name, probability) == (expected[0]["pred"], pytest.approx(expected[0]["probs"][name], abs=1e-6))
@@ -276,7 +276,7 @@ def test_a_model_without_class_names_asks_for_them(tiny_smolvlm):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
     processor, model = load_tiny(tiny_smolvlm)
-    page = build_page(TorchPredictor(model, processor), model_path=str(tiny_smolvlm), classes=[], examples=[],
+    page = build_page(TorchPredictor(model, processor, open_classifier(tiny_smolvlm)), classes=[], examples=[],
                       batch_size=2, max_pixels=10**6, quantize="none")
     asks = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "class_names")
     assert asks.visible is True
@@ -305,7 +305,7 @@ def test_the_page_adds_the_class_bias_saved_with_the_model(fine_tuned_smolvlm, t
     image = fine_tuned_smolvlm / "data" / "red" / "red_05.png"
     top = {}
     for class_bias in (True, False):
-        page = build_page(TorchPredictor(model, processor), model_path=str(tmp_path), classes=[], examples=[],
+        page = build_page(TorchPredictor(model, processor, open_classifier(tmp_path)), classes=[], examples=[],
                           batch_size=2, max_pixels=10**6, quantize="none", class_bias=class_bias)
         page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
         try:

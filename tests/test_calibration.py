@@ -19,6 +19,7 @@ from vlmcls.calibration import STRENGTHS, TEMPERATURES, THRESHOLDS, calibrate, c
     lower_bound, saved_class_bias, with_class_bias, with_temperature
 from vlmcls.confidence import ece, measures, risk_coverage
 from vlmcls.objectives import ranked
+from vlmcls.saved import open_classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from target_accuracy import simulate  # noqa: E402
@@ -83,11 +84,11 @@ def test_scores_that_are_right_as_they_are_get_no_bias():
 def test_a_saved_bias_is_given_in_the_order_asked_and_only_for_its_own_classes(tmp_path):
     (tmp_path / "classes.json").write_text(json.dumps(
         {"classes": CLASSES, "class_bias": {"strength": 0.5, "bias": {"common": 0.1, "rare": 1.2}}}))
-    assert saved_class_bias(tmp_path, ["rare", "common"])["values"] == [1.2, 0.1]
-    assert saved_class_bias(tmp_path, ["rare", "other"]) is None
+    assert saved_class_bias(open_classifier(tmp_path), ["rare", "common"])["values"] == [1.2, 0.1]
+    assert saved_class_bias(open_classifier(tmp_path), ["rare", "other"]) is None
     (tmp_path / "classes.json").write_text(json.dumps({"classes": CLASSES, "class_bias": None}))
-    assert saved_class_bias(tmp_path, CLASSES) is None
-    assert saved_class_bias(tmp_path / "no_model_here", CLASSES) is None
+    assert saved_class_bias(open_classifier(tmp_path), CLASSES) is None
+    assert saved_class_bias(open_classifier(tmp_path / "no_model_here"), CLASSES) is None
 
 
 def test_fine_tune_records_the_bias_validation_chose_and_evaluation_adds_it(fine_tuned_smolvlm, tmp_path):
@@ -204,7 +205,7 @@ def old_model_folder(folder, **entries):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "classes.json").write_text(json.dumps({"classes": CLASSES, "question": "?", "max_image_pixels": 10,
                                                      "class_bias": None, "objective": "head", **entries}))
-    return folder
+    return open_classifier(folder)
 
 
 def test_load_calibration_reads_what_was_saved_and_says_what_it_cannot_do(tmp_path):
@@ -350,10 +351,10 @@ def test_without_the_class_bias_the_temperature_and_confidences_fitted_without_i
     assert raw["threshold"] == math.inf and "the 25 most confident of the 25" in raw["why"]  # 20 right: not
     assert biased["temperature_note"] is None and raw["temperature_note"] is None
     # a model saved before both were fitted: as before, the temperature fitted after the bias, and a note saying so
-    saved = json.loads((model / "classes.json").read_text())
+    saved = json.loads((Path(model.path) / "classes.json").read_text())
     del saved["without_class_bias"]
-    (model / "classes.json").write_text(json.dumps(saved))
-    before = load_calibration(model, CLASSES, class_bias=False, target_accuracy=0.9)
+    (Path(model.path) / "classes.json").write_text(json.dumps(saved))
+    before = load_calibration(open_classifier(model.path), CLASSES, class_bias=False, target_accuracy=0.9)
     assert (before["bias"], before["temperature"], before["threshold"]) == (None, 2.0, biased["threshold"])
     assert "fitted after the class bias" in before["temperature_note"]
 
@@ -530,10 +531,11 @@ def test_the_api_says_uncertain_below_the_threshold_and_keeps_the_best_guess(uns
     from vlmcls.app import build_page
     from vlmcls.objectives import load_for_inference
     from vlmcls.prediction import TorchPredictor
-    processor, model = load_for_inference(str(unsure["model"]), device="cpu", dtype=torch.float32,
-                                          image_longest_edge=None, image_splitting=None, quantize="none")
-    page = build_page(TorchPredictor(model, processor), model_path=str(unsure["model"]), classes=[], examples=[],
-                      batch_size=4, max_pixels=10**6, quantize="none", min_confidence=unsure["threshold"])
+    saved = open_classifier(unsure["model"])
+    processor, model = load_for_inference(saved, device="cpu", dtype=torch.float32, image_longest_edge=None,
+                                          image_splitting=None, quantize="none")
+    page = build_page(TorchPredictor(model, processor, saved), classes=[], examples=[], batch_size=4,
+                      max_pixels=10**6, quantize="none", min_confidence=unsure["threshold"])
     page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(page.local_url, verbose=False)
@@ -570,8 +572,8 @@ def test_a_model_saved_before_the_temperature_predicts_as_before_and_a_new_one_d
     del saved["validation_confidences"]
     (old / "classes.json").write_text(json.dumps(saved))
     images = sorted((short_head / "data").rglob("*.png"))[::6]
-    processor, loaded = load_for_inference(str(old), device="cpu", dtype=torch.float32, image_longest_edge=None,
-                                           image_splitting=None, quantize="none")
+    processor, loaded = load_for_inference(open_classifier(old), device="cpu", dtype=torch.float32,
+                                           image_longest_edge=None, image_splitting=None, quantize="none")
     raw = head_mode(loaded, processor, PromptBatches(processor, saved["question"], 10**8, False)(
         [str(p) for p in images]), saved["question"], saved["classes"])
     bias = [saved["class_bias"]["bias"][c] for c in saved["classes"]]

@@ -1,6 +1,7 @@
 """vlmcls.export, vlmcls.onnx_runtime and vlmcls.runtime: an exported model gives PyTorch's probabilities, runs
 where torch cannot be imported, and a failed or refused export leaves nothing behind."""
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from vlmcls.onnx_runtime import EXPORT_FILE, INT8_FILE, MODEL_FILE, OnnxPredicto
 from vlmcls.prediction import evaluate_with
 from vlmcls.prompt import classification_question
 from vlmcls.runtime import load_predictor
+from vlmcls.saved import open_classifier
 
 CLASSES = ["red", "green", "blue", "Bird-drop"]  # the answers "red" and "Bird-drop" share no token; others may
 QUESTION = classification_question(CLASSES)
@@ -67,7 +69,7 @@ def saved_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(saved_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("exported")
-    return {name: (export_model(folder, root / name, quantize="int8"), root / name)[1]
+    return {name: (export_model(open_classifier(folder), root / name, quantize="int8"), root / name)[1]
             for name, folder in saved_models.items()}
 
 
@@ -78,8 +80,8 @@ def test_exported_probabilities_equal_pytorchs_on_every_tile_count(objective, sa
     paths = noisy_images(tmp_path, SIZES)
     settings = dict(device="cpu", dtype=torch.float32, image_longest_edge=None, image_splitting=None,
                     quantize="none")
-    torch_side = load_predictor(str(saved_models[objective]), **settings)
-    onnx_side = load_predictor(str(exported[objective]), **settings)
+    torch_side = load_predictor(open_classifier(saved_models[objective]), **settings)
+    onnx_side = load_predictor(open_classifier(exported[objective]), **settings)
     assert isinstance(onnx_side, OnnxPredictor) and onnx_side.objective.NAME == objective
     encoder = onnx_side.encoder(10**8)
     assert {encoder.image_part(p)[1]["pixel_values"].shape[1] for p in paths} == {1, 3, 5}
@@ -105,13 +107,13 @@ def test_the_folder_holds_what_prediction_needs_and_records_what_was_exported(sa
     names = {p.name for p in folder.iterdir()}
     assert {MODEL_FILE, INT8_FILE, EXPORT_FILE, "classes.json", "processor_config.json", "tokenizer.json"} <= names
     assert not any(p.name.startswith(".") for p in folder.parent.iterdir())  # no temporary folder left
-    assert (folder / "classes.json").read_bytes() == (source / "classes.json").read_bytes()  # bias travels whole
+    # the class bias and the rest travel whole
+    assert json.loads((folder / "classes.json").read_text()) == json.loads((source / "classes.json").read_text())
     record = json.loads((folder / EXPORT_FILE).read_text())
     assert record["objective"] == "answer" and record["classes"] == CLASSES and record["opset"] == 18
     assert record["files"][MODEL_FILE] == (folder / MODEL_FILE).stat().st_size
     assert record["image"] == {"longest_edge": 1024, "splitting": True}
     assert record["check"]["largest_score_difference"] < 1e-3
-    import hashlib
     digest = hashlib.sha256()
     for file in sorted(p for p in source.iterdir() if p.is_file()):
         digest.update(file.name.encode() + b"\0" + file.read_bytes())
@@ -119,16 +121,81 @@ def test_the_folder_holds_what_prediction_needs_and_records_what_was_exported(sa
     assert (folder / INT8_FILE).stat().st_size < 0.8 * (folder / MODEL_FILE).stat().st_size
 
 
+def test_the_graphs_record_their_classes_and_objective_and_the_manifest_every_file(exported):
+    import onnx
+    for objective, folder in exported.items():
+        for name in (MODEL_FILE, INT8_FILE):
+            graph = onnx.load(str(folder / name), load_external_data=False)
+            assert {p.key: p.value for p in graph.metadata_props if p.key.startswith("vlmcls.")} == \
+                {"vlmcls.objective": objective, "vlmcls.classes": json.dumps(CLASSES)}
+        record = json.loads((folder / EXPORT_FILE).read_text())
+        files = {p.name for p in folder.iterdir() if p.is_file()} - {EXPORT_FILE}
+        assert set(record["manifest"]) == files and len(files) > 5
+        assert record["manifest"][MODEL_FILE] == hashlib.sha256((folder / MODEL_FILE).read_bytes()).hexdigest()
+
+
+def swap_objective(record):
+    record["objective"] = "answer" if record["objective"] == "head" else "head"
+
+
+def edit_json(name, change):
+    def edit(folder):
+        found = json.loads((folder / name).read_text())
+        change(found)
+        (folder / name).write_text(json.dumps(found))
+    return edit
+
+
+def truncate(name):
+    def edit(folder):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[:len(data) // 2])
+    return edit
+
+
+BREAKS = {  # what is done to a copy of an exported folder, and the one line that refuses it
+    "classes reversed in export.json": (edit_json(EXPORT_FILE, lambda r: r["classes"].reverse()), "none",
+                                        r"export.json: its classes .* is not what model.onnx records"),
+    "classes reversed in classes.json": (edit_json("classes.json", lambda r: r["classes"].reverse()), "none",
+                                         r"classes.json: changed since export"),
+    "truncated model.onnx": (truncate(MODEL_FILE), "none", r"/model.onnx: changed since export"),
+    "corrupt export.json": (truncate(EXPORT_FILE), "none", r"export.json: cannot be read as JSON"),
+    "unknown objective": (edit_json(EXPORT_FILE, lambda r: r.update(objective="bogus")), "none",
+                          r"export.json: objective 'bogus' is not one of answer, head"),
+    "the other objective": (edit_json(EXPORT_FILE, swap_objective), "int8",
+                            r"export.json: its objective answer is not what model.int8.onnx records \(head\)"),
+    "float graph over model.int8.onnx": (lambda f: shutil.copyfile(f / MODEL_FILE, f / INT8_FILE), "int8",
+                                         r"model.int8.onnx: changed since export"),
+    "exported before the manifest": (edit_json(EXPORT_FILE, lambda r: r.pop("manifest")), "none",
+                                     r"export.json: no manifest of the folder's files"),
+}
+
+
+@pytest.mark.parametrize("broken", BREAKS)
+def test_an_exported_folder_that_is_not_as_exported_is_refused_naming_the_file(broken, exported, tmp_path):
+    """Each of these was predicted with (swapped classes, a float graph as int8) or ended in a traceback before the
+    export recorded its files' SHA-256 and the graph its classes and objective."""
+    change, quantize, message = BREAKS[broken]
+    folder = tmp_path / "copy"
+    shutil.copytree(exported["head"], folder)
+    load_predictor(open_classifier(folder), device="cpu", dtype=torch.float32, image_longest_edge=None,
+                   image_splitting=None, quantize=quantize)  # as exported: accepted
+    change(folder)
+    with pytest.raises(UserError, match=message):
+        load_predictor(open_classifier(folder), device="cpu", dtype=torch.float32, image_longest_edge=None,
+                       image_splitting=None, quantize=quantize)
+
+
 def test_what_cannot_be_exported_or_predicted_is_refused_and_nothing_is_left(saved_models, exported, tiny_llava,
                                                                              tmp_path, monkeypatch):
     with pytest.raises(UserError, match="generate mode"):
-        export_model(saved_models["answer"], tmp_path / "out", mode="generate")
+        export_model(open_classifier(saved_models["answer"]), tmp_path / "out", mode="generate")
     with pytest.raises(UserError, match="llava model cannot be exported"):
-        export_model(tiny_llava, tmp_path / "out", classes=["a", "b"])
+        export_model(open_classifier(tiny_llava), tmp_path / "out", classes=["a", "b"])
     with pytest.raises(UserError, match="not a saved model folder"):
-        export_model(tmp_path, tmp_path / "out")
+        export_model(open_classifier(tmp_path), tmp_path / "out")
     with pytest.raises(UserError, match="its head scores the classes it was trained on"):
-        export_model(saved_models["head"], tmp_path / "out", classes=["a", "b"])
+        export_model(open_classifier(saved_models["head"]), tmp_path / "out", classes=["a", "b"])
     assert list(tmp_path.iterdir()) == []
 
     # a failure late in the export (here quantising) leaves the earlier export as it was, and no temporary folder
@@ -140,24 +207,27 @@ def test_what_cannot_be_exported_or_predicted_is_refused_and_nothing_is_left(sav
         raise RuntimeError("disk full")
     monkeypatch.setattr("vlmcls.export.quantize_int8", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        export_model(saved_models["head"], out, quantize="int8")
+        export_model(open_classifier(saved_models["head"]), out, quantize="int8")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["head"]
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not an exported model folder"):
-        export_model(saved_models["head"], tmp_path / "elsewhere")
+        export_model(open_classifier(saved_models["head"]), tmp_path / "elsewhere")
 
-    predictor = OnnxPredictor(exported["answer"])
+    predictor = OnnxPredictor(open_classifier(exported["answer"]))
     with pytest.raises(UserError, match="score mode only"):
         next(predictor.predict_batches([[tmp_path / "x.png"]], QUESTION, CLASSES, "generate", 10**8))
     with pytest.raises(UserError, match="fixed at export"):
         next(predictor.predict_batches([[tmp_path / "x.png"]], QUESTION, ["red", "green"], "score", 10**8))
-    fp32_only = tmp_path / "fp32-only"
+    fp32_only = tmp_path / "fp32-only"  # as export_model(..., quantize="none") writes it
     shutil.copytree(exported["answer"], fp32_only)
     (fp32_only / INT8_FILE).unlink()
+    record = json.loads((fp32_only / EXPORT_FILE).read_text())
+    del record["manifest"][INT8_FILE]
+    (fp32_only / EXPORT_FILE).write_text(json.dumps(record))
     with pytest.raises(UserError, match="export with --quantize=int8"):
-        OnnxPredictor(fp32_only, quantize="int8")
+        OnnxPredictor(open_classifier(fp32_only), quantize="int8")
 
 
 def test_the_page_shows_the_exported_models_probabilities(saved_models, exported, tmp_path):
@@ -169,7 +239,8 @@ def test_the_page_shows_the_exported_models_probabilities(saved_models, exported
                     quantize="none")
     shown = {}
     for side in ("torch", "onnx"):
-        predictor = load_predictor(str((saved_models if side == "torch" else exported)["head"]), **settings)
+        predictor = load_predictor(open_classifier((saved_models if side == "torch" else exported)["head"]),
+                                   **settings)
         ranked, views, problems = classify_files(predictor, [*paths, tmp_path / "broken.png"], CLASSES, QUESTION,
                                                  batch_size=2, max_pixels=10**8)
         shown[side] = ({(name, c): p for name, classes, _ in ranked for c, p in classes}, [v.size for v, _ in views])

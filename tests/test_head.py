@@ -78,17 +78,17 @@ def test_a_loaded_head_names_each_probability_by_the_class_it_was_trained_for(fi
     their classes; other classes than its own are refused. Labelling the logits in the asked order, as before,
     swapped the classes' probabilities."""
     from vlmcls.cli import UserError
-    from vlmcls.models import saved_classes
     from vlmcls.objectives import load_for_inference
     from vlmcls.prediction import evaluate
-    model = fine_tuned_head / "head"
-    trained = saved_classes(model)["classes"]
-    processor, loaded = load_for_inference(str(model), device="cpu", dtype=torch.float32, image_longest_edge=None,
+    from vlmcls.saved import open_classifier
+    saved = open_classifier(fine_tuned_head / "head")
+    trained = saved.classes
+    processor, loaded = load_for_inference(saved, device="cpu", dtype=torch.float32, image_longest_edge=None,
                                            image_splitting=None, quantize="none")
     paths = [str(p) for c in trained for p in sorted((fine_tuned_head / "data" / c).glob("*.png"))[:1]]
 
     def probs(classes):
-        return evaluate(loaded, processor, paths, saved_classes(model)["question"], classes, "score", 4, 10**7)
+        return evaluate(loaded, processor, paths, saved.question, classes, "score", 4, 10**7)
     asked, reversed_ = probs(trained), probs(trained[::-1])
     assert [r["pred"] for r in asked] == [r["pred"] for r in reversed_] == trained  # each colour's image
     for a, b in zip(asked, reversed_):
@@ -124,6 +124,7 @@ class SavingTrainer:
 @pytest.mark.parametrize("lora", [False, True])
 def test_probabilities_are_equal_after_saving_and_loading(family, lora, colour_dataset, request, tmp_path):
     from vlmcls.objectives import head, load_for_inference
+    from vlmcls.saved import open_classifier
     from vlmcls.training import prepare_model, save_merged_lora
     folder = request.getfixturevalue(family)
     processor, model = load_tiny(folder)
@@ -143,8 +144,8 @@ def test_probabilities_are_equal_after_saving_and_loading(family, lora, colour_d
         head.save(model, out, model.save_pretrained)
     processor.save_pretrained(out)
     (out / "classes.json").write_text(json.dumps({"classes": CLASSES, "question": QUESTION, "objective": "head"}))
-    processor, loaded = load_for_inference(str(out), device="cpu", dtype=torch.float32, image_longest_edge=None,
-                                           image_splitting=None, quantize="none")
+    processor, loaded = load_for_inference(open_classifier(out), device="cpu", dtype=torch.float32,
+                                           image_longest_edge=None, image_splitting=None, quantize="none")
     after = head_probs(loaded, processor, paths)
     assert not torch.allclose(before, torch.full_like(before, 1 / len(CLASSES)), atol=0.02)  # a head that decides
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)

@@ -16,7 +16,7 @@ LAYERS = [
     ("base", ["cli", "files", "compat"]),
     ("data", ["images", "prompt", "pixels", "augment", "inputs", "report", "confidence", "label_issues"]),
     ("models", ["models", "vision_cache"]),
-    ("objectives", ["objectives.base", "objectives.answer", "objectives.head", "objectives"]),
+    ("objectives", ["objectives.base", "objectives.answer", "objectives.head", "objectives", "saved"]),
     ("training and prediction", ["prediction", "calibration", "validation", "training", "onnx_runtime", "runtime"]),
     ("runs and the app", ["prediction_files", "evaluation", "app", "export"]),
 ]

@@ -16,6 +16,7 @@ from vlmcls.inputs import InputEncoder, PromptBatches
 from vlmcls.models import end_token_ids
 from vlmcls.objectives.base import OPERATIONS
 from vlmcls.prompt import classification_question
+from vlmcls.saved import open_classifier
 
 CLASSES = sorted(COLOURS)
 QUESTION = classification_question(CLASSES)
@@ -37,9 +38,6 @@ def test_every_objective_implements_the_interface_and_the_registry_finds_it():
         assert objective.NAME == name and objectives.named(name) is objective
         assert objective.SCORE_MODE in objective.MODES
     assert list(objectives.MODES) == ["score", "generate", "head"]  # no mode claimed twice
-    assert objectives.saved_objective(None) is objectives.REGISTRY["answer"]
-    assert objectives.saved_objective({"classes": CLASSES}) is objectives.REGISTRY["answer"]  # before objectives
-    assert objectives.saved_objective({"objective": "head"}) is objectives.REGISTRY["head"]
 
 
 def test_each_objective_refuses_the_settings_that_mean_nothing_with_it():
@@ -103,10 +101,11 @@ def test_an_objective_trains_saves_loads_and_scores_through_the_interface(name, 
     assert (out / "classifier.safetensors").is_file() == (name == "head")
     processor.save_pretrained(out)
     (out / "classes.json").write_text(json.dumps({"classes": CLASSES, "question": QUESTION, "objective": name}))
-    processor, loaded = objectives.load_for_inference(str(out), device="cpu", dtype=torch.float32,
+    saved = open_classifier(out)
+    processor, loaded = objectives.load_for_inference(saved, device="cpu", dtype=torch.float32,
                                                       image_longest_edge=512, image_splitting=False, quantize="none")
-    assert objectives.objective_of(loaded) is objective
-    assert objectives.reported_mode(str(out), "score") == objective.SCORE_MODE
+    assert objectives.objective_of(loaded) is objective is saved.objective
+    assert saved.reported_mode("score") == objective.SCORE_MODE
     after = objectives.MODES[mode](loaded, processor, batch, QUESTION, CLASSES)
     torch.testing.assert_close(torch.tensor([[r["probs"][c] for c in CLASSES] for r in after]),
                                torch.tensor([[r["probs"][c] for c in CLASSES] for r in before]),
@@ -155,10 +154,10 @@ def test_models_saved_in_the_earlier_formats_still_load(tiny_smolvlm, tmp_path):
     shutil.copytree(tiny_smolvlm, old)
     (old / "classes.json").write_text(json.dumps({"classes": CLASSES, "question": QUESTION,
                                                   "max_image_pixels": 10**7}))
-    _, model = objectives.load_for_inference(str(old), device="cpu", dtype=torch.float32, image_longest_edge=512,
-                                             image_splitting=False, quantize="none")
+    _, model = objectives.load_for_inference(open_classifier(old), device="cpu", dtype=torch.float32,
+                                             image_longest_edge=512, image_splitting=False, quantize="none")
     assert objectives.objective_of(model).NAME == "answer"
-    assert objectives.reported_mode(str(old), "score") == "score"
+    assert open_classifier(old).reported_mode("score") == "score"
 
     headed = tmp_path / "head-model"
     shutil.copytree(tiny_smolvlm, headed)
@@ -169,14 +168,14 @@ def test_models_saved_in_the_earlier_formats_still_load(tiny_smolvlm, tmp_path):
     torch.manual_seed(3)
     weights = {"weight": torch.randn(len(CLASSES), hidden), "bias": torch.randn(len(CLASSES))}
     save_file(weights, str(headed / "classifier.safetensors"))
-    _, model = objectives.load_for_inference(str(headed), device="cpu", dtype=torch.float32, image_longest_edge=512,
-                                             image_splitting=False, quantize="none")
+    _, model = objectives.load_for_inference(open_classifier(headed), device="cpu", dtype=torch.float32,
+                                             image_longest_edge=512, image_splitting=False, quantize="none")
     assert objectives.objective_of(model).NAME == "head"
-    assert objectives.reported_mode(str(headed), "score") == "head"
+    assert open_classifier(headed).reported_mode("score") == "head"
     assert torch.equal(model.classifier_head.weight, weights["weight"])
     assert torch.equal(model.classifier_head.bias, weights["bias"])
 
     (headed / "classifier.safetensors").unlink()
     with pytest.raises(UserError, match="classifier.safetensors is missing"):
-        objectives.load_for_inference(str(headed), device="cpu", dtype=torch.float32, image_longest_edge=512,
-                                      image_splitting=False, quantize="none")
+        objectives.load_for_inference(open_classifier(headed), device="cpu", dtype=torch.float32,
+                                      image_longest_edge=512, image_splitting=False, quantize="none")

@@ -7,7 +7,6 @@ from pathlib import Path
 from .calibration import UNCERTAIN, best_guesses, load_calibration, uncertain_rule
 from .cli import UserError
 from .images import read_dataset_json
-from .models import classes_and_question
 from .prediction import evaluate_with
 
 RESULT_HEADERS = ["image", "class", "probability"]
@@ -90,9 +89,10 @@ def parse_class_names(text):
     return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
-def build_page(predictor, *, model_path, classes, examples, batch_size, max_pixels, quantize,
-               class_bias=True, min_confidence=0.0, target_accuracy=0.0, confidence_level=0.9):
-    """The Gradio page of a predictor (vlmcls/runtime.py: a PyTorch model, or an exported one in ONNX Runtime).
+def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize, class_bias=True,
+               min_confidence=0.0, target_accuracy=0.0, confidence_level=0.9):
+    """The Gradio page of a predictor (vlmcls/runtime.py: a PyTorch model, or an exported one in ONNX Runtime) and
+    the record it carries (its `saved`: classes, question, calibration).
     `classes` ([] = those saved with the model) can be replaced on the page; a model with neither gets a field
     asking for them. The probabilities are calibrated as saved with the model for those classes
     (calibration.load_calibration: the class bias with `class_bias`, the temperature), and an image whose top
@@ -102,19 +102,20 @@ def build_page(predictor, *, model_path, classes, examples, batch_size, max_pixe
     model's views and messages out), and /predict classifies one image in Gradio's label format (label
     "uncertain" below the threshold, the confidences still every class's)."""
     import gradio as gr
-    default = classes_and_question(model_path, classes)
+    saved = predictor.saved
+    default = saved.classes_and_question(classes)
     settings = {"class_bias": class_bias, "min_confidence": min_confidence, "target_accuracy": target_accuracy,
                 "confidence_level": confidence_level}
     # a threshold that cannot be chosen stops the page before it starts
-    calibrated = load_calibration(model_path, default[0], **settings) if default else None
+    calibrated = load_calibration(saved, default[0], **settings) if default else None
 
     def scoring(class_names):
         """(classes, question, calibration) for the class names given, else the page's; None when there are fewer
         than two."""
-        found = classes_and_question(model_path, parse_class_names(class_names) or classes)
+        found = saved.classes_and_question(parse_class_names(class_names) or classes)
         if not found or len(found[0]) < 2:
             return None
-        return (*found, load_calibration(model_path, found[0], **settings))
+        return (*found, load_calibration(saved, found[0], **settings))
 
     def run(paths, found):
         return classify_files(predictor, paths, *found[:2], batch_size=batch_size, max_pixels=max_pixels,
@@ -157,14 +158,15 @@ def build_page(predictor, *, model_path, classes, examples, batch_size, max_pixe
                 "confidences": [{"label": label, "confidence": p} for label, p in probabilities]}
 
     known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"
-    with gr.Blocks(title=f"{Path(model_path).name}: image classifier", analytics_enabled=False) as page:
+    name = Path(saved.path).name
+    with gr.Blocks(title=f"{name}: image classifier", analytics_enabled=False) as page:
         scored = predictor.objective.SCORED_BY
         calibration = ("" if not calibrated else
                        f" Probabilities calibrated with temperature {calibrated['temperature']:.2f}."
                        if calibrated["temperature"] else " Probabilities uncalibrated (no temperature saved).")
         rule = uncertain_rule(calibrated) if calibrated and calibrated["threshold"] else ""
         unsure = f" {rule[:1].upper()}{rule[1:]}." if rule else ""
-        gr.Markdown(f"## {Path(model_path).name}\n{known}. Every class is scored by {scored}"
+        gr.Markdown(f"## {name}\n{known}. Every class is scored by {scored}"
                     f"{' (int8 weights)' if quantize == 'int8' else ''}.{calibration}{unsure}")
         with gr.Row():
             with gr.Column():

@@ -14,8 +14,7 @@ import numpy as np
 from .cli import UserError
 from .confidence import TINY, by_confidence, curve, draw_coverage, draw_reliability, ece, kept_accuracy, measures, \
     nll, reliability, risk_coverage, top_probability
-from .models import saved_classes
-from .objectives import ranked
+from .objectives import ranked, softmax
 from .report import metrics
 
 STRENGTHS = [i / 10 for i in range(11)]  # tried: 0 (scores as trained) to 1 (every class equally likely a priori)
@@ -56,14 +55,6 @@ def fit_class_bias(results, data, train_labels, metric, resamples=200, seed=0):
     return {"strength": STRENGTHS[chosen], "bias": dict(zip(classes, biases[chosen])), "metric": metric,
             "validation_before": scores[0], "validation_after": scores[chosen], "validation_best": scores[best],
             "standard_error": error, "validation_images": len(labels)}
-
-
-def softmax(logits):
-    """Probabilities from logits (a list of floats), computed stably."""
-    top = max(logits)
-    weights = [math.exp(x - top) for x in logits]
-    total = sum(weights)
-    return [w / total for w in weights]
 
 
 def _log_probabilities(result, classes):
@@ -269,11 +260,11 @@ def certified_why(table, found, target, level):
             f"{estimate['images_needed']} validation images would certify it")
 
 
-def load_calibration(model_path, classes, *, class_bias=True, min_confidence=0.0, target_accuracy=0.0,
+def load_calibration(saved, classes, *, class_bias=True, min_confidence=0.0, target_accuracy=0.0,
                      confidence_level=0.9):
-    """What calibrate() applies to a model's results for `classes` (in that order), from the classes.json saved in
-    `model_path` (a model folder, or an exported one carrying it): {"bias": one number per class or None,
-    "temperature": T or None, "threshold": the top probability below which a result is uncertain (0: never;
+    """What calibrate() applies to a model's results for `classes` (in that order), from the classes.json that
+    `saved` (the model's record, vlmcls.saved.SavedClassifier: a model folder, or an exported one) carries:
+    {"bias": one number per class or None, "temperature": T or None, "threshold": the top probability below which a result is uncertain (0: never;
     infinite: always), "why": the threshold in words}, with the saved records "class_bias" and "temperature_fit".
     The bias (with `class_bias`) and temperature apply only to the classes they were fitted for; without the class
     bias, the temperature fitted without it (a model saved before both were: the one fitted after it, as before).
@@ -288,9 +279,9 @@ def load_calibration(model_path, classes, *, class_bias=True, min_confidence=0.0
     if min_confidence and target_accuracy:
         raise UserError("give min_confidence or target_accuracy, not both: target_accuracy chooses the minimum "
                         "confidence itself")
-    saved = saved_classes(model_path) or {}
+    model_path, bias = saved.path, saved_class_bias(saved, classes) if class_bias else None
+    saved = saved.classes_json
     same = set(saved.get("classes", [])) == set(classes)
-    bias = saved_class_bias(model_path, classes) if class_bias else None
     fitted = saved if class_bias else saved.get("without_class_bias") or saved
     record = (fitted.get("temperature") if same else None) or {}
     fit = record if record.get("value") else None
@@ -376,10 +367,10 @@ def describe(class_bias):
             f"{class_bias['validation_images']} images)")
 
 
-def saved_class_bias(model_path, classes):
-    """The class bias fine_tune.py saved with a model, in the order of `classes`; None where it saved none or
-    saved it for other classes (a bias for one class list means nothing for another)."""
-    saved = (saved_classes(model_path) or {}).get("class_bias")
+def saved_class_bias(saved, classes):
+    """The class bias fine_tune.py saved with a model (`saved`: its record), in the order of `classes`; None where
+    it saved none or saved it for other classes (a bias for one class list means nothing for another)."""
+    saved = saved.class_bias
     if not saved or set(saved["bias"]) != set(classes):
         return None
     return {**saved, "values": [saved["bias"][name] for name in classes]}

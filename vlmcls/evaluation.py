@@ -13,7 +13,6 @@ from .files import atomic_write
 from .inputs import auto_workers
 from .label_issues import label_issues_of_run
 from .models import leave_processes
-from .objectives import reported_mode
 from .prediction_files import PredictionFiles, images_digest, model_files, open_files, predict_into
 from .report import PREDICTION_HEADER, print_accuracy, print_comparison, write_summary
 from .runtime import load_predictor, start
@@ -26,11 +25,12 @@ def default_report_dir(model_path, name):
     return Path("reports") / re.sub(r"[^\w.-]+", "_", model_path) / name
 
 
-def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,
+def evaluate_models(models, paths, true, classes, question, *, mode, batch_size, device, dtype,
                     image_longest_edge, image_splitting, enlarge_images, num_workers, max_pixels, report_dir,
                     report_name, quantize="none", class_bias=True, resume="auto", record=None, min_confidence=0.0,
                     target_accuracy=0.0, confidence_level=0.9):
-    """Evaluate each model on the same images, print the original's lines for each and, for two or more,
+    """Evaluate each model (`models`: their records, vlmcls.saved.open_classifier) on the same images, print the
+    original's lines for each and, for two or more,
     a side-by-side table. predictions.csv (and skipped.csv: files that cannot be used) grow as batches finish;
     an interrupted run is continued (`resume` "auto") or started afresh ("overwrite"); under torchrun each process
     predicts its share and the main process writes. Each model predicts in the runtime its folder calls for
@@ -42,27 +42,28 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
     threshold (`min_confidence`, or the one certified for `target_accuracy` at `confidence_level`) is uncertain;
     with labels, report.json's "calibration" section, reliability.png and coverage.png measure them. Returns each
     model's metrics (None without labels, or in the other processes)."""
-    rank, world, device, dtype = start(model_paths, device, dtype)
+    rank, world, device, dtype = start(models, device, dtype)
     say = print if rank == 0 else lambda *_: None
     # -1: at least one worker, also where a process's share of the cores is one (torchrun with a GPU per core):
     # the next images are then decoded while the model runs, not in turn with it.
     workers = max(auto_workers(num_workers), 1) if num_workers < 0 else num_workers
     outcomes = []
-    for model_path in model_paths:
+    for saved in models:
+        model_path = saved.path
         int8 = ", int8" if quantize == "int8" else ""
         processes = f", {world} processes" if world > 1 else ""
-        used = reported_mode(model_path, mode)
+        used = saved.reported_mode(mode)
         say(f"\n=== {model_path} ({len(paths)} images, {used} mode, {device}{int8}{processes}) ===\n"
             f"question: {question}")
         scoring = mode in ("score", "head")
         if not scoring and (min_confidence or target_accuracy):
             raise UserError(f"prediction={mode} gives no probabilities, so min_confidence and target_accuracy cannot "
                             "apply: use prediction=score")
-        calibration = load_calibration(model_path, classes, class_bias=class_bias, min_confidence=min_confidence,
-                                       target_accuracy=target_accuracy, confidence_level=confidence_level) \
+        calibration = load_calibration(saved, classes, class_bias=class_bias, min_confidence=min_confidence,
+                                   target_accuracy=target_accuracy, confidence_level=confidence_level) \
             if scoring else None
         bias = calibration["class_bias"] if calibration else None
-        out = Path(report_dir) / Path(model_path).name if report_dir and len(model_paths) > 1 else \
+        out = Path(report_dir) / Path(model_path).name if report_dir and len(models) > 1 else \
             Path(report_dir) if report_dir else default_report_dir(model_path, report_name)
         settings = {"model": str(Path(model_path).resolve()) if Path(model_path).is_dir() else model_path,
                     "model_files": model_files(model_path), "images": images_digest(paths, true),
@@ -74,7 +75,7 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
                     "uncertain_below": calibration["threshold"] if calibration else 0, "columns": PREDICTION_HEADER}
         files = PredictionFiles(out, PREDICTION_HEADER, settings)
         done = open_files(files, resume, len(paths), rank, world)
-        predictor = load_predictor(model_path, device=device, dtype=dtype, quantize=quantize,
+        predictor = load_predictor(saved, device=device, dtype=dtype, quantize=quantize,
                                    image_longest_edge=image_longest_edge, image_splitting=image_splitting)
         if bias:
             say(f"class bias of strength {bias['strength']:.1f}, chosen on the validation images, added to the "
@@ -92,8 +93,8 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
             "model": str(model_path), "prediction": used, "classes": classes, "question": question,
             "class_bias": bias["bias"] if bias else None, "settings": record or {}, "versions": library_versions()},
             calibration))
-    if rank == 0 and true is not None and len(model_paths) > 1:
-        print_comparison(model_paths, outcomes, classes)
+    if rank == 0 and true is not None and len(models) > 1:
+        print_comparison([saved.path for saved in models], outcomes, classes)
     leave_processes(world)
     return outcomes
 

@@ -5,8 +5,10 @@ not at all.
 The graph takes one image's prompt, `input_ids` (1, tokens), and its tiles, `pixel_values` (1, tiles, 3, 512, 512),
 both of any length, and gives `scores` (1, classes): the head's logits (objective head), or the log-likelihood of
 every class's whole answer, each of its tokens through its end token (objective answer, score mode; the classes are
-fixed at export). Each objective makes its own module for it (export_module, objectives/base.py); softmax of the
-scores is what the PyTorch path ranks classes by.
+fixed at export). The graph is the objective's scoring module (scoring_module, objectives/base.py), the one its score
+mode runs in PyTorch; softmax of the scores is what both paths rank classes by. The graph records its objective and
+classes (metadata_props), and export.json the SHA-256 of every other file of the folder: the ONNX runtime checks
+both before it predicts (vlmcls/saved.py).
 """
 import contextlib
 import hashlib
@@ -17,10 +19,9 @@ from pathlib import Path
 from .cli import UserError
 from .compat import library_versions
 from .files import write_json
-from .models import classes_and_question, saved_classes
-from .objectives import load_for_inference, saved_objective
-from .onnx_runtime import EXPORT_FILE, INT8_FILE, MODEL_FILE
+from .objectives import load_for_inference
 from .pixels import FAMILY
+from .saved import CLASSES_FILE, EXPORT_FILE, EXPORT_FORMAT, INT8_FILE, MODEL_FILE, graph_metadata, manifest
 
 OPSET = 18  # the ONNX opset written: onnxruntime 1.20+ and OpenVINO 2024+ read it
 FAMILIES = ("idefics3", "smolvlm")  # config model types whose graph has been checked (SmolVLM's architecture)
@@ -78,19 +79,22 @@ def torch_checks_off():
             os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = before
 
 
-def export_graph(module, inputs, file, opset):
-    """The module as an ONNX file (one file, weights inside), tokens and tiles of any number."""
+def export_graph(module, inputs, file, opset, metadata):
+    """The module as an ONNX file (one file, weights inside), tokens and tiles of any number, with `metadata` in
+    its metadata_props."""
     import torch
     try:
         import onnxscript  # noqa: F401  (torch's dynamo exporter needs it)
     except ImportError:
         raise UserError("export needs onnx and onnxscript: pip install -r requirements.txt") from None
     with torch_checks_off(), torch.inference_mode():
-        torch.onnx.export(module, inputs, str(file), dynamo=True, opset_version=opset, external_data=False,
-                          input_names=["input_ids", "pixel_values"], output_names=["scores"],
-                          dynamic_shapes={"input_ids": {1: torch.export.Dim("tokens")},
-                                          "pixel_values": {1: torch.export.Dim("tiles")}},
-                          verbose=False)
+        program = torch.onnx.export(module, inputs, dynamo=True, opset_version=opset,
+                                    input_names=["input_ids", "pixel_values"], output_names=["scores"],
+                                    dynamic_shapes={"input_ids": {1: torch.export.Dim("tokens")},
+                                                    "pixel_values": {1: torch.export.Dim("tiles")}},
+                                    verbose=False)
+    program.model.metadata_props.update(metadata)
+    program.save(str(file), external_data=False)
 
 
 def quantize_int8(source, target):
@@ -150,31 +154,32 @@ def replace_folder(staging, out):
     os.replace(staging, out)
 
 
-def export_model(model_path, out, *, classes=(), mode="score", quantize="none", image_longest_edge=None,
+def export_model(saved, out, *, classes=(), mode="score", quantize="none", image_longest_edge=None,
                  image_splitting=None, opset=OPSET, record=None):
-    """Export a saved model folder to `out`: model.onnx (float32), with quantize=int8 also model.int8.onnx, the
-    processor's files at the resolution given (None: as saved), classes.json copied whole (class bias, temperature
-    and the rest travel with it; for the answer objective `classes`, when given, replace its class list), and
-    export.json recording what was exported. Everything is written to a temporary folder beside `out` and renamed
-    into place at the end: a failed export leaves nothing. Returns export.json's record."""
+    """Export a saved model folder (`saved`: its record, vlmcls.saved.open_classifier) to `out`: model.onnx
+    (float32), with quantize=int8 also model.int8.onnx, each recording its objective and classes, the processor's
+    files at the resolution given (None: as saved), the model's classes.json whole (class bias, temperature and the
+    rest travel with it; for the answer objective `classes`, when given, replace its class list), and export.json
+    recording what was exported, with the SHA-256 of every other file (its manifest). Everything is written to a
+    temporary folder beside `out` and renamed into place at the end: a failed export leaves nothing. Returns
+    export.json's record."""
     import torch
-    model_path, out = Path(model_path), Path(out)
+    model_path, out = Path(saved.path), Path(out)
     if not (model_path / "config.json").is_file():
         raise UserError(f"{model_path}: not a saved model folder (no config.json); export a folder that "
                         "fine_tune.py wrote")
-    saved = saved_classes(model_path)
-    objective = saved_objective(saved)
-    found = classes_and_question(model_path, list(classes) if objective.NAME == "answer" else [])
+    objective = saved.objective
+    found = saved.classes_and_question(list(classes) if objective.NAME == "answer" else [])
     if not found:
-        raise UserError(f"{model_path}: no classes.json: give the class names with --classes='[\"a\", \"b\"]'")
+        raise UserError(f"{model_path}: no {CLASSES_FILE}: give the class names with --classes='[\"a\", \"b\"]'")
     if classes and objective.NAME == "head" and list(classes) != found[0]:
         raise UserError(f"{model_path}: its head scores the classes it was trained on ({', '.join(found[0])}); "
                         "leave classes empty")
     classes, question = found
-    processor, model = load_for_inference(str(model_path), device="cpu", dtype=torch.float32, quantize="none",
+    processor, model = load_for_inference(saved, device="cpu", dtype=torch.float32, quantize="none",
                                           image_longest_edge=image_longest_edge, image_splitting=image_splitting)
     check_exportable(model_path, model, processor, mode, quantize)
-    module, answers = objective.export_module(model, processor, question, classes)
+    module, answers = objective.scoring_module(model, processor, question, classes)
     inputs = example_inputs(processor, question)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,20 +187,17 @@ def export_model(model_path, out, *, classes=(), mode="score", quantize="none", 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        export_graph(module, inputs, staging / MODEL_FILE, opset)
+        export_graph(module, inputs, staging / MODEL_FILE, opset, graph_metadata(objective.NAME, classes))
         difference = check_graph(staging / MODEL_FILE, module, inputs)
         files = [MODEL_FILE]
         if quantize == "int8":
             quantize_int8(staging / MODEL_FILE, staging / INT8_FILE)
             files.append(INT8_FILE)
         processor.save_pretrained(str(staging))
-        if saved is not None:
-            shutil.copyfile(model_path / "classes.json", staging / "classes.json")
-        if objective.NAME == "answer" and (saved is None or saved.get("classes") != classes):
-            write_json(staging / "classes.json", {**(saved or {}), "classes": classes, "question": question,
-                                                  "objective": "answer"})
+        write_json(staging / CLASSES_FILE, {**saved.classes_json, "classes": classes, "question": question,
+                                            "objective": objective.NAME})
         image_processor = processor.image_processor
-        record_ = {"format": 1, "objective": objective.NAME,
+        record_ = {"format": EXPORT_FORMAT, "objective": objective.NAME,
                    "scores": "head logits" if objective.NAME == "head" else
                    "log-likelihood of each class's answer tokens (score mode)",
                    "classes": classes, "question": question, "answer_ids": answers, "opset": opset,
@@ -207,6 +209,7 @@ def export_model(model_path, out, *, classes=(), mode="score", quantize="none", 
                              "splitting": bool(image_processor.do_image_splitting)},
                    "check": {"largest_score_difference": difference, "tolerance": TOLERANCE},
                    "settings": record or {}, "versions": library_versions(RUNTIME_PACKAGES)}
+        record_["manifest"] = manifest(staging)  # last: every file the folder holds but export.json itself
         write_json(staging / EXPORT_FILE, record_)
         replace_folder(staging, out)
     except BaseException:

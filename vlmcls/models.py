@@ -1,5 +1,5 @@
 """Models: device and dtype choice, torchrun's process group, loading a processor and model (int8 too), image
-resolution, end tokens, saved classes."""
+resolution, end tokens."""
 import json
 import re
 from pathlib import Path
@@ -7,7 +7,6 @@ from pathlib import Path
 from .cli import OneOf, UserError
 from .compat import replace_data
 from .inputs import LONGEST_EDGE_SIZE, image_family
-from .prompt import classification_question
 
 DEVICES = OneOf("auto", "cuda", "mps", "cpu", other=("cuda:N", lambda v: re.fullmatch(r"cuda:\d+", v)))
 DTYPES = OneOf("auto", "float32", "bfloat16", "float16")
@@ -232,17 +231,3 @@ def find_vision_encoder(model):
             return getattr(inner, name)
     raise UserError(f"no vision encoder named any of {VISION_MODULES} in {type(model).__name__}")
 
-
-def saved_classes(model_path):
-    """The class list and question fine_tune.py saved with a model, or None."""
-    path = Path(model_path) / "classes.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def classes_and_question(model_path, classes):
-    """`classes` with the classification question, else the classes saved with the model and the question it
-    was trained on (asked word for word, it answers as it learned to); None when there are neither."""
-    if classes:
-        return list(classes), classification_question(classes)
-    saved = saved_classes(model_path)
-    return (saved["classes"], saved["question"]) if saved else None

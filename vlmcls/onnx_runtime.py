@@ -2,26 +2,14 @@
 pixels made with numpy as the PyTorch path makes them, one graph run per image, the same result dicts and the
 same post-processing (vlmcls.calibration) as vlmcls.prediction. Its predictor has the PyTorch predictor's
 interface (vlmcls/runtime.py)."""
-import json
-from pathlib import Path
-
-from .calibration import calibrate, softmax
+from .calibration import calibrate
 from .cli import UserError
 from .inputs import TOKEN_KEYS, InputEncoder
 from .models import load_processor, set_resolution
-from .objectives import REGISTRY, ranked
-from .objectives.base import class_order
+from .objectives.base import class_order, scored_results
 from .pixels import pixel_array
 from .prompt import render_segments
-
-EXPORT_FILE = "export.json"  # what export_model.py exported: its presence makes a folder an exported model
-MODEL_FILE = "model.onnx"  # the float32 graph
-INT8_FILE = "model.int8.onnx"  # the graph with int8 weights (export_model.py --quantize=int8)
-
-
-def is_exported(model_path):
-    """Whether a model path is a folder export_model.py wrote."""
-    return (Path(model_path) / EXPORT_FILE).is_file()
+from .saved import EXPORT_FILE, INT8_FILE, MODEL_FILE  # noqa: F401  (the exported folder's files, named here too)
 
 
 class ArrayEncoder(InputEncoder):
@@ -54,24 +42,24 @@ class ArrayEncoder(InputEncoder):
 
 
 class OnnxPredictor:
-    """An exported model in an ONNX Runtime session on the CPU: model.onnx, or with quantize=int8 model.int8.onnx;
-    `threads` (0: onnxruntime's default, one per core) for its operators."""
+    """An exported model (`saved`: its record, vlmcls.saved.open_classifier, which checked the folder against its
+    manifest) in an ONNX Runtime session on the CPU: model.onnx, or with quantize=int8 model.int8.onnx, whose own
+    record of its objective and classes must be export.json's; `threads` (0: onnxruntime's default, one per core)
+    for its operators."""
 
-    def __init__(self, folder, *, quantize="none", image_longest_edge=None, image_splitting=None, threads=0):
+    def __init__(self, saved, *, quantize="none", image_longest_edge=None, image_splitting=None, threads=0):
         import onnxruntime
-        folder = Path(folder)
-        self.record = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))
-        file = folder / (INT8_FILE if quantize == "int8" else MODEL_FILE)
+        file = saved.file(INT8_FILE if quantize == "int8" else MODEL_FILE)
         if not file.is_file():
-            raise UserError(f"{folder}: no {file.name}" + (" (export with --quantize=int8 to get it)"
-                                                           if quantize == "int8" else ""))
-        self.processor = load_processor(str(folder))
+            raise UserError(f"{saved.path}: no {file.name}" + (" (export with --quantize=int8 to get it)"
+                                                               if quantize == "int8" else ""))
+        self.saved, self.objective, self.classes = saved, saved.objective, saved.classes
+        self.processor = load_processor(saved.path)
         set_resolution(self.processor, image_longest_edge, image_splitting)
-        self.objective = REGISTRY[self.record["objective"]]
-        self.classes = self.record["classes"]
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        saved.check_graph(file, self.session.get_modelmeta().custom_metadata_map)
 
     def encoder(self, max_pixels, enlarge=False):
         return ArrayEncoder(self.processor, max_pixels, enlarge=enlarge)
@@ -100,7 +88,6 @@ class OnnxPredictor:
                 except UserError as e:
                     problems.append((i, str(e)))
                     continue
-                scores = self.scores(*inputs)
-                results.append(ranked(classes, softmax([float(scores[j]) for j in order])))
+                results += scored_results([self.scores(*inputs).tolist()], classes, order)
                 kept.append(i)
             yield kept, calibrate(results, classes, calibration), problems

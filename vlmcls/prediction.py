@@ -27,11 +27,12 @@ def predict_batches(model, processor, batches, question, classes, mode, max_pixe
 
 
 class TorchPredictor:
-    """A loaded PyTorch model and its processor behind the predictor interface (vlmcls/runtime.py): its
-    objective, its processor, an encoder keeping each image's inputs, and predict_batches."""
+    """A loaded PyTorch model and its processor behind the predictor interface (vlmcls/runtime.py): its record
+    (`saved`, where it was loaded from one), its objective, its processor, an encoder keeping each image's inputs,
+    and predict_batches."""
 
-    def __init__(self, model, processor):
-        self.model, self.processor = model, processor
+    def __init__(self, model, processor, saved=None):
+        self.model, self.processor, self.saved = model, processor, saved
         self.objective = objective_of(model)
 
     def encoder(self, max_pixels, enlarge=False):

@@ -2,34 +2,34 @@
 (vlmcls.prediction.TorchPredictor), ONNX Runtime for a folder export_model.py wrote (vlmcls.onnx_runtime), chosen
 by the folder. The evaluation scripts and the app reach either through load_predictor.
 
-A predictor has `objective` (the objective module), `processor`, `encoder(max_pixels, enlarge)` (keeps each image
-file's inputs; image_part(path)[1]["pixel_values"] is what the model receives) and `predict_batches(batches,
-question, classes, mode, max_pixels, *, enlarge, workers, encoder, calibration)` as
-vlmcls.prediction.predict_batches."""
+A predictor has `saved` (the model's record, vlmcls/saved.py; None for a model trained in this process),
+`objective` (the objective module), `processor`, `encoder(max_pixels, enlarge)` (keeps each image file's inputs;
+image_part(path)[1]["pixel_values"] is what the model receives) and `predict_batches(batches, question, classes,
+mode, max_pixels, *, enlarge, workers, encoder, calibration)` as vlmcls.prediction.predict_batches."""
 from .models import join_processes, pick_device, pick_dtype
 from .objectives import load_for_inference
-from .onnx_runtime import OnnxPredictor, is_exported
+from .onnx_runtime import OnnxPredictor
 from .prediction import TorchPredictor
 
 
-def start(model_paths, device, dtype):
-    """(rank, number of processes, device, dtype) for predicting with these models: exported models alone run
-    in this one process on the CPU in float32, without PyTorch; otherwise as models.join_processes says."""
-    if all(is_exported(path) for path in model_paths):
+def start(models, device, dtype):
+    """(rank, number of processes, device, dtype) for predicting with these models (their records): exported models
+    alone run in this one process on the CPU in float32, without PyTorch; otherwise as models.join_processes says."""
+    if all(saved.export is not None for saved in models):
         return 0, 1, "cpu", "float32"
     rank, world, device = join_processes(pick_device(device))
     return rank, world, device, pick_dtype(device, dtype)
 
 
-def load_predictor(model_path, *, device, dtype, image_longest_edge, image_splitting, quantize):
-    """The predictor of a saved model: an exported folder in ONNX Runtime (quantize=int8: its int8 graph; device
-    and dtype do not apply), any other model as objectives.load_for_inference loads it (device and dtype as
-    picked, or by the names the scripts take)."""
-    if is_exported(model_path):
-        return OnnxPredictor(model_path, quantize=quantize, image_longest_edge=image_longest_edge,
+def load_predictor(saved, *, device, dtype, image_longest_edge, image_splitting, quantize):
+    """The predictor of a saved model (`saved`: its record, vlmcls.saved.open_classifier), carrying the record: an
+    exported folder in ONNX Runtime (quantize=int8: its int8 graph; device and dtype do not apply), any other model
+    as objectives.load_for_inference loads it (device and dtype as picked, or by the names the scripts take)."""
+    if saved.export is not None:
+        return OnnxPredictor(saved, quantize=quantize, image_longest_edge=image_longest_edge,
                              image_splitting=image_splitting)
     device = pick_device(device)
     dtype = pick_dtype(device, dtype) if isinstance(dtype, str) else dtype
-    processor, model = load_for_inference(model_path, device=device, dtype=dtype, quantize=quantize,
+    processor, model = load_for_inference(saved, device=device, dtype=dtype, quantize=quantize,
                                           image_longest_edge=image_longest_edge, image_splitting=image_splitting)
-    return TorchPredictor(model, processor)
+    return TorchPredictor(model, processor, saved)

@@ -9,9 +9,10 @@ from ..compat import generation_position_ids
 from ..inputs import collate, through_end
 from ..models import end_token_ids
 from ..prompt import NO_CLASS, chat_rows, match_answer, render, render_segments
-from .base import ranked
+from .base import scored_results
 
 NAME = "answer"
+FILES = ()  # it adds nothing to the model
 SCORE_MODE = "score"
 SCORED_BY = "the likelihood of its answer (score mode)"
 TEST_LOSS = "classification answers"
@@ -110,37 +111,58 @@ def class_answer_ids(processor, model, completions):
     return [through_end(seq, ends) for seq in processor(text=completions, add_special_tokens=False)["input_ids"]]
 
 
-def predict_scores(model, processor, batch, question, classes):
-    """Log-likelihood of every class's answer (its tokens and its end token) for each image of a PromptBatches batch.
-
-    The image and question are encoded once; the class answers then continue from a copy of the
-    cached prompt, all classes in one batch. Returns a (number of images, len(classes)) tensor.
-    """
+def scoring_module(model, processor, question, classes):
+    """Score mode's log-likelihoods of every class's whole answer (each token through its end token; the first alone
+    would not do: class names share first tokens), as a module from a batch of prompts to (images, classes) scores:
+    the prompts once, then every answer from a copy of their cache, all answers of all images in one batch. What
+    predict_scores runs and the export exports. The classes' answer ids are fixed in the module, and returned."""
     import torch
     _, completions = render(processor, question, classes, end_token_ids(processor, model))
     answers = class_answer_ids(processor, model, completions)
-    n_images, n_classes, longest = len(batch["input_ids"]), len(classes), max(len(a) for a in answers)
-    pad = processor.tokenizer.pad_token_id or 0
-    answer_ids = torch.tensor([a + [pad] * (longest - len(a)) for a in answers], device=model.device)
-    answer_mask = torch.tensor([[1] * len(a) + [0] * (longest - len(a)) for a in answers], device=model.device)
 
+    class AnswerScores(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            longest = max(len(a) for a in answers)
+            self.register_buffer("answer_ids", torch.tensor([a + [0] * (longest - len(a)) for a in answers],
+                                                            device=model.device))
+            self.register_buffer("answer_mask", torch.tensor([[1] * len(a) + [0] * (longest - len(a))
+                                                              for a in answers], device=model.device))
+
+        def forward(self, input_ids, pixel_values, attention_mask=None, position_ids=None, **images):
+            n_images, length = input_ids.shape
+            n_classes, longest = self.answer_ids.shape
+            if attention_mask is None:  # one prompt without padding (the exported graph's input)
+                attention_mask = torch.ones_like(input_ids)
+                position_ids = torch.arange(length, device=input_ids.device).unsqueeze(0)
+            out = self.model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                             position_ids=position_ids, use_cache=True, **images)
+            first = out.logits[:, -1].float().log_softmax(-1)  # predicts each answer's first token
+            cache = out.cache
+            cache.batch_repeat_interleave(n_classes)
+            # The answers are right-padded: a causal model's later positions change nothing before them, and the
+            # padding's own scores are masked out of the sum.
+            answer_ids, answer_mask = self.answer_ids.repeat(n_images, 1), self.answer_mask.repeat(n_images, 1)
+            attention = torch.cat([attention_mask.repeat_interleave(n_classes, 0), answer_mask], dim=1)
+            answer_positions = position_ids[..., -1:].repeat_interleave(n_classes, -2) + torch.arange(
+                1, longest + 1, device=input_ids.device)
+            rest = self.model(input_ids=answer_ids, attention_mask=attention, position_ids=answer_positions,
+                              cache=cache).logits.float().log_softmax(-1)
+            per_token = torch.cat([first.repeat_interleave(n_classes, 0).unsqueeze(1), rest[:, :-1]], dim=1)
+            token_logp = per_token.gather(-1, answer_ids.unsqueeze(-1)).squeeze(-1)
+            return (token_logp * answer_mask).sum(-1).view(n_images, n_classes)
+    return AnswerScores().eval(), answers
+
+
+def predict_scores(model, processor, batch, question, classes):
+    """Log-likelihood of every class's answer (its tokens and its end token) for each image of a PromptBatches batch,
+    as scoring_module computes it: a (number of images, len(classes)) tensor on the CPU."""
+    import torch
+    module, _ = scoring_module(model, processor, question, classes)
     with torch.inference_mode():
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        positions = generation_position_ids(model, batch)
-        out = model(**batch, position_ids=positions, use_cache=True)
-        first = out.logits[:, -1].float().log_softmax(-1)  # predicts each answer's first token
-        cache = out.cache
-        cache.batch_repeat_interleave(n_classes)
-        attention = torch.cat([batch["attention_mask"].repeat_interleave(n_classes, 0),
-                               answer_mask.repeat(n_images, 1)], dim=1)
-        answer_positions = positions[..., -1:].repeat_interleave(n_classes, -2) + torch.arange(
-            1, longest + 1, device=model.device)
-        rest = model(input_ids=answer_ids.repeat(n_images, 1), attention_mask=attention, position_ids=answer_positions,
-                     cache=cache).logits.float().log_softmax(-1)
-    per_token = torch.cat([first.repeat_interleave(n_classes, 0).unsqueeze(1), rest[:, :-1]], dim=1)
-    token_logp = per_token.gather(-1, answer_ids.repeat(n_images, 1).unsqueeze(-1)).squeeze(-1)
-    scores = (token_logp * answer_mask.repeat(n_images, 1)).sum(-1)
-    return scores.view(n_images, n_classes).cpu()
+        return module(**batch, position_ids=generation_position_ids(model, batch)).cpu()
 
 
 def predict_generate(model, processor, batch, max_new_tokens=32):
@@ -154,8 +176,7 @@ def predict_generate(model, processor, batch, max_new_tokens=32):
 
 def score_mode(model, processor, batch, question, classes):
     """Every class ranked by the likelihood of its answer; the result is always a class."""
-    scores = predict_scores(model, processor, batch, question, classes)
-    return [ranked(classes, row) for row in scores.softmax(-1).tolist()]
+    return scored_results(predict_scores(model, processor, batch, question, classes).tolist(), classes)
 
 
 def generate_mode(model, processor, batch, question, classes):
@@ -165,44 +186,6 @@ def generate_mode(model, processor, batch, question, classes):
         pred = match_answer(text, classes) or NO_CLASS
         results.append({"answer": text.strip(), "pred": pred, "probs": None, "top2": [pred]})
     return results
-
-
-def export_module(model, processor, question, classes):
-    """Score mode's log-likelihoods of every class's whole answer (each token through its end token; the first alone
-    would not do: class names share first tokens) for one image's prompt, as predict_scores computes them: the
-    prompt once, then every answer from a copy of its cache, all answers in one batch. The classes' answer ids are
-    fixed in the module, and returned."""
-    import torch
-    _, completions = render(processor, question, classes, end_token_ids(processor, model))
-    answers = class_answer_ids(processor, model, completions)
-
-    class AnswerScores(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            longest = max(len(a) for a in answers)
-            self.register_buffer("answer_ids", torch.tensor([a + [0] * (longest - len(a)) for a in answers]))
-            self.register_buffer("answer_mask", torch.tensor([[1.0] * len(a) + [0.0] * (longest - len(a))
-                                                              for a in answers]))
-
-        def forward(self, input_ids, pixel_values):
-            n_classes, longest = self.answer_ids.shape
-            length = input_ids.shape[1]
-            out = self.model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True,
-                             position_ids=torch.arange(length).unsqueeze(0))
-            first = out.logits[:, -1].float().log_softmax(-1)  # predicts each answer's first token
-            cache = out.cache
-            cache.batch_repeat_interleave(n_classes)
-            # Right-padded answers need no mask: a causal model's later positions change nothing before them, and
-            # the padding's own scores are masked out of the sum.
-            rest = self.model(input_ids=self.answer_ids, cache=cache,
-                              attention_mask=torch.ones(n_classes, length + longest, dtype=torch.long),
-                              position_ids=(torch.arange(longest) + length).unsqueeze(0).expand(n_classes, -1)
-                              ).logits.float().log_softmax(-1)
-            per_token = torch.cat([first.expand(n_classes, -1).unsqueeze(1), rest[:, :-1]], dim=1)
-            token_logp = per_token.gather(-1, self.answer_ids.unsqueeze(-1)).squeeze(-1)
-            return (token_logp * self.answer_mask).sum(-1).unsqueeze(0)
-    return AnswerScores().eval(), answers
 
 
 MODES = {"score": score_mode, "generate": generate_mode}

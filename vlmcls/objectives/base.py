@@ -3,6 +3,7 @@
 An objective is one module of this package (answer.py, head.py) defining, at module level:
 
     NAME                  its value of fine_tune.py's OBJECTIVE, and what classes.json records
+    FILES                 the files it saves beside the model (a folder holding one was fine-tuned with it)
     MODES                 {prediction mode: function(model, processor, batch, question, classes) -> results}
     SCORE_MODE            the mode that score mode (the default) means for a model trained with it
     SCORED_BY             how its class scores come about, in words (the app's page says it)
@@ -25,32 +26,50 @@ An objective is one module of this package (answer.py, head.py) defining, at mod
     save(model, out, save_model, main)
                           save_model(out) of the model without its additions, and the additions beside it
     load(model_path, model, saved)
-                          a loaded model with the additions saved beside it (`saved`: its classes.json)
+                          a loaded model with the additions saved beside it (`saved`: its record,
+                          vlmcls.saved.SavedClassifier)
     prediction_mode(mode) the mode to predict in when `mode` is asked of a model trained with it (or UserError)
     results_from_features(model, features, paths, classes)
                           score-mode results of images from their features (as `features` computed them)
-    export_module(model, processor, question, classes)
-                          (a torch module from one image's prompt and tiles, (input_ids (1, tokens), pixel_values
-                          (1, tiles, 3, H, W)), to its (1, classes) scores, whose softmax is score mode's
-                          probabilities; what it fixes besides, for export.json): what vlmcls/export.py exports
+    scoring_module(model, processor, question, classes)
+                          (a torch module from a batch of prompts and tiles, (input_ids (images, tokens),
+                          pixel_values (images, tiles, 3, H, W), and for left-padded PromptBatches batches
+                          attention_mask, position_ids and the processor's other image inputs; without them one
+                          unpadded prompt), to its (images, classes) scores, whose softmax is score mode's
+                          probabilities; what it fixes besides, for export.json): the one definition of the
+                          objective's scores, which its score mode (prediction, validation) runs and
+                          vlmcls/export.py exports
 
 vlmcls/objectives/__init__.py registers each module; everything above this layer goes through it.
 """
 
+import math
+
 from ..cli import UserError
 
-OPERATIONS = ("NAME", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "check_settings", "carries", "attach",
+OPERATIONS = ("NAME", "FILES", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "check_settings", "carries", "attach",
               "prepare", "features", "training_set", "test_set", "save", "load", "prediction_mode",
-              "results_from_features", "export_module")
+              "results_from_features", "scoring_module")
 
 
 def class_order(scored, classes, whose, fixed, remedy):
     """Where each of `classes` is among the classes a model scores (`scored`, in the order of its outputs), so that
-    each output keeps its class whatever order the classes are asked in; UserError naming both lists where they are
-    other classes."""
+    each output keeps its class whatever order the classes are asked in; None where they are in that order already,
+    or where `scored` is None (a model that scores whatever classes it is asked). UserError naming both lists where
+    they are other classes."""
+    if scored is None or list(scored) == list(classes):
+        return None
     if sorted(classes) != sorted(scored):
         raise UserError(f"{whose} scores {', '.join(scored)} ({fixed}), not {', '.join(classes)}: {remedy}")
-    return [scored.index(name) for name in classes]
+    return [list(scored).index(name) for name in classes]
+
+
+def softmax(logits):
+    """Probabilities from logits (a list of floats), computed stably."""
+    top = max(logits)
+    weights = [math.exp(x - top) for x in logits]
+    total = sum(weights)
+    return [w / total for w in weights]
 
 
 def ranked(classes, probs):
@@ -58,3 +77,10 @@ def ranked(classes, probs):
     order = sorted(range(len(classes)), key=lambda i: -probs[i])
     return {"answer": classes[order[0]], "pred": classes[order[0]], "probs": dict(zip(classes, probs)),
             "top2": [classes[i] for i in order[:2]]}
+
+
+def scored_results(rows, classes, order=None):
+    """Score-mode results of rows of scores (lists of floats, one per output; their softmax is the probabilities),
+    for `classes`: each class takes the output class_order found for it (`order`; None: the outputs are in the
+    order of `classes`). Every predictor, PyTorch's and ONNX Runtime's, turns scores into results here."""
+    return [ranked(classes, softmax([row[i] for i in order] if order else list(row))) for row in rows]

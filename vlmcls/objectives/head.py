@@ -12,7 +12,7 @@ from ..files import atomic_write
 from ..inputs import PromptBatches, collate
 from ..models import base_of
 from ..prompt import render_segments
-from .base import class_order, ranked
+from .base import class_order, scored_results
 
 NAME = "head"
 SCORE_MODE = "head"
@@ -20,6 +20,7 @@ SCORED_BY = "its classification head"
 TEST_LOSS = "head cross-entropy"
 HEAD_NAME = "classifier_head"  # the head's attribute on the model (and its key prefix in checkpoints)
 HEAD_FILE = "classifier.safetensors"  # the head's weights in a saved model folder
+FILES = (HEAD_FILE,)
 
 
 def check_settings(*, freeze_backbone, use_lora, class_balance, augment, cached):
@@ -145,14 +146,14 @@ def save(model, out, save_model, main=True):
 
 
 def load(model_path, model, saved):
-    """A loaded model with the head saved beside it (classes.json, `saved`, records the head objective)."""
+    """A loaded model with the head saved beside it (`saved`: its record, which records the head objective)."""
     file = Path(model_path) / HEAD_FILE
     if not file.is_file():
         raise UserError(f"{model_path}: classes.json records objective=head, but {HEAD_FILE} is missing")
     from safetensors.torch import load_file
     state = load_file(str(file))
     model = attach_head(model, state["weight"].shape[0], state)
-    head_of(model).classes = list(saved["classes"])  # the class of each logit, in its order
+    head_of(model).classes = list(saved.classes)  # the class of each logit, in its order
     return model
 
 
@@ -256,14 +257,13 @@ def test_set(data, *, classes, question, encoder, processor, end_ids=None, featu
 
 
 def head_ranked(model, logits, classes):
-    """Score-mode results from the head's logits, each named by the class it was trained for: a loaded head scores
-    the classes saved with it, in their order, which may differ from the order `classes` asks them in (a test JSON,
-    class folders, names typed on the page). UserError where `classes` are other classes than the head's."""
-    trained = getattr(head_of(model), "classes", None)
-    if trained is not None and trained != list(classes):
-        logits = logits[:, class_order(trained, classes, "the model's head", "fixed when it was trained",
-                                       "give those classes, or fine-tune a head for these")]
-    return [ranked(classes, row) for row in logits.float().softmax(-1).tolist()]
+    """Score-mode results from the head's logits (a tensor), each named by the class it was trained for: a loaded
+    head scores the classes saved with it, in their order, which may differ from the order `classes` asks them in
+    (a test JSON, class folders, names typed on the page). UserError where `classes` are other classes than the
+    head's."""
+    order = class_order(getattr(head_of(model), "classes", None), classes, "the model's head",
+                        "fixed when it was trained", "give those classes, or fine-tune a head for these")
+    return scored_results(logits.float().tolist(), classes, order)
 
 
 def results_from_features(model, states, paths, classes):
@@ -276,17 +276,9 @@ def results_from_features(model, states, paths, classes):
     return head_ranked(model, logits, classes)
 
 
-def head_mode(model, processor, batch, question, classes):
-    """A model with a classification head: the softmax of its logits, one forward pass per batch."""
-    import torch
-    with torch.inference_mode():
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        logits = model(**batch, position_ids=generation_position_ids(model, batch)).logits
-    return head_ranked(model, logits, classes)
-
-
-def export_module(model, processor, question, classes):
-    """The head's logits of one image's prompt (no padding: positions 0, 1, ...), for export; nothing fixed."""
+def scoring_module(model, processor, question, classes):
+    """The head's logits of a batch of prompts, as a module to (images, classes) scores: what head_mode runs and the
+    export exports; nothing fixed."""
     import torch
 
     class HeadScores(torch.nn.Module):
@@ -294,11 +286,23 @@ def export_module(model, processor, question, classes):
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids, pixel_values):
-            positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
-            return self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                              pixel_values=pixel_values, position_ids=positions).logits.float()
+        def forward(self, input_ids, pixel_values, attention_mask=None, position_ids=None, **images):
+            if attention_mask is None:  # one prompt without padding (the exported graph's input)
+                attention_mask = torch.ones_like(input_ids)
+                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                              position_ids=position_ids, **images).logits.float()
     return HeadScores().eval(), None
+
+
+def head_mode(model, processor, batch, question, classes):
+    """A model with a classification head: the softmax of its logits, one forward pass per batch."""
+    import torch
+    module, _ = scoring_module(model, processor, question, classes)
+    with torch.inference_mode():
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        logits = module(**batch, position_ids=generation_position_ids(model, batch))
+    return head_ranked(model, logits, classes)
 
 
 MODES = {"head": head_mode}
