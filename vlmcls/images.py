@@ -189,6 +189,37 @@ def lookalikes(looks, others, rows_at_once=256):
     return found
 
 
+def lookalike_groups(paths, max_pixels, progress=True):
+    """The images in groups, each path in exactly one: identical pixels, and look-alikes by the check
+    refuse_overlap makes (chains of them too), land in one group (decoding every image once)."""
+    from tqdm import tqdm
+    paths = list(paths)
+    parent = list(range(len(paths)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]  # path halving
+            i = parent[i]
+        return i
+
+    first, looks = {}, []
+    for i, path in enumerate(tqdm(paths, desc="grouping copies and look-alikes", unit="img", disable=not progress)):
+        image = load_image(path, max_pixels)
+        parent[i] = first.setdefault(pixel_hash(image), i)
+        looks.append(look(image))
+    for i in range(len(paths)):  # join i's group to any look-alike outside it, until none is left
+        while True:
+            outside = [j for j in range(len(paths)) if root(j) != root(i)]
+            match = lookalikes([looks[i]], [looks[j] for j in outside])[0]
+            if match < 0:
+                break
+            parent[root(outside[match])] = root(i)
+    groups = defaultdict(list)
+    for i, path in enumerate(paths):
+        groups[root(i)].append(path)
+    return list(groups.values())
+
+
 def refuse_overlap(train_data, held_out, progress=True):
     """Stop, naming one image, where a held-out data set (`held_out`: {"validation": data, "test": data}, None
     for one not used) shares an image with the training data, by path, by file content, or as the same picture
