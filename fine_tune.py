@@ -167,9 +167,10 @@ def main():
             clear_previous_run(OUTPUT_DIR)
         if resume:
             print(f"resuming from {resume}")
-    # saved with the model: an evaluation run leaves these images out of its label audit (docs/label-issues.md)
+    # saved with the model: an evaluation run leaves these images out of its label audit (docs/label-issues.md).
+    # Every process hashes, so that none waits on the main one at the first collective step.
     training_images = hash_training_images([s["image"] for s in train_data["samples"]],
-                                           train_data["max_image_pixels"]) if trainer.is_world_process_zero() else None
+                                           train_data["max_image_pixels"], progress=trainer.is_world_process_zero())
     trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero() and (cache := vision_cache_of(model)):
         print(cache.summary())

@@ -73,7 +73,8 @@ def test_the_probabilities_must_be_out_of_sample():
 def test_copies_stay_in_one_fold_so_their_shared_wrong_label_is_found():
     """Every image has a near copy with the same label, flipped ones too (a duplicate filed in the same wrong
     folder). A k-fold blind to copies trains on the twin of each held-out image, memorises its wrong label and finds
-    almost none of the flips (recall 0.08 here); with the copies in one group, all of them."""
+    few of the flips (recall 0.17 here; 0.08 with the StratifiedKFold used before); with the copies in one group,
+    nearly all (0.96)."""
     features, given, flipped = planted()
     n = len(given)
     twins = np.concatenate([features, features + np.random.default_rng(1).normal(0, 0.05, features.shape)])
@@ -83,7 +84,7 @@ def test_copies_stay_in_one_fold_so_their_shared_wrong_label_is_found():
         probs = out_of_sample_probabilities(twins, given * 2, CLASSES, folds=5, seed=0, groups=groups)
         found[name] = recall_precision({i for i, _ in ranked_issues(given * 2, probs, CLASSES)}, both)
     assert found["grouped"][0] >= 0.9 and found["grouped"][1] >= 0.8, found
-    assert found["ungrouped"][0] <= 0.2, found
+    assert found["ungrouped"][0] <= 0.3, found
 
 
 def test_out_of_sample_probabilities_are_rows_in_class_order():
@@ -236,9 +237,15 @@ def test_fine_tune_k_fold_lists_the_planted_training_label_errors(tmp_path, tiny
     assert refused.returncode != 0 and f"use at most {rarest} folds" in refused.stderr
     assert not (tmp_path / "model").exists()
     run_script("fine_tune.py", *common, "--label_issue_folds=4", cwd=tmp_path)
-    found = {str(Path(r["path"]).relative_to(tmp_path)) for r in csv_rows(tmp_path / "model" / "label_issues.csv")}
+    issues = csv_rows(tmp_path / "model" / "label_issues.csv")
+    found = {str(Path(r["path"]).relative_to(tmp_path)) for r in issues}
     recall, precision = recall_precision(found, flipped)
     assert recall >= 0.8 and precision >= 0.8, (recall, precision, found, flipped)
+    # held out together, a picture and its copy got their probabilities from one classifier: the same
+    probabilities = {}
+    for issue in issues:
+        probabilities.setdefault(Path(issue["path"]).stem, set()).add(issue["given_class_probability"])
+    assert all(len(p) == 1 for p in probabilities.values()), probabilities
     assert Image.open(tmp_path / "model" / "label_issues.png").width > 0
 
 
@@ -268,7 +275,7 @@ def test_evaluation_of_class_folders_audits_the_images_the_model_did_not_train_o
     issues = csv_rows(tmp_path / "report" / "label_issues.csv")
     assert audit["listed"] == len(issues)
     listed = {r["path"] for r in issues}
-    assert {path for path, was_trained in misfiled if not was_trained} <= listed, (issues, misfiled)
+    assert {path for path, was_trained in misfiled if not was_trained} <= listed and len(listed) <= 5, (issues, misfiled)
     assert not listed & {path for path, was_trained in misfiled if was_trained}
     for issue in issues:
         probs = predicted[issue["path"]]
