@@ -202,10 +202,13 @@ def contact_sheet(rows, found, total, what):
     cell_w, cell_h, pad, top = THUMB + 16, THUMB + 66, 8, 40
     columns = max(min(len(rows), SHEET_COLUMNS), 1)
     lines = -(-len(rows) // columns)
-    sheet = Image.new("RGB", (max(columns * cell_w + 2 * pad, 520), top + max(lines, 1) * cell_h + pad), "white")
-    draw = ImageDraw.Draw(sheet)
     shown = f"the first {len(rows)} shown" if rows else "none to show"
-    draw.text((pad, 10), f"Suspected label errors: {found} of {total} {what} ({shown})", fill="black", font=large)
+    title = f"Suspected label errors: {found} of {total} {what} ({shown})"
+    title_w = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=large)  # the sheet is as wide
+    sheet = Image.new("RGB", (max(columns * cell_w + 2 * pad, 520, int(title_w) + 2 * pad),
+                              top + max(lines, 1) * cell_h + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 10), title, fill="black", font=large)
     for n, (rank, path, given, predicted, probability, *_) in enumerate(rows):
         x, y = pad + (n % columns) * cell_w, top + (n // columns) * cell_h
         thumb = _thumbnail(path)
