@@ -17,7 +17,7 @@ from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.compat import library_versions
 from vlmcls.images import read_dataset_json, refuse_overlap
 from vlmcls.inputs import InputEncoder, auto_workers
-from vlmcls.label_issues import check_folds, training_label_issues
+from vlmcls.label_issues import check_folds, fold_groups, hash_training_images, training_label_issues
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, leave_processes, load_model, load_processor, pick_device, \
     pick_dtype, set_resolution
 from vlmcls.objectives import OBJECTIVES, named
@@ -94,8 +94,9 @@ def main():
     test_data = read_dataset_json(TEST_JSON) if TEST_JSON else None
     refuse_overlap(train_data, {"validation": val_data, "test": test_data})
     train_data, val_data = enough_validation(train_data, val_data, MIN_VALIDATION_IMAGES)
-    if LABEL_ISSUE_FOLDS:
-        check_folds([s["label"] for s in train_data["samples"]], train_data["classes"], LABEL_ISSUE_FOLDS)
+    if LABEL_ISSUE_FOLDS:  # copies and look-alikes stay in one fold, and are counted once
+        groups = fold_groups(train_data["samples"], train_data["max_image_pixels"])
+        check_folds([s["label"] for s in train_data["samples"]], train_data["classes"], LABEL_ISSUE_FOLDS, groups)
     resume = checkpoint_to_resume(OUTPUT_DIR, RESUME)
     device = pick_device(DEVICE)
     dtype = pick_dtype(device, DTYPE)
@@ -149,7 +150,7 @@ def main():
                                                  PER_DEVICE_EVAL_BATCH_SIZE, autocast, desc="states for label issues")
         if args.process_index == 0:
             training_label_issues(OUTPUT_DIR, found, train_data["samples"], train_data["classes"], LABEL_ISSUE_FOLDS,
-                                  SEED)
+                                  SEED, groups)
     callbacks = [EarlyStoppingCallback(EARLY_STOPPING_PATIENCE)] if val_data and EARLY_STOPPING_PATIENCE > 0 else []
     callbacks += [time_limit(MAX_TRAIN_SECONDS)] if MAX_TRAIN_SECONDS > 0 else []
     training_set = objective.training_set(trained, encoder=encoder, processor=processor, end_ids=end_ids,
@@ -166,6 +167,10 @@ def main():
             clear_previous_run(OUTPUT_DIR)
         if resume:
             print(f"resuming from {resume}")
+    # saved with the model: an evaluation run leaves these images out of its label audit (docs/label-issues.md).
+    # Every process hashes, so that none waits on the main one at the first collective step.
+    training_images = hash_training_images([s["image"] for s in train_data["samples"]],
+                                           train_data["max_image_pixels"], progress=trainer.is_world_process_zero())
     trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero() and (cache := vision_cache_of(model)):
         print(cache.summary())
@@ -183,7 +188,7 @@ def main():
         if trainer.is_world_process_zero():
             print(f"test loss ({objective.TEST_LOSS}): {metrics['test_loss']:.4f}")
     save_fine_tuned(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
-                    calibration=calibration, objective=OBJECTIVE,
+                    calibration=calibration, objective=OBJECTIVE, training_images=training_images,
                     run_config={"settings": settings_of(globals()), "device": device,
                                 "gradient_checkpointing": args.activation_checkpointing,
                                 "dtype": str(dtype).replace("torch.", ""), "versions": library_versions()})

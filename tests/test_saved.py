@@ -27,7 +27,7 @@ def model_folder(folder, classes_json=None, head=False):
 def test_a_model_folder_is_read_into_one_record(tmp_path):
     saved = {"classes": CLASSES, "question": QUESTION, "objective": "head", "max_image_pixels": 10,
              "class_bias": {"strength": 1.0, "bias": dict.fromkeys(CLASSES, 0.5)}, "temperature": {"value": 2.0},
-             "validation_confidences": [[0.9, True]], "training_images": ["ab12"]}
+             "validation_confidences": [[0.9, True]], "training_images": {"pixel_sha256": ["ab" * 32]}}
     record = open_classifier(model_folder(tmp_path / "m", saved, head=True))
     assert record.objective.NAME == "head" and record.classes == CLASSES and record.question == QUESTION
     assert record.classes_json == saved and record.export is None  # every entry, the unknown ones too
@@ -54,6 +54,10 @@ def test_a_model_saved_before_objectives_were_recorded_is_an_answer_model(tmp_pa
     (None, True, r"m/classifier.safetensors: the objective head's file"),
     ('{"classes": ["red", "gr', False, r"m/classes.json: cannot be read as JSON"),
     ({"classes": ["red", "red"], "question": QUESTION}, False, r"m/classes.json: \"classes\" must be a list"),
+    ({"classes": CLASSES, "objective": "answer", "training_images": ["ab" * 32]}, False,
+     r"m/classes.json: \"training_images\" must be"),
+    ({"classes": CLASSES, "objective": "answer", "training_images": {"pixel_sha256": ["not a digest"]}}, False,
+     r"m/classes.json: \"training_images\" must be"),
 ])
 def test_an_unknown_or_unrecorded_objective_or_a_broken_file_is_refused_naming_it(classes_json, head, message,
                                                                                  tmp_path):

@@ -11,7 +11,7 @@ from .cli import UserError
 from .compat import library_versions
 from .files import atomic_write
 from .inputs import auto_workers
-from .label_issues import label_issues_of_run
+from .label_issues import label_issues_of_run, training_hashes
 from .models import leave_processes
 from .prediction_files import PredictionFiles, images_digest, model_files, open_files, predict_into
 from .report import PREDICTION_HEADER, print_accuracy, print_comparison, write_summary
@@ -92,18 +92,20 @@ def evaluate_models(models, paths, true, classes, question, *, mode, batch_size,
         outcomes.append(report_rows(files, out, len(paths), true, classes, {
             "model": str(model_path), "prediction": used, "classes": classes, "question": question,
             "class_bias": bias["bias"] if bias else None, "settings": record or {}, "versions": library_versions()},
-            calibration))
+            calibration, training_hashes(saved.classes_json), max_pixels))
     if rank == 0 and true is not None and len(models) > 1:
         print_comparison([saved.path for saved in models], outcomes, classes)
     leave_processes(world)
     return outcomes
 
 
-def report_rows(files, out, total, true, classes, extra, calibration=None):
+def report_rows(files, out, total, true, classes, extra, calibration=None, trained=None, max_pixels=None):
     """The end of a run, from the rows written (a continued run's too): what was skipped, and with labels the
     reports and the original's lines; accuracy and macro-F1 count the best guesses, uncertain or not. With
     probabilities (score mode), report.json's "calibration" section (calibration.calibration_report) and its
-    pictures. Returns the metrics (None without labels)."""
+    pictures, and the label audit of the images the model did not train on (`trained`: the pixel hashes of those it
+    did, None where it records none; label_issues.label_issues_of_run), summed up in report.json's "label_issues".
+    Returns the metrics (None without labels)."""
     skipped = files.rows("skipped")
     if skipped:
         print(f"skipped {len(skipped)} file(s) that cannot be used (listed in {files.paths['skipped']})")
@@ -118,8 +120,9 @@ def report_rows(files, out, total, true, classes, extra, calibration=None):
         pictures = calibration_pictures(section) if section else {}
         if section:
             section.pop("curve")  # one point per image: drawn in coverage.png, too long for report.json
+        audit = label_issues_of_run(out, rows, classes, trained, max_pixels)
         result = write_summary(out, labels, [r["best_guess"] for r in rows], classes,
-                               {**extra, "calibration": section})
+                               {**extra, "calibration": section, "label_issues": audit})
         print_accuracy(result)
         if section:
             print_calibration(section, result["accuracy"])
@@ -127,6 +130,5 @@ def report_rows(files, out, total, true, classes, extra, calibration=None):
             buffer = io.BytesIO()
             image.save(buffer, "PNG")
             atomic_write(out / name, buffer.getvalue())
-        label_issues_of_run(out, rows, classes)
     print(f"report written to {out}")
     return result

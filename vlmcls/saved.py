@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import UserError
+from .label_issues import TRAINING_IMAGES
 from .objectives import REGISTRY, UNRECORDED
 from .prompt import classification_question
 
@@ -127,6 +128,17 @@ def checked_classes(found, file):
     return classes, question
 
 
+def check_training_images(found, file):
+    """UserError naming the file where its record of the training images (label_issues.TRAINING_IMAGES) is not a
+    list of SHA-256 hex digests: the label audit would otherwise leave out the wrong images, or none."""
+    record = found.get(TRAINING_IMAGES)
+    digests = record.get("pixel_sha256") if isinstance(record, dict) else None
+    if record is not None and not (isinstance(digests, list) and all(
+            isinstance(d, str) and len(d) == 64 and set(d) <= set("0123456789abcdef") for d in digests)):
+        raise UserError(f"{file}: \"{TRAINING_IMAGES}\" must be {{\"pixel_sha256\": [SHA-256 hex digests]}}, as "
+                        "fine_tune.py writes it; remove the entry to audit every image")
+
+
 def open_model_folder(model_path):
     folder = Path(model_path)
     file = folder / CLASSES_FILE
@@ -140,6 +152,7 @@ def open_model_folder(model_path):
         name = UNRECORDED
     objective = registered(name, file)
     classes, question = checked_classes(found, file) if found else (None, None)
+    check_training_images(found, file)
     return SavedClassifier(str(model_path), objective, classes, question, found)
 
 
@@ -158,6 +171,7 @@ def open_exported(model_path):
     objective = registered(record.get("objective"), folder / EXPORT_FILE)
     classes, question = checked_classes(record, folder / EXPORT_FILE)
     found = read_json(folder / CLASSES_FILE) if (folder / CLASSES_FILE).is_file() else {}
+    check_training_images(found, folder / CLASSES_FILE)
     return SavedClassifier(str(model_path), objective, classes, question, found, record)
 
 

@@ -10,6 +10,7 @@ from .calibration import UNCALIBRATED, describe, describe_calibration
 from .cli import OneOf, UserError, existing_path
 from .compat import run_without_grad
 from .files import write_json
+from .label_issues import TRAINING_IMAGES
 from .models import VISION_MODULES, base_of, find_vision_encoder, load_model
 from .objectives import named, objective_of
 from .vision_cache import VisionCache
@@ -156,10 +157,11 @@ def save_merged_lora(trainer, out, base_model_path, objective, n_classes):
 
 
 def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config, calibration=None,
-         objective="answer"):
+         objective="answer", training_images=None):
     """Model (LoRA merged in; what the objective added, a head, as its own file), processor with its resolution, class list (with the
-    objective, and what calibration.fit_calibration fitted on the validation images, where it did), run_config.json
-    and training log."""
+    objective, what calibration.fit_calibration fitted on the validation images, where it did, and under
+    TRAINING_IMAGES what identifies the training images, `training_images`: label_issues.hash_training_images),
+    run_config.json and training log."""
     out = Path(output_dir)
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model is gathered into one file
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
@@ -175,7 +177,8 @@ def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, me
     write_json(out / "classes.json", {"classes": data["classes"], "question": data["question"],
                                       "max_image_pixels": data["max_image_pixels"],
                                       "class_bias": calibration.get("class_bias"), "objective": objective,
-                                      **{k: v for k, v in calibration.items() if k != "class_bias"}})
+                                      **{k: v for k, v in calibration.items() if k != "class_bias"},
+                                      TRAINING_IMAGES: training_images})
     if calibration.get("class_bias"):
         print(describe(calibration["class_bias"]))
     fitted = calibration.get("temperature")
