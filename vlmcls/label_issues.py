@@ -11,7 +11,7 @@ from PIL import Image
 
 from .cli import UserError
 from .files import atomic_write, write_csv
-from .images import load_image, lookalike_groups, pixel_hash, scan_images
+from .images import load_image, lookalike_groups, pixel_hash
 from .report import font
 
 ISSUES_CSV = "label_issues.csv"
@@ -74,6 +74,14 @@ def hash_training_images(paths, max_pixels, progress=True):
     return {"pixel_sha256": sorted({pixel_hash(load_image(path, max_pixels)) for path in bar})}
 
 
+def _pixel_hash(path, max_pixels):
+    """images.pixel_hash of a file, or None where it cannot be used (it stays in the audit)."""
+    try:
+        return pixel_hash(load_image(path, max_pixels))
+    except UserError:
+        return None
+
+
 def training_hashes(saved):
     """The pixel hashes of the images a model trained on, from its classes.json (`saved`, or None), as a set; None
     where it records none (saved before they were recorded, or a model fine_tune.py did not train)."""
@@ -100,8 +108,9 @@ def label_issues_of_run(folder, rows, classes, trained, max_pixels, progress=Tru
         print("note: the model records no training images (saved before fine_tune.py recorded them, or not trained "
               "by it), so the label audit cannot leave them out: any among these look right, their labels memorised")
     elif trained:
-        good, _ = scan_images([r["path"] for r in rows], max_pixels, progress)  # an unreadable file stays in
-        left_out = {path for path, digest in good if digest in trained}
+        from tqdm import tqdm
+        bar = tqdm([r["path"] for r in rows], desc="finding training images", unit="img", disable=not progress)
+        left_out = {path for path in bar if _pixel_hash(path, max_pixels) in trained}
         what = f"images the model did not train on ({len(left_out)} training images left out)"
     audited = [r for r in rows if r["path"] not in left_out]
     probs = [[json.loads(r["probabilities"])[c] for c in classes] for r in audited]
