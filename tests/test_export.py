@@ -119,6 +119,36 @@ def test_the_folder_holds_what_prediction_needs_and_records_what_was_exported(sa
     assert (folder / INT8_FILE).stat().st_size < 0.8 * (folder / MODEL_FILE).stat().st_size
 
 
+@pytest.mark.parametrize("objective, layer", [("head", "model.classifier_head"), ("answer", "model.lm_head")])
+def test_int8_keeps_the_scoring_layer_float_and_records_its_check_against_float(objective, layer, exported):
+    """The layer that makes the scores (the head; the answer objective's lm_head) keeps float32 weights in
+    model.int8.onnx, multiplied by a float MatMul, while the other matrix products are int8; export.json records the
+    int8 graph against the float graph on one tile and on three."""
+    import onnx
+    from onnx import TensorProto
+    graph = onnx.load(str(exported[objective] / INT8_FILE)).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    weights = {name for name in types if name.startswith(f"{layer}.weight")}
+    assert weights and all(types[name] == TensorProto.FLOAT for name in weights)
+    transposed = {n.output[0] for n in graph.node if n.op_type == "Transpose" and n.input[0] in weights}
+    assert any(n.op_type in ("MatMul", "Gemm") and {*weights, *transposed} & set(n.input) for n in graph.node)
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) >= 20  # the rest is int8
+    check = json.loads((exported[objective] / EXPORT_FILE).read_text())["int8_check"]
+    assert check["float_layer"] == layer and check["per_channel"] is True
+    assert [c["tiles"] for c in check["against_float"]] == [1, 3]
+    for c in check["against_float"]:
+        assert 0 < c["largest_probability_difference"] < 0.05 and c["same_top_class"] is True
+
+
+def test_an_int8_graph_whose_scoring_layer_was_quantised_is_refused(saved_models, tmp_path, monkeypatch):
+    """Where the nodes of the scoring layer are not found to exclude, the quantised head is caught after
+    quantising, and nothing is written."""
+    monkeypatch.setattr("vlmcls.export.layer_nodes", lambda file, layer: [])
+    with pytest.raises(UserError, match="model.classifier_head was quantised"):
+        export_model(saved_models["head"], tmp_path / "out", quantize="int8")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_what_cannot_be_exported_or_predicted_is_refused_and_nothing_is_left(saved_models, exported, tiny_llava,
                                                                              tmp_path, monkeypatch):
     with pytest.raises(UserError, match="generate mode"):
@@ -136,7 +166,7 @@ def test_what_cannot_be_exported_or_predicted_is_refused_and_nothing_is_left(sav
     shutil.copytree(exported["head"], out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def broken(source, target):
+    def broken(*args):
         raise RuntimeError("disk full")
     monkeypatch.setattr("vlmcls.export.quantize_int8", broken)
     with pytest.raises(RuntimeError, match="disk full"):
