@@ -28,13 +28,14 @@ def default_report_dir(model_path, name):
 
 def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_size, device, dtype,
                     image_longest_edge, image_splitting, enlarge_images, num_workers, max_pixels, report_dir,
-                    report_name, quantize="none", class_bias=True, resume="auto", record=None, min_confidence=0.0,
-                    target_accuracy=0.0):
+                    report_name, quantize="none", runtime="onnxruntime", class_bias=True, resume="auto", record=None,
+                    min_confidence=0.0, target_accuracy=0.0):
     """Evaluate each model on the same images, print the original's lines for each and, for two or more,
     a side-by-side table. predictions.csv (and skipped.csv: files that cannot be used) grow as batches finish;
     an interrupted run is continued (`resume` "auto") or started afresh ("overwrite"); under torchrun each process
     predicts its share and the main process writes. Each model predicts in the runtime its folder calls for
-    (runtime.load_predictor: PyTorch, or ONNX Runtime for an exported one). With labels, report.json,
+    (runtime.load_predictor: PyTorch, or for an exported one ONNX Runtime or OpenVINO, as `runtime` names). With
+    labels, report.json,
     confusion_matrix.png and the suspected label errors (label_issues.csv and .png) follow, computed from the rows
     written; report.json also records `record` (the script's settings) and the library versions. `quantize` ("none"
     or "int8") applies to every model. Score mode's probabilities are calibrated as saved with each model
@@ -73,7 +74,7 @@ def evaluate_models(model_paths, paths, true, classes, question, *, mode, batch_
                     "uncertain_below": calibration["threshold"] if calibration else 0, "columns": PREDICTION_HEADER}
         files = PredictionFiles(out, PREDICTION_HEADER, settings)
         done = open_files(files, resume, len(paths), rank, world)
-        predictor = load_predictor(model_path, device=device, dtype=dtype, quantize=quantize,
+        predictor = load_predictor(model_path, device=device, dtype=dtype, quantize=quantize, runtime=runtime,
                                    image_longest_edge=image_longest_edge, image_splitting=image_splitting)
         if bias:
             say(f"class bias of strength {bias['strength']:.1f}, chosen on the validation images, added to the "

@@ -257,10 +257,11 @@ def export_model(model_path, out, *, classes=(), mode="score", quantize="none", 
         files, int8_check = [MODEL_FILE], None
         if quantize == "int8":
             layer = scoring_layer(module)
-            quantize_int8(staging / MODEL_FILE, staging / INT8_FILE, layer_nodes(staging / MODEL_FILE, layer))
+            nodes = layer_nodes(staging / MODEL_FILE, layer)
+            quantize_int8(staging / MODEL_FILE, staging / INT8_FILE, nodes)
             check_float(staging / INT8_FILE, layer)
             files.append(INT8_FILE)
-            int8_check = {"per_channel": PER_CHANNEL, "float_layer": layer,
+            int8_check = {"per_channel": PER_CHANNEL, "float_layer": layer, "float_nodes": nodes,
                           "against_float": check_int8(staging / MODEL_FILE, staging / INT8_FILE,
                                                       [example_inputs(processor, question, 1), inputs])}
         processor.save_pretrained(str(staging))

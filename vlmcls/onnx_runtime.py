@@ -58,7 +58,6 @@ class OnnxPredictor:
     `threads` (0: onnxruntime's default, one per core) for its operators."""
 
     def __init__(self, folder, *, quantize="none", image_longest_edge=None, image_splitting=None, threads=0):
-        import onnxruntime
         folder = Path(folder)
         self.record = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))
         file = folder / (INT8_FILE if quantize == "int8" else MODEL_FILE)
@@ -69,9 +68,17 @@ class OnnxPredictor:
         set_resolution(self.processor, image_longest_edge, image_splitting)
         self.objective = REGISTRY[self.record["objective"]]
         self.classes = self.record["classes"]
+        self.session = self.open(file, threads)
+
+    @staticmethod
+    def open(file, threads):
+        """The graph in an ONNX Runtime session on the CPU, with all of its graph optimisations (fusions and
+        layout changes included)."""
+        import onnxruntime
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return onnxruntime.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
 
     def encoder(self, max_pixels, enlarge=False):
         return ArrayEncoder(self.processor, max_pixels, enlarge=enlarge)
