@@ -19,7 +19,6 @@ from .compat import library_versions
 from .files import write_json
 from .models import classes_and_question, saved_classes
 from .objectives import load_for_inference, saved_objective
-from .objectives.head import head_of
 from .onnx_runtime import EXPORT_FILE, INT8_FILE, MODEL_FILE
 from .pixels import FAMILY
 
@@ -98,12 +97,11 @@ def export_graph(module, inputs, file, opset):
                           verbose=False)
 
 
-def scoring_layer(module):
-    """The qualified name, in the export module, of the layer that makes the scores: the classifier head, or the
-    language model's output layer (lm_head) for the answer objective. int8 keeps it in float: its few weights
+def scoring_layer(module, objective):
+    """The qualified name, in the export module, of the layer that makes the scores (the objective's
+    scoring_layer: the classifier head, or the answer objective's lm_head). int8 keeps it in float: its few weights
     decide the class, and rounding them moves every probability."""
-    model = module.model
-    layer = head_of(model) or model.get_output_embeddings()
+    layer = objective.scoring_layer(module.model)
     return next(name for name, m in module.named_modules() if m is layer)
 
 
@@ -256,7 +254,7 @@ def export_model(model_path, out, *, classes=(), mode="score", quantize="none", 
         difference = check_graph(staging / MODEL_FILE, module, inputs)
         files, int8_check = [MODEL_FILE], None
         if quantize == "int8":
-            layer = scoring_layer(module)
+            layer = scoring_layer(module, objective)
             nodes = layer_nodes(staging / MODEL_FILE, layer)
             quantize_int8(staging / MODEL_FILE, staging / INT8_FILE, nodes)
             check_float(staging / INT8_FILE, layer)

@@ -167,6 +167,11 @@ def generate_mode(model, processor, batch, question, classes):
     return results
 
 
+def scoring_layer(model):
+    """The layer whose outputs are the scores (export keeps it float in int8): the language model's output layer."""
+    return model.get_output_embeddings()
+
+
 def export_module(model, processor, question, classes):
     """Score mode's log-likelihoods of every class's whole answer (each token through its end token; the first alone
     would not do: class names share first tokens) for one image's prompt, as predict_scores computes them: the

@@ -33,6 +33,7 @@ An objective is one module of this package (answer.py, head.py) defining, at mod
                           (a torch module from one image's prompt and tiles, (input_ids (1, tokens), pixel_values
                           (1, tiles, 3, H, W)), to its (1, classes) scores, whose softmax is score mode's
                           probabilities; what it fixes besides, for export.json): what vlmcls/export.py exports
+    scoring_layer(model)  the layer whose outputs are the scores, which an int8 export keeps float
 
 vlmcls/objectives/__init__.py registers each module; everything above this layer goes through it.
 """
@@ -41,7 +42,7 @@ from ..cli import UserError
 
 OPERATIONS = ("NAME", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "check_settings", "carries", "attach",
               "prepare", "features", "training_set", "test_set", "save", "load", "prediction_mode",
-              "results_from_features", "export_module")
+              "results_from_features", "export_module", "scoring_layer")
 
 
 def class_order(scored, classes, whose, fixed, remedy):

@@ -285,6 +285,11 @@ def head_mode(model, processor, batch, question, classes):
     return head_ranked(model, logits, classes)
 
 
+def scoring_layer(model):
+    """The layer whose outputs are the scores (export keeps it float in int8): the head."""
+    return head_of(model)
+
+
 def export_module(model, processor, question, classes):
     """The head's logits of one image's prompt (no padding: positions 0, 1, ...), for export; nothing fixed."""
     import torch
