@@ -9,7 +9,7 @@ format) or /classify (the page's: several images and other class names).
 from vlmcls.app import build_page, example_images, serve
 from vlmcls.cli import configure, run_main
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
-from vlmcls.runtime import load_predictor
+from vlmcls.runtime import RUNTIME_CHOICES, load_predictor
 from vlmcls.saved import open_classifier
 
 MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to serve: local folder, Hub id or exported folder (ONNX)
@@ -26,6 +26,7 @@ IMAGE_SPLITTING = None  # None = as saved with the model
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only; exported: model.int8.onnx)
+RUNTIME = "onnxruntime"  # an exported model's runtime: onnxruntime, or openvino (faster on the CPU: docs/deploy.md)
 CLASS_BIAS = True  # add the class bias fine_tune.py chose on the validation images to the scores (False: raw scores)
 MIN_CONFIDENCE = 0.0  # a prediction whose top probability is below this is "uncertain" (0 = never; docs/calibration.md)
 TARGET_ACCURACY = 0.0  # instead: the threshold certified to keep this accuracy on new images (0 = not used)
@@ -34,7 +35,7 @@ CONFIDENCE_LEVEL = 0.9  # how sure TARGET_ACCURACY's certificate is: the target 
 
 def main():
     predictor = load_predictor(open_classifier(MODEL_PATH), device=DEVICE, dtype=DTYPE, quantize=QUANTIZE,
-                               image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING)
+                               runtime=RUNTIME, image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING)
     examples = example_images(MODEL_PATH, TEST_JSON, EXAMPLES)
     page = build_page(predictor, classes=CLASSES, examples=examples,
                       batch_size=BATCH_SIZE, max_pixels=MAX_IMAGE_PIXELS, quantize=QUANTIZE,
@@ -44,5 +45,6 @@ def main():
 
 
 if __name__ == "__main__":
-    configure(globals(), choices={"DEVICE": DEVICES, "DTYPE": DTYPES, "QUANTIZE": QUANTIZATIONS})
+    configure(globals(), choices={"DEVICE": DEVICES, "DTYPE": DTYPES, "QUANTIZE": QUANTIZATIONS,
+                                  "RUNTIME": RUNTIME_CHOICES})
     run_main(main)

@@ -9,6 +9,7 @@ from vlmcls.images import read_dataset_json
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
 from vlmcls.prediction import PREDICTIONS
 from vlmcls.prediction_files import RESUMES
+from vlmcls.runtime import RUNTIME_CHOICES
 from vlmcls.saved import open_classifier
 
 MODEL_PATH = "./SmolVLM-256M-Instruct-finetuned"  # model to evaluate: local folder, Hub id or exported folder (ONNX)
@@ -24,6 +25,7 @@ NUM_WORKERS = -1  # processes preparing the next images while the model runs; -1
 DEVICE = "auto"  # auto, cuda, mps or cpu
 DTYPE = "auto"  # auto (bf16/fp16 on CUDA, fp32 elsewhere), float32, bfloat16 or float16
 QUANTIZE = "none"  # "int8": int8 weights in the linear layers, faster on the CPU (CPU only; exported: model.int8.onnx)
+RUNTIME = "onnxruntime"  # an exported model's runtime: onnxruntime, or openvino (faster on the CPU: docs/deploy.md)
 CLASS_BIAS = True  # score mode: add the class bias fine_tune.py chose on the validation images (False: raw scores)
 MIN_CONFIDENCE = 0.0  # a prediction whose top probability is below this is "uncertain" (0 = never; docs/calibration.md)
 TARGET_ACCURACY = 0.0  # instead: the threshold certified to keep this accuracy on new images (0 = not used)
@@ -40,11 +42,12 @@ def main():
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                     enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,
                     max_pixels=data["max_image_pixels"], report_dir=REPORT_DIR, report_name="test_set",
-                    quantize=QUANTIZE, class_bias=CLASS_BIAS, resume=RESUME, min_confidence=MIN_CONFIDENCE,
-                    target_accuracy=TARGET_ACCURACY, confidence_level=CONFIDENCE_LEVEL, record=settings_of(globals()))
+                    quantize=QUANTIZE, runtime=RUNTIME, class_bias=CLASS_BIAS, resume=RESUME,
+                    min_confidence=MIN_CONFIDENCE, target_accuracy=TARGET_ACCURACY, confidence_level=CONFIDENCE_LEVEL,
+                    record=settings_of(globals()))
 
 
 if __name__ == "__main__":
     configure(globals(), choices={"PREDICTION": PREDICTIONS, "DEVICE": DEVICES, "DTYPE": DTYPES,
-                                  "QUANTIZE": QUANTIZATIONS, "RESUME": RESUMES})
+                                  "QUANTIZE": QUANTIZATIONS, "RUNTIME": RUNTIME_CHOICES, "RESUME": RESUMES})
     run_main(main)

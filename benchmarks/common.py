@@ -21,11 +21,7 @@ GB = 1e9
 CLASSES = ["Bird-drop", "Clean", "Dusty", "Electrical-damage", "Physical-Damage", "Snow-Covered"]
 SMOLVLM_256M_PARAMETERS = 256_484_928
 MIN_RUNS = 5  # issue #34: a speed claim rests on at least this many runs, their number fixed before the first
-VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-              image_size=512, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
-TEXT = dict(model_type="llama", vocab_size=49280, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-            num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_act="silu", rms_norm_eps=1e-5,
-            rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=False)
+SMOLVLM_FILES = ROOT / "tests" / "fixtures" / "smolvlm-256m-instruct"  # its config, tokenizer and processor files
 
 
 def script_env(**extra):
@@ -101,39 +97,33 @@ def run_job(job, jobs, *, flags, threads, seed, device):
 # ---------------------------------------------------------------- orchestrating, in the main process
 
 def build_model(folder, *, seed, tiny):
-    """SmolVLM-256M's architecture with random weights, with the tests' SmolVLM tokenizer and processor (with
-    `tiny`: the tests' tiny SmolVLM itself, a quick check that a benchmark runs).
+    """SmolVLM-256M-Instruct with random weights: its own config, tokenizer, chat template and processor files
+    (tests/fixtures/smolvlm-256m-instruct, unchanged) and a model built from that config, saved to `folder` in
+    float32 (with `tiny`: the tests' tiny SmolVLM, a quick check that a benchmark runs)."""
+    import shutil
 
-    The tokenizer is small, so the image token's id is not SmolVLM's 49190; any id inside the
-    49,280-token vocabulary costs the same.
-    """
     import torch
     from tiny_models import build_tiny_smolvlm
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
-    from vlmcls.models import load_processor
+    from transformers import AutoConfig, Idefics3ForConditionalGeneration
     torch.manual_seed(seed)
-    build_tiny_smolvlm(folder)  # the processor, with SmolVLM's shipped settings, and the tiny model
     if tiny:
+        build_tiny_smolvlm(folder)
         return
-    tokenizer = load_processor(folder).tokenizer
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
-    config = Idefics3Config(vision_config=VISION, text_config={**TEXT, **ids}, scale_factor=4,
-                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False,
-                            **ids)
-    model = Idefics3ForConditionalGeneration(config)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for file in SMOLVLM_FILES.iterdir():
+        if file.name != "README.md":
+            shutil.copyfile(file, Path(folder) / file.name)
+    model = Idefics3ForConditionalGeneration(AutoConfig.from_pretrained(folder)).float()
     count = sum(p.numel() for p in model.parameters())
-    print(f"built SmolVLM-256M-Instruct's architecture: {count:,} parameters")
+    print(f"built SmolVLM-256M-Instruct with random weights: {count:,} parameters")
     if count != SMOLVLM_256M_PARAMETERS:
         raise RuntimeError(f"{count:,} parameters, not SmolVLM-256M-Instruct's {SMOLVLM_256M_PARAMETERS:,}")
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)  # replaces the tiny model's weights and config
+    model.save_pretrained(folder)  # config.json as float32; the other files stay SmolVLM's own
 
 
 def model_name(tiny):
     return "the tests' tiny SmolVLM" if tiny else \
-        f"SmolVLM-256M-Instruct's architecture ({SMOLVLM_256M_PARAMETERS:,} parameters)"
+        f"SmolVLM-256M-Instruct ({SMOLVLM_256M_PARAMETERS:,} parameters, its own config, tokenizer and processor files)"
 
 
 def run_worker(script, job, work, label):

@@ -262,15 +262,15 @@ def certified_why(table, found, target, level):
 
 def load_calibration(saved, classes, *, class_bias=True, min_confidence=0.0, target_accuracy=0.0,
                      confidence_level=0.9):
-    """What calibrate() applies to a model's results for `classes` (in that order), from the classes.json that
-    `saved` (the model's record, vlmcls.saved.SavedClassifier: a model folder, or an exported one) carries:
-    {"bias": one number per class or None, "temperature": T or None, "threshold": the top probability below which a result is uncertain (0: never;
-    infinite: always), "why": the threshold in words}, with the saved records "class_bias" and "temperature_fit".
-    The bias (with `class_bias`) and temperature apply only to the classes they were fitted for; without the class
-    bias, the temperature fitted without it (a model saved before both were: the one fitted after it, as before).
-    The threshold is `min_confidence`, or for `target_accuracy` (0: not used) the one certify() finds at
-    `confidence_level`, and where none is certified, every result is uncertain; UserError where the settings or
-    the saved model cannot give one, saying why."""
+    """What calibrate() applies to a model's results for `classes` (in that order), from the classes.json that `saved`
+    (the model's record, vlmcls.saved.SavedClassifier: a model folder, or an exported one) carries: {"bias": one number
+    per class or None, "temperature": T or None, "threshold": the top probability below which a result is uncertain (0:
+    never; infinite: always), "why": the threshold in words}, with the saved records "class_bias" and "temperature_fit".
+    The bias (with `class_bias`) and temperature apply only to the classes they were fitted for; without the class bias,
+    the temperature fitted without it (a model saved before both were: the one fitted after it, as before). The
+    threshold is `min_confidence`, or for `target_accuracy` (0: not used) the one certify() finds at `confidence_level`,
+    and where none is certified, every result is uncertain; UserError where the settings or the saved model cannot give
+    one, saying why."""
     if not 0 <= min_confidence <= 1 or not 0 <= target_accuracy <= 1:
         raise UserError(f"min_confidence ({min_confidence}) and target_accuracy ({target_accuracy}) are shares "
                         "between 0 and 1")

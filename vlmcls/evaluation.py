@@ -27,14 +27,15 @@ def default_report_dir(model_path, name):
 
 def evaluate_models(models, paths, true, classes, question, *, mode, batch_size, device, dtype,
                     image_longest_edge, image_splitting, enlarge_images, num_workers, max_pixels, report_dir,
-                    report_name, quantize="none", class_bias=True, resume="auto", record=None, min_confidence=0.0,
-                    target_accuracy=0.0, confidence_level=0.9):
+                    report_name, quantize="none", runtime="onnxruntime", class_bias=True, resume="auto", record=None,
+                    min_confidence=0.0, target_accuracy=0.0, confidence_level=0.9):
     """Evaluate each model (`models`: their records, vlmcls.saved.open_classifier) on the same images, print the
     original's lines for each and, for two or more,
     a side-by-side table. predictions.csv (and skipped.csv: files that cannot be used) grow as batches finish;
     an interrupted run is continued (`resume` "auto") or started afresh ("overwrite"); under torchrun each process
     predicts its share and the main process writes. Each model predicts in the runtime its folder calls for
-    (runtime.load_predictor: PyTorch, or ONNX Runtime for an exported one). With labels, report.json,
+    (runtime.load_predictor: PyTorch, or for an exported one ONNX Runtime or OpenVINO, as `runtime` names). With
+    labels, report.json,
     confusion_matrix.png and the suspected label errors (label_issues.csv and .png) follow, computed from the rows
     written; report.json also records `record` (the script's settings) and the library versions. `quantize` ("none"
     or "int8") applies to every model. Score mode's probabilities are calibrated as saved with each model
@@ -69,13 +70,13 @@ def evaluate_models(models, paths, true, classes, question, *, mode, batch_size,
                     "model_files": model_files(model_path), "images": images_digest(paths, true),
                     "image_count": len(paths), "prediction": used, "classes": classes, "question": question,
                     "class_bias": bias["values"] if bias else None, "image_longest_edge": image_longest_edge,
-                    "image_splitting": image_splitting, "enlarge_images": enlarge_images, "max_image_pixels": max_pixels,
-                    "quantize": quantize, "dtype": str(dtype),
+                    "image_splitting": image_splitting, "enlarge_images": enlarge_images,
+                    "max_image_pixels": max_pixels, "quantize": quantize, "dtype": str(dtype),
                     "temperature": calibration["temperature"] if calibration else None,
                     "uncertain_below": calibration["threshold"] if calibration else 0, "columns": PREDICTION_HEADER}
         files = PredictionFiles(out, PREDICTION_HEADER, settings)
         done = open_files(files, resume, len(paths), rank, world)
-        predictor = load_predictor(saved, device=device, dtype=dtype, quantize=quantize,
+        predictor = load_predictor(saved, device=device, dtype=dtype, quantize=quantize, runtime=runtime,
                                    image_longest_edge=image_longest_edge, image_splitting=image_splitting)
         if bias:
             say(f"class bias of strength {bias['strength']:.1f}, chosen on the validation images, added to the "

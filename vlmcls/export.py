@@ -27,6 +27,7 @@ OPSET = 18  # the ONNX opset written: onnxruntime 1.20+ and OpenVINO 2024+ read 
 FAMILIES = ("idefics3", "smolvlm")  # config model types whose graph has been checked (SmolVLM's architecture)
 RUNTIME_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 TOLERANCE = 1e-3  # largest difference of the exported graph's scores from PyTorch's on the example image
+PER_CHANNEL = True  # int8 weights with a scale per output channel (benchmarks/results-export.md chose it)
 
 
 def check_exportable(model_path, model, processor, mode, quantize):
@@ -47,18 +48,21 @@ def check_exportable(model_path, model, processor, mode, quantize):
                         f"runtime computes pixels as {FAMILY} does (load the model without torchvision installed)")
 
 
-def example_inputs(processor, question):
-    """A prompt and tiles of a synthetic image of 3 tiles (2 and the global view), so that the graph's tile count
-    stays variable (the exporter fixes a dimension of size 1), with the processor's own settings otherwise."""
+def example_inputs(processor, question, tiles=3):
+    """A prompt and tiles of a synthetic image, with the processor's own settings otherwise: of 3 tiles (2 and the
+    global view), so that the graph's tile count stays variable (the exporter fixes a dimension of size 1), or of
+    1 tile (no splitting), the scripts' usual input."""
     from PIL import Image
 
     from .inputs import PromptBatches
     image_processor = processor.image_processor
     tile = image_processor.max_image_size["longest_edge"]
     splitting, size = image_processor.do_image_splitting, dict(image_processor.size)
-    image_processor.do_image_splitting, image_processor.size = True, {"longest_edge": 2 * tile}
+    image_processor.do_image_splitting = tiles > 1
+    image_processor.size = {"longest_edge": tile if tiles == 1 else 2 * tile}
     try:
-        batch = PromptBatches(processor, question, None, True)([Image.new("RGB", (2 * tile, tile), (120, 60, 30))])
+        width = tile if tiles == 1 else 2 * tile
+        batch = PromptBatches(processor, question, None, True)([Image.new("RGB", (width, tile), (120, 60, 30))])
     finally:
         image_processor.do_image_splitting, image_processor.size = splitting, size
     return batch["input_ids"], batch["pixel_values"]
@@ -97,16 +101,80 @@ def export_graph(module, inputs, file, opset, metadata):
     program.save(str(file), external_data=False)
 
 
-def quantize_int8(source, target):
-    """onnxruntime's dynamic quantisation: int8 weights in the matrix products, activations quantised per run."""
+def scoring_layer(module, objective):
+    """The qualified name, in the export module, of the layer that makes the scores (the objective's
+    scoring_layer: the classifier head, or the answer objective's lm_head). int8 keeps it in float: its few weights
+    decide the class, and rounding them moves every probability."""
+    layer = objective.scoring_layer(module.model)
+    return next(name for name, m in module.named_modules() if m is layer)
+
+
+def layer_nodes(file, layer):
+    """Names of the graph's MatMul and Gemm nodes that compute `layer` (a module's qualified name): those whose
+    torch exporter scope names it, or that multiply by its weight (an initializer of its name, perhaps
+    transposed). A Gemm also under the name of the MatMul that dynamic quantisation first splits it into."""
+    import ast
+
+    import onnx
+    graph = onnx.load(str(file), load_external_data=False).graph
+    weight = f"{layer}.weight"
+    transposed = {n.output[0] for n in graph.node if n.op_type == "Transpose" and n.input[0] == weight}
+    found = []
+    for node in graph.node:
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        scopes = next((ast.literal_eval(p.value) for p in node.metadata_props
+                       if p.key == "pkg.torch.onnx.name_scopes"), [])
+        if layer in scopes or {weight, *transposed} & set(node.input):
+            found += [node.name, f"{node.name}_MatMul"] if node.op_type == "Gemm" else [node.name]
+    if not found:
+        raise UserError(f"{Path(file).name}: no node of the graph computes {layer}, which int8 must keep in float; "
+                        "nothing was written")
+    return found
+
+
+def check_float(file, layer):
+    """UserError unless every weight of `layer` in the int8 graph is still float (it may be renamed, transposed)."""
+    import onnx
+    from onnx import TensorProto
+    rounded = [t.name for t in onnx.load(str(file), load_external_data=False).graph.initializer
+               if t.name.startswith(f"{layer}.weight") and t.data_type != TensorProto.FLOAT]
+    if rounded:
+        raise UserError(f"{Path(file).name}: {layer} was quantised ({', '.join(rounded)}), though int8 keeps it in "
+                        "float; nothing was written")
+
+
+def quantize_int8(source, target, keep_float=(), per_channel=PER_CHANNEL):
+    """onnxruntime's dynamic quantisation: int8 weights in the matrix products (a scale per output channel with
+    `per_channel`), activations quantised per run; the nodes named in `keep_float` stay float."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
     logging.disable(logging.WARNING)  # it logs each tensor whose type its shape inference cannot tell, graph and all
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         nodes_to_exclude=list(keep_float))
     finally:
         logging.disable(logging.NOTSET)
+
+
+def check_int8(fp32_file, int8_file, examples):
+    """The int8 graph's probabilities (softmax of the scores) against the float graph's on each example's inputs:
+    [{tiles, largest probability difference, same top class}]."""
+    import numpy as np
+    import onnxruntime
+
+    from .calibration import softmax
+    sessions = [onnxruntime.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+                for f in (fp32_file, int8_file)]
+    checks = []
+    for input_ids, pixel_values in examples:
+        feed = {"input_ids": input_ids.numpy(), "pixel_values": pixel_values.numpy()}
+        fp32, int8 = (np.asarray(softmax(s.run(None, feed)[0][0].tolist())) for s in sessions)
+        checks.append({"tiles": int(pixel_values.shape[1]),
+                       "largest_probability_difference": float(np.abs(fp32 - int8).max()),
+                       "same_top_class": bool(fp32.argmax() == int8.argmax())})
+    return checks
 
 
 def check_graph(file, module, inputs):
@@ -189,10 +257,16 @@ def export_model(saved, out, *, classes=(), mode="score", quantize="none", image
     try:
         export_graph(module, inputs, staging / MODEL_FILE, opset, graph_metadata(objective.NAME, classes))
         difference = check_graph(staging / MODEL_FILE, module, inputs)
-        files = [MODEL_FILE]
+        files, int8_check = [MODEL_FILE], None
         if quantize == "int8":
-            quantize_int8(staging / MODEL_FILE, staging / INT8_FILE)
+            layer = scoring_layer(module, objective)
+            nodes = layer_nodes(staging / MODEL_FILE, layer)
+            quantize_int8(staging / MODEL_FILE, staging / INT8_FILE, nodes)
+            check_float(staging / INT8_FILE, layer)
             files.append(INT8_FILE)
+            int8_check = {"per_channel": PER_CHANNEL, "float_layer": layer, "float_nodes": nodes,
+                          "against_float": check_int8(staging / MODEL_FILE, staging / INT8_FILE,
+                                                      [example_inputs(processor, question, 1), inputs])}
         processor.save_pretrained(str(staging))
         write_json(staging / CLASSES_FILE, {**saved.classes_json, "classes": classes, "question": question,
                                             "objective": objective.NAME})
@@ -208,6 +282,7 @@ def export_model(saved, out, *, classes=(), mode="score", quantize="none", image
                    "image": {"longest_edge": dict(image_processor.size)["longest_edge"],
                              "splitting": bool(image_processor.do_image_splitting)},
                    "check": {"largest_score_difference": difference, "tolerance": TOLERANCE},
+                   **({"int8_check": int8_check} if int8_check else {}),
                    "settings": record or {}, "versions": library_versions(RUNTIME_PACKAGES)}
         record_["manifest"] = manifest(staging)  # last: every file the folder holds but export.json itself
         write_json(staging / EXPORT_FILE, record_)
@@ -221,6 +296,10 @@ def export_model(saved, out, *, classes=(), mode="score", quantize="none", image
 def describe(record, out):
     """The console lines of a finished export."""
     sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in record["files"].items())
+    int8 = "".join(f"; int8 against float at {c['tiles']} tile{'s' if c['tiles'] > 1 else ''}: largest probability "
+                   f"difference {c['largest_probability_difference']:.2g}, "
+                   f"{'same top class' if c['same_top_class'] else 'ANOTHER TOP CLASS'}"
+                   for c in record.get("int8_check", {}).get("against_float", []))
     return (f"exported {record['objective']} model ({len(record['classes'])} classes: "
             f"{', '.join(record['classes'])}) to {out}: {sizes}; largest score difference from PyTorch on the "
-            f"example image {record['check']['largest_score_difference']:.2g}")
+            f"example image {record['check']['largest_score_difference']:.2g}{int8}")

@@ -48,7 +48,6 @@ class OnnxPredictor:
     for its operators."""
 
     def __init__(self, saved, *, quantize="none", image_longest_edge=None, image_splitting=None, threads=0):
-        import onnxruntime
         file = saved.file(INT8_FILE if quantize == "int8" else MODEL_FILE)
         if not file.is_file():
             raise UserError(f"{saved.path}: no {file.name}" + (" (export with --quantize=int8 to get it)"
@@ -56,10 +55,18 @@ class OnnxPredictor:
         self.saved, self.objective, self.classes = saved, saved.objective, saved.classes
         self.processor = load_processor(saved.path)
         set_resolution(self.processor, image_longest_edge, image_splitting)
+        self.session, metadata = self.open(file, threads)
+        saved.check_graph(file, metadata)
+
+    def open(self, file, threads):
+        """(the graph in an ONNX Runtime session on the CPU, with all of its graph optimisations (fusions and layout
+        changes included); the graph's metadata_props)."""
+        import onnxruntime
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
-        saved.check_graph(file, self.session.get_modelmeta().custom_metadata_map)
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = onnxruntime.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        return session, session.get_modelmeta().custom_metadata_map
 
     def encoder(self, max_pixels, enlarge=False):
         return ArrayEncoder(self.processor, max_pixels, enlarge=enlarge)

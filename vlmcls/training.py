@@ -157,9 +157,9 @@ def save_merged_lora(trainer, out, base_model_path, objective, n_classes):
 
 
 def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config, calibration=None,
-         objective="answer", training_images=None):
-    """Model (LoRA merged in; what the objective added, a head, as its own file), processor with its resolution, class list (with the
-    objective, what calibration.fit_calibration fitted on the validation images, where it did, and under
+                    objective="answer", training_images=None):
+    """Model (LoRA merged in; what the objective added, a head, as its own file), processor with its resolution, class
+    list (with the objective, what calibration.fit_calibration fitted on the validation images, where it did, and under
     TRAINING_IMAGES what identifies the training images, `training_images`: label_issues.hash_training_images),
     run_config.json and training log."""
     out = Path(output_dir)

@@ -188,4 +188,9 @@ def generate_mode(model, processor, batch, question, classes):
     return results
 
 
+def scoring_layer(model):
+    """The layer whose outputs are the scores (export keeps it float in int8): the language model's output layer."""
+    return model.get_output_embeddings()
+
+
 MODES = {"score": score_mode, "generate": generate_mode}

@@ -39,6 +39,7 @@ An objective is one module of this package (answer.py, head.py) defining, at mod
                           probabilities; what it fixes besides, for export.json): the one definition of the
                           objective's scores, which its score mode (prediction, validation) runs and
                           vlmcls/export.py exports
+    scoring_layer(model)  the layer whose outputs are the scores, which an int8 export keeps float
 
 vlmcls/objectives/__init__.py registers each module; everything above this layer goes through it.
 """
@@ -49,7 +50,7 @@ from ..cli import UserError
 
 OPERATIONS = ("NAME", "FILES", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "check_settings", "carries", "attach",
               "prepare", "features", "training_set", "test_set", "save", "load", "prediction_mode",
-              "results_from_features", "scoring_module")
+              "results_from_features", "scoring_module", "scoring_layer")
 
 
 def class_order(scored, classes, whose, fixed, remedy):

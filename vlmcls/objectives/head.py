@@ -276,6 +276,11 @@ def results_from_features(model, states, paths, classes):
     return head_ranked(model, logits, classes)
 
 
+def scoring_layer(model):
+    """The layer whose outputs are the scores (export keeps it float in int8): the head."""
+    return head_of(model)
+
+
 def scoring_module(model, processor, question, classes):
     """The head's logits of a batch of prompts, as a module to (images, classes) scores: what head_mode runs and the
     export exports; nothing fixed."""
