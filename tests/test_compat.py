@@ -24,7 +24,7 @@ def test_tested_names_every_library_whose_internals_are_used():
 
 
 def test_no_module_but_compat_assigns_a_forward_or_tensor_data():
-    """The patches live in compat.py: elsewhere no `x.forward = ...`, `x.data = ...` or `_use_triton`."""
+    """The patches live in compat.py: elsewhere no `x.forward = ...`, `x.data = ...`, nor the Trainer's internals."""
     found = []
     for path in PACKAGE.rglob("*.py"):
         if path.name == "compat.py":
@@ -33,10 +33,10 @@ def test_no_module_but_compat_assigns_a_forward_or_tensor_data():
         for node in ast.walk(tree):
             if isinstance(node, ast.Assign):
                 for target in node.targets:
-                    if isinstance(target, ast.Attribute) and target.attr in ("forward", "data", "_use_triton",
+                    if isinstance(target, ast.Attribute) and target.attr in ("forward", "data", "_total_train_tokens",
                                                                             "model_accepts_loss_kwargs"):
                         found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} assigns .{target.attr}")
-            if isinstance(node, ast.Attribute) and node.attr in ("MethodType", "_use_triton"):
+            if isinstance(node, ast.Attribute) and node.attr in ("MethodType", "_metrics", "_total_train_tokens"):
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} uses {node.attr}")
     assert not found, "library patches outside compat.py:\n" + "\n".join(found)
 
@@ -53,18 +53,7 @@ def test_idefics3_resized_size_relies_on_the_processors_resize_rule():
     assert compat.idefics3_resized_size(100, 300, 150) == (50, 150)
 
 
-def test_score_labelled_positions_only_relies_on_trls_triton_switch(monkeypatch):
-    from trl.trainer import utils
-    assert parameters(utils._use_triton) == ["device"]
-    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)  # undone after the test
-    compat.score_labelled_positions_only()
-    assert utils._use_triton(torch.device("cpu")) is True and utils._use_triton.labelled_only
-    # and trl's fused loss still asks it (the call path the patch changes)
-    import trl.trainer.sft_trainer as sft
-    assert "_use_triton" in inspect.getsource(utils) and hasattr(sft, "SFTTrainer")
-
-
-def test_sft_trainer_class_relies_on_the_trainers_loss_evaluate_and_callbacks(monkeypatch):
+def test_sft_trainer_class_relies_on_the_trainers_loss_evaluate_callbacks_and_metrics():
     from transformers import Trainer
     from transformers.trainer_callback import CallbackHandler
     from trl import SFTTrainer
@@ -72,15 +61,24 @@ def test_sft_trainer_class_relies_on_the_trainers_loss_evaluate_and_callbacks(mo
     assert parameters(Trainer.compute_loss) == ["self", "model", "inputs", "return_outputs", "num_items_in_batch"]
     assert parameters(Trainer.evaluate) == ["self", "eval_dataset", "ignore_keys", "metric_key_prefix"]
     assert parameters(CallbackHandler.on_evaluate)[:5] == ["self", "args", "state", "control", "metrics"]
-    # the Trainer sets model_accepts_loss_kwargs when it is made, and reads it to scale the loss
+    # the Trainer sets model_accepts_loss_kwargs when it is made, and reads it to count the tokens and scale the loss
     assert "self.model_accepts_loss_kwargs =" in inspect.getsource(Trainer.__init__)
-    assert "model_accepts_loss_kwargs" in inspect.getsource(Trainer)
-    from trl.trainer import utils
-    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)  # the class patches it; undone after the test
-    trainer = compat.sft_trainer_class(loss=lambda model, inputs: None)
-    assert issubclass(trainer, SFTTrainer)
-    assert parameters(trainer.evaluate) == parameters(Trainer.evaluate)
-    assert parameters(trainer.compute_loss) == parameters(Trainer.compute_loss)
+    assert "self.model_accepts_loss_kwargs" in inspect.getsource(Trainer._get_num_items_in_batch)
+    assert "self.model_accepts_loss_kwargs" in inspect.getsource(Trainer.training_step)
+    assert parameters(Trainer.get_tp_size) == ["self"]
+    # SFTTrainer's own loss scales a token-counted loss by the processes, and logs these metrics so
+    sft_loss = inspect.getsource(SFTTrainer.compute_loss)
+    assert "loss * (self.accelerator.num_processes // self.get_tp_size())" in sft_loss
+    for line in ('self._metrics[mode]["entropy"].append', 'self._metrics[mode]["mean_token_accuracy"].append',
+                 "self._total_train_tokens += num_tokens_in_batch // self._tp_size",
+                 'self._metrics[mode]["num_tokens"] = [self._total_train_tokens]'):
+        assert line in sft_loss
+    assert "self._metrics[mode]" in inspect.getsource(SFTTrainer.log)
+    for loss in (lambda model, inputs: None, lambda model, inputs, num_items_in_batch=None: None):
+        trainer = compat.sft_trainer_class(loss)
+        assert issubclass(trainer, SFTTrainer)
+        assert parameters(trainer.evaluate) == parameters(Trainer.evaluate)
+        assert parameters(trainer.compute_loss) == parameters(Trainer.compute_loss)
 
 
 def test_set_forward_relies_on_module_calls_reading_the_instances_forward():

@@ -74,7 +74,7 @@ def test_an_objective_trains_saves_loads_and_scores_through_the_interface(name, 
     assert set(training) == {"train_dataset", "data_collator", "loss"}
     batch = training["data_collator"]([training["train_dataset"][i] for i in range(3)])
     model.train()
-    loss = model(**batch).loss if training["loss"] is None else training["loss"](model, batch)[0]
+    loss = training["loss"](model, batch)[0]
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
@@ -110,6 +110,65 @@ def test_an_objective_trains_saves_loads_and_scores_through_the_interface(name, 
     torch.testing.assert_close(torch.tensor([[r["probs"][c] for c in CLASSES] for r in after]),
                                torch.tensor([[r["probs"][c] for c in CLASSES] for r in before]),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family, lora", [("tiny_smolvlm", False), ("tiny_smolvlm", True), ("tiny_llava", False)])
+def test_the_answer_loss_is_the_models_own_from_the_labelled_positions_alone(family, lora, request, tmp_path):
+    """answer_loss projects only the positions whose next token is labelled, yet equals the model's own loss (which
+    projects every position), with and without the Trainer's token count, and gives the same gradients; its
+    per-token metrics are TRL's fused LM head's. The batch: a multi-turn chat (three labelled spans) and a
+    one-answer chat, right-padded to it."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from conftest import red_image
+    from vlmcls.objectives.answer import answer_loss
+    from vlmcls.prompt import chat_rows
+    from vlmcls.training import prepare_model
+    processor, model = load_tiny(request.getfixturevalue(family))
+    red_image().save(tmp_path / "red.png")
+    qa = [{"question": QUESTION, "answer": "red"}, {"question": "Describe it.", "answer": "A red panel."},
+          {"question": "What is wrong?", "answer": "Nothing at all."}]
+    data = {"question": QUESTION, "samples": [{"image": str(tmp_path / "red.png"), "qa": qa},
+                                              {"image": str(tmp_path / "red.png"), "qa": qa[:1]}]}
+    training = objectives.named("answer").training_set(data, encoder=InputEncoder(processor, 10**7),
+                                                       processor=processor, end_ids=end_token_ids(processor, model),
+                                                       **SETTINGS)
+    batch = training["data_collator"]([training["train_dataset"][i] for i in range(2)])
+    assert training["loss"] is answer_loss
+    labelled = batch["labels"][:, 1:] != -100
+    assert (batch["attention_mask"] == 0).any() and labelled.sum(-1).tolist()[0] > labelled.sum(-1).tolist()[1] > 0
+    torch.manual_seed(0)
+    model = prepare_model(model, use_lora=lora, lora_dropout=0.0).train()  # no dropout: two passes alike
+    with torch.no_grad():  # LoRA's B starts at zero: make the adapters count
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    model.config.use_cache = False
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    def run(loss):
+        model.zero_grad()
+        value = loss()
+        value.backward()
+        return value.detach(), [None if p.grad is None else p.grad.clone() for p in trained]  # LLaVA's unread layer
+    own, own_grads = run(lambda: model(**batch).loss)
+    ours, our_grads = run(lambda: answer_loss(model, batch)[0])
+    torch.testing.assert_close(ours, own, rtol=1e-5, atol=1e-6)
+    assert [g is None for g in our_grads] == [g is None for g in own_grads]
+    assert sum(g is not None for g in own_grads) > len(trained) // 2
+    for a, b in zip(our_grads, own_grads):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    count = torch.tensor(3 * int(labelled.sum()))  # as if the step had more micro-batches or processes
+    torch.testing.assert_close(answer_loss(model, batch, num_items_in_batch=count)[0],
+                               model(**batch, num_items_in_batch=count).loss, rtol=1e-5, atol=1e-6)
+
+    outputs = answer_loss(model, batch)[1]
+    assert outputs.logits.shape == (int(labelled.sum()), model.config.get_text_config().vocab_size)
+    add_fused_lm_head(model.get_base_model() if lora else model, outputs=("log_probs", "entropy", "is_top1"))
+    fused = model(**batch, fused_lm_head=True)
+    torch.testing.assert_close(outputs.entropy, fused.entropy[fused.label_mask], rtol=1e-4, atol=1e-5)
+    assert torch.equal(outputs.is_top1, fused.is_top1[fused.label_mask])
 
 
 def test_the_heads_features_give_the_heads_own_scores(tiny_smolvlm, colour_dataset):

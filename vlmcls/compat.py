@@ -59,50 +59,54 @@ def idefics3_resized_size(height, width, longest_edge):
     return get_resize_output_image_size(np.empty((0, height, width)), longest_edge)  # reads the shape alone
 
 
-def score_labelled_positions_only():
-    """Make TRL's fused LM head (SFTTrainer's loss) project only the labelled positions (the answers) through the
-    vocabulary on the CPU and MPS too, as it does on CUDA with Triton. Elsewhere it projects every position, to keep
-    the shapes of compiled (Neuron) graphs fixed, which eager CPU and MPS do not need; the loss and the logged
-    metrics are the same either way. On the CPU, projecting every position was a fifth of what a LoRA run of the
-    256M architecture with a cached encoder spends above the encoder's own pass (benchmarks/README.md, frozen.py).
-    trl.trainer.utils._use_triton(device) -> bool; checked on trl 1.16."""
-    from trl.trainer import utils
-    original = getattr(utils, "_use_triton", None)
-    if original is None:  # a speed-up only: training goes on without it
-        print(f"note: trl {metadata.version('trl')} has no trl.trainer.utils._use_triton, so every position goes "
-              "through the vocabulary on the CPU (slower; requirements.txt's versions avoid it)")
-        return
-    if getattr(original, "labelled_only", False):
-        return
+def sft_trainer_class(loss, scores=None):
+    """trl's SFTTrainer, with `loss` ((loss, outputs) = loss(model, inputs)) in place of trl's, and `scores` (a dict
+    = scores(trainer, metric_key_prefix)) as what trainer.evaluate() with no data set logs and returns, the callbacks
+    told as Trainer.evaluate tells them; trainer.evaluate(dataset) still computes that data set's loss.
 
-    def compact(device):
-        return device.type in ("cpu", "mps") or original(device)
-    compact.labelled_only = True
-    utils._use_triton = compact
+    A loss over tokens takes `num_items_in_batch`, as a model's own loss does: the Trainer then counts the labelled
+    tokens of every micro-batch of an optimizer step on every process and passes the count, and the loss, divided
+    by it, is scaled as SFTTrainer.compute_loss scales it (times the processes, whose gradients DDP averages; no
+    division by the accumulation steps). Its outputs' per-token `entropy` and `is_top1` are logged as SFTTrainer
+    logs its own (entropy, mean_token_accuracy, num_tokens). Any other loss is a mean over its batch, which the
+    Trainer divides by the accumulation steps.
 
+    Relies on Trainer.compute_loss(model, inputs, return_outputs, num_items_in_batch), Trainer.evaluate(eval_dataset,
+    ignore_keys, metric_key_prefix), the Trainer's model_accepts_loss_kwargs (whether it counts the tokens and leaves
+    the division by the accumulation steps to the loss), get_tp_size(), callback_handler.on_evaluate(args, state,
+    control, metrics), and SFTTrainer's _metrics and _total_train_tokens; checked on transformers 5.24 and trl 1.16."""
+    import inspect
 
-def sft_trainer_class(loss=None, scores=None):
-    """trl's SFTTrainer, with `loss` ((loss, outputs) = loss(model, inputs), a mean over the batch) in place of the
-    model's own, and `scores` (a dict = scores(trainer, metric_key_prefix)) as what trainer.evaluate() with no data
-    set logs and returns, the callbacks told as Trainer.evaluate tells them; trainer.evaluate(dataset) still
-    computes that data set's loss. Relies on Trainer.compute_loss(model, inputs, return_outputs,
-    num_items_in_batch), Trainer.evaluate(eval_dataset, ignore_keys, metric_key_prefix), the Trainer's
-    model_accepts_loss_kwargs (whether it leaves the division by the accumulation steps to the model's loss) and
-    callback_handler.on_evaluate(args, state, control, metrics); checked on transformers 5.24 and trl 1.16."""
+    import torch
     from trl import SFTTrainer
-    score_labelled_positions_only()
+    per_token = "num_items_in_batch" in inspect.signature(loss).parameters
 
     class ObjectiveSFTTrainer(SFTTrainer):
         def __init__(self, **arguments):
             super().__init__(**arguments)
-            if loss:  # a mean over the batch, which the Trainer divides by the accumulation steps
-                self.model_accepts_loss_kwargs = False
+            self.model_accepts_loss_kwargs = per_token
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if loss is None:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            value, outputs = loss(model, inputs)
+            if not per_token:
+                value, outputs = loss(model, inputs)
+                return (value, outputs) if return_outputs else value
+            value, outputs = loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                value = value * (self.accelerator.num_processes // self.get_tp_size())
+            self.log_token_metrics(inputs, outputs)
             return (value, outputs) if return_outputs else value
+
+        def log_token_metrics(self, inputs, outputs):
+            """SFTTrainer.compute_loss's metrics, from the loss's per-token outputs (every process takes part)."""
+            mode = "train" if self.model.training else "eval"
+            gather = self.accelerator.gather_for_metrics
+            valid = gather(torch.tensor(len(outputs.is_top1), device=outputs.is_top1.device)).sum()
+            for name, values in (("entropy", outputs.entropy), ("mean_token_accuracy", outputs.is_top1)):
+                self._metrics[mode][name].append((gather(values.float().sum()).sum() / valid).item()
+                                                 if valid > 0 else 0.0)
+            if mode == "train":
+                self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             if scores is None or eval_dataset is not None:

@@ -84,10 +84,8 @@ def measure(model, processor, data, batch_size, rank=0, world=1, encoder=None):
     return scored(data, predict_all(model, processor, data, batch_size, rank, world, encoder))
 
 
-def trainer_with_validation(objective, validation, batch_size, encoder, callbacks, loss=None, features=None,
-                            **kwargs):
-    """trl's SFTTrainer for `objective` (an objectives module) with its `loss` ((loss, outputs) = loss(model,
-    inputs); None: the model's own), whose evaluation (at every eval_steps, and trainer.evaluate() with no data
+def trainer_with_validation(objective, validation, batch_size, encoder, callbacks, loss, features=None, **kwargs):
+    """trl's SFTTrainer for `objective` (an objectives module) with its `loss` (compat.sft_trainer_class), whose evaluation (at every eval_steps, and trainer.evaluate() with no data
     set) is measure() on the validation data; trainer.evaluate(dataset) still computes that data set's loss.
     Validation reads the images' `features` where the objective computed them (a frozen backbone's states)."""
 

@@ -7,7 +7,7 @@ from ..augment import augment
 from ..cli import UserError
 from ..compat import generation_position_ids
 from ..inputs import collate, through_end
-from ..models import end_token_ids
+from ..models import base_of, end_token_ids
 from ..prompt import NO_CLASS, chat_rows, match_answer, render, render_segments
 from .base import scored_results
 
@@ -71,12 +71,44 @@ def answer_only_collator(processor):
     return partial(collate, pad_id=pad if pad is not None else 0, padding_side="right")
 
 
+def answer_loss(model, inputs, num_items_in_batch=None):
+    """(the model's own causal-LM loss, its outputs), computing the vocabulary's logits only where a label follows.
+
+    The labels are the answers' tokens (InputEncoder.example); position i predicts token i + 1, so the model
+    projects only the positions whose next token is labelled, as a boolean mask (its forward's `logits_to_keep`),
+    inside its own forward: DDP, FSDP and peft wrap that call as any other. The rest of a chat (the image's tokens,
+    the question) never goes through the output layer. The loss is the sum of the answers' token cross-entropies
+    over `num_items_in_batch` (the Trainer's count of the labelled tokens of every micro-batch of the optimizer
+    step, on every process), or over this batch's count where it is None (evaluation): the reduction of
+    transformers' ForCausalLMLoss. The outputs hold, per labelled token, the logits, the entropy of the
+    next-token distribution and whether the label is its most likely token (TRL's training metrics)."""
+    import torch
+    from transformers.modeling_outputs import ModelOutput
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    targets = labels[:, 1:]
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[:, :-1] = targets != -100
+    logits = model(**inputs, use_cache=False, logits_to_keep=predicts).logits.float()
+    targets = targets[predicts[:, :-1]].to(logits.device)
+    if logits.shape != (len(targets), logits.shape[-1]):
+        raise UserError(f"{type(base_of(model)).__name__} returned logits of shape {tuple(logits.shape)} for a "
+                        "boolean logits_to_keep: the answer objective needs a model whose forward slices its "
+                        "positions as transformers' slice_logits_to_keep does")
+    total = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    loss = total / (len(targets) if num_items_in_batch is None else num_items_in_batch)
+    with torch.no_grad():
+        logp = logits.log_softmax(-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+    return loss, ModelOutput(loss=loss, logits=logits, entropy=entropy, is_top1=logits.argmax(-1) == targets)
+
+
 def training_set(data, *, encoder, processor, end_ids, train_questions, multi_turn, class_balance=None,
                  label_smoothing=None, how_augment="none", seed=0, features=None):
-    """The training chats of `data` (chat_rows) and the answer-only collator; the loss is the model's own."""
+    """The training chats of `data` (chat_rows), the answer-only collator and the answers' loss (answer_loss)."""
     return dict(train_dataset=chat_dataset(chat_rows(data, train_questions, multi_turn), encoder, processor, end_ids,
                                            how_augment, seed),
-                data_collator=answer_only_collator(processor), loss=None)
+                data_collator=answer_only_collator(processor), loss=answer_loss)
 
 
 def test_set(data, *, classes, question, encoder, processor, end_ids, features=None):

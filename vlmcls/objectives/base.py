@@ -20,7 +20,9 @@ An objective is one module of this package (answer.py, head.py) defining, at mod
     training_set(data, *, encoder, processor, end_ids, train_questions, multi_turn, class_balance,
                  label_smoothing, how_augment, seed, features)
                           {"train_dataset", "data_collator", "loss"}: the training rows or features, their
-                          collator, and the loss ((loss, outputs) = loss(model, inputs); None: the model's own)
+                          collator, and the loss: (loss, outputs) = loss(model, inputs), a mean over the batch, or
+                          loss(model, inputs, num_items_in_batch), a mean over labelled tokens
+                          (compat.sft_trainer_class)
     test_set(data, *, classes, question, encoder, processor, end_ids, features)
                           the held-out images as a data set whose loss the Trainer computes
     save(model, out, save_model, main)
