@@ -21,11 +21,11 @@ from conftest import COLOURS, ROOT, report_in, run_script
 from vlmcls.app import classify_files
 from vlmcls.cli import UserError
 from vlmcls.export import export_model
-from vlmcls.onnx_runtime import EXPORT_FILE, INT8_FILE, MODEL_FILE, OnnxPredictor
+from vlmcls.onnx_runtime import OnnxPredictor
 from vlmcls.prediction import evaluate_with
 from vlmcls.prompt import classification_question
 from vlmcls.runtime import load_predictor
-from vlmcls.saved import open_classifier
+from vlmcls.saved import EXPORT_FILE, INT8_FILE, MODEL_FILE, open_classifier
 
 CLASSES = ["red", "green", "blue", "Bird-drop"]  # the answers "red" and "Bird-drop" share no token; others may
 QUESTION = classification_question(CLASSES)

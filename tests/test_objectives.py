@@ -122,7 +122,6 @@ def test_the_answer_loss_is_the_models_own_from_the_labelled_positions_alone(fam
 
     from conftest import red_image
     from vlmcls.objectives.answer import answer_loss
-    from vlmcls.prompt import chat_rows
     from vlmcls.training import prepare_model
     processor, model = load_tiny(request.getfixturevalue(family))
     red_image().save(tmp_path / "red.png")

@@ -9,7 +9,7 @@ from .models import load_processor, set_resolution
 from .objectives.base import class_order, scored_results
 from .pixels import pixel_array
 from .prompt import render_segments
-from .saved import EXPORT_FILE, INT8_FILE, MODEL_FILE  # noqa: F401  (the exported folder's files, named here too)
+from .saved import INT8_FILE, MODEL_FILE
 
 
 class ArrayEncoder(InputEncoder):
