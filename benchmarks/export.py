@@ -8,7 +8,9 @@ do (preparing the prompt and pixels included), at one tile (512 px, no splitting
 tiles and the global view; SETTINGS chooses), THREADS threads: PyTorch fp32 and int8 (the scripts'
 --quantize=int8), ONNX Runtime fp32 and int8 (vlmcls.onnx_runtime: the export's int8 graph, per-channel with the
 head in float; beside it the int8 graph as export_model.py wrote it before, per-tensor with the head quantised,
-and per-tensor with the head in float), OpenVINO fp32 and int8 (vlmcls.openvino_runtime, --runtime=openvino). The
+and per-tensor with the head in float), OpenVINO fp32 and int8 (vlmcls.openvino_runtime, --runtime=openvino: the
+export's int8 graph of int8 weights and activations, calibrated on CALIBRATION_IMAGES random-pixel images; beside
+it int8 weights alone, compressed as it loads). The
 floor is one pass of the vision encoder and connector (Idefics3's get_image_features) over the same pixels in
 PyTorch fp32; every time is also given as a multiple of it. Each setting runs in one fresh process holding every
 runtime, which times RUNS images (fixed before the first, at least 5) after WARMUP untimed ones, each image by every
@@ -40,9 +42,11 @@ from vlmcls.saved import open_classifier  # noqa: E402
 SETTING_VALUES = {"one tile": (512, False), "splitting": (1024, True)}  # (image_longest_edge, image_splitting)
 SETTINGS = ["one tile", "splitting"]  # which of SETTING_VALUES to measure
 RUNTIMES = ["pytorch fp32", "pytorch int8", "onnxruntime fp32", "onnxruntime int8", "onnxruntime int8 before",
-            "onnxruntime int8 per-tensor", "openvino fp32", "openvino int8"]
+            "onnxruntime int8 per-tensor", "openvino fp32", "openvino int8", "openvino int8 weights"]
 # The int8 graphs beside the export's own (per-channel, head in float): (per_channel, head in float)
 VARIANTS = {"onnxruntime int8 before": (False, False), "onnxruntime int8 per-tensor": (False, True)}
+WEIGHTS_ONLY = "openvino int8 weights"  # OpenVINO int8 on a folder without its int8 graph: weights compressed at load
+CALIBRATION_IMAGES = 16  # random-pixel images (IMAGE_SIZE) that calibrate the export's OpenVINO int8 graph
 IMAGE_SIZE = "1024x512"  # WIDTHxHEIGHT of the random-pixel images
 WARMUP = 1  # untimed images before timing, in each process
 RUNS = 5  # timed images, one run each, in each process, fixed before the first (at least 5; fewer only with TINY)
@@ -68,8 +72,8 @@ def predictor_of(runtime, model, export, edge, splitting, threads):
         return load_predictor(open_classifier(model), device="cpu", dtype=torch.float32, image_longest_edge=edge,
                               image_splitting=splitting, quantize=quantize)
     from vlmcls.runtime import RUNTIMES as PREDICTORS
-    folder = Path(export).with_name(f"{Path(export).name}-{runtime.replace(' ', '-')}") if runtime in VARIANTS \
-        else export
+    folder = Path(export).with_name(f"{Path(export).name}-{runtime.replace(' ', '-')}") \
+        if runtime in (*VARIANTS, WEIGHTS_ONLY) else export
     return PREDICTORS[runtime.split()[0]](open_classifier(folder), quantize=quantize, image_longest_edge=edge,
                                           image_splitting=splitting, threads=threads)
 
@@ -162,22 +166,24 @@ def head_model(folder):
                                                      "objective": "head", "max_image_pixels": 10**9}))
 
 
-def export(model, out, work, label):
-    """export_model.py as a user runs it; returns its wall seconds and peak memory (GNU time is not assumed)."""
+def export(model, out, work, label, *flags):
+    """export_model.py --quantize=int8 as a user runs it (`flags` added); returns its wall seconds and peak memory
+    (GNU time is not assumed)."""
     import resource
     start = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "export_model.py"), f"--model_path={model}", f"--output_dir={out}",
-                    "--quantize=int8"], cwd=work, env=script_env(), check=True)
+                    "--quantize=int8", *flags], cwd=work, env=script_env(), check=True)
     return {"s": time.perf_counter() - start,
             "peak_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9, "label": label}
 
 
 def variants(out):
     """Beside the export `out`, a folder for each VARIANTS row: the export's files (hard links) with its own int8
-    graph, quantised from model.onnx by vlmcls.export.quantize_int8, and export.json's manifest saying so."""
+    graph, quantised from model.onnx by vlmcls.export.quantize_int8, and export.json's manifest saying so; and one
+    for WEIGHTS_ONLY."""
     from vlmcls.export import layer_nodes, quantize_int8
     from vlmcls.files import write_json
-    from vlmcls.saved import sha256
+    from vlmcls.saved import OPENVINO_INT8_FILE, sha256
     record = json.loads((out / "export.json").read_text())
     for name, (per_channel, head_float) in VARIANTS.items():
         folder = out.with_name(f"{out.name}-{name.replace(' ', '-')}")
@@ -189,13 +195,37 @@ def variants(out):
         quantize_int8(out / "model.onnx", folder / "model.int8.onnx", keep, per_channel=per_channel)
         write_json(folder / "export.json", {**record, "manifest": {
             **record["manifest"], "model.int8.onnx": sha256(folder / "model.int8.onnx")}})
+    # WEIGHTS_ONLY: the export without its OpenVINO int8 graph, as a folder exported without calibration images
+    folder = out.with_name(f"{out.name}-{WEIGHTS_ONLY.replace(' ', '-')}")
+    folder.mkdir()
+    graph = {OPENVINO_INT8_FILE, OPENVINO_INT8_FILE.replace(".xml", ".bin")}
+    for file in out.iterdir():
+        if file.name not in (*graph, "export.json"):
+            os.link(file, folder / file.name)
+    write_json(folder / "export.json", {
+        **record, "openvino_int8": {"file": None, "reason": "the benchmark's weights-only row"},
+        "manifest": {name: digest for name, digest in record["manifest"].items() if name not in graph}})
+
+
+def calibration_json(work):
+    """A data set JSON of CALIBRATION_IMAGES random-pixel images (other seeds than the timed ones)."""
+    folder = Path(work) / "calibration"
+    folder.mkdir()
+    samples = []
+    for i, image in enumerate(make_images(IMAGE_SIZE, CALIBRATION_IMAGES, SEED + 1)):
+        image.save(folder / f"{i}.png")
+        samples.append({"image": f"calibration/{i}.png", "label": CLASSES[i % len(CLASSES)]})
+    (Path(work) / "calibration.json").write_text(json.dumps({"classes": CLASSES, "max_image_pixels": 10**9,
+                                                             "samples": samples}))
+    return Path(work) / "calibration.json"
 
 
 def elpv_models(work):
     """benchmarks/int8.py's tiny SmolVLM fine-tuned on elpv, and its export. Returns (test JSON, model, export)."""
     from int8 import elpv_test_json
     test_json, model = elpv_test_json(work)
-    export(model, Path(work) / "tiny-elpv-onnx", work, "tiny elpv")
+    export(model, Path(work) / "tiny-elpv-onnx", work, "tiny elpv",
+           f"--calibration_json={test_json.parent / 'train.json'}")
     variants(Path(work) / "tiny-elpv-onnx")
     return test_json, model, Path(work) / "tiny-elpv-onnx"
 
@@ -225,7 +255,7 @@ def report(results, exported, sizes, agreement, started, elapsed):
                          f"{result['loaded_gb'][runtime]:.2f} |")
             every.append(f"| {setting} | {runtime} | " + " | ".join(f"{s:.2f} ({f:.2f}x)" for s, f in
                                                                      zip(seconds, faster)) + " |")
-            if not runtime.startswith("pytorch") and runtime not in VARIANTS:
+            if not runtime.startswith("pytorch") and runtime not in (*VARIANTS, WEIGHTS_ONLY):
                 checks.append((verdict(faster, TARGET, at_most=False),
                                f"{setting}: {runtime} at least {TARGET}x faster per image than PyTorch fp32"))
     size_lines = [f"- {name}: {size / 1e6:.0f} MB" for name, size in sizes.items()]
@@ -238,7 +268,7 @@ def report(results, exported, sizes, agreement, started, elapsed):
             a = agreement[name]
             agree_lines.append(f"| {name} | {a['identical'] / n:.1%} ({a['identical']}/{n}) | "
                                f"{a['max_prob_diff']:.2g} | {a['accuracy']:.3f} |")
-            if name != "pytorch fp32" and name not in VARIANTS:
+            if name != "pytorch fp32" and name not in (*VARIANTS, WEIGHTS_ONLY):
                 share = a["identical"] / n
                 checks.append(("met" if share >= 0.99 else "missed",
                                f"{name} keeps PyTorch fp32's top class on at least 99% of the elpv test images "
@@ -261,8 +291,10 @@ def report(results, exported, sizes, agreement, started, elapsed):
   exported by export_model.py --quantize=int8 (model.onnx fp32; model.int8.onnx: onnxruntime's dynamic int8,
   per-channel, the head in float). "before": the int8 graph as export_model.py wrote it before (per-tensor, the head
   quantised too); "per-tensor": per-tensor with the head in float. PyTorch int8: the scripts' --quantize=int8
-  (torch's dynamic quantisation). OpenVINO (--runtime=openvino): model.onnx in f32, int8: its weights compressed by
-  NNCF (int8, per channel, the head in float) as it loads.
+  (torch's dynamic quantisation). OpenVINO (--runtime=openvino): model.onnx in f32; int8: the export's OpenVINO
+  int8 graph (NNCF's post-training quantisation, int8 weights and activations, the head in float, calibrated on
+  {CALIBRATION_IMAGES} other random-pixel images at one tile); int8 weights: model.onnx's weights compressed by NNCF
+  (int8, per channel, the head in float) as it loads, what a folder exported without calibration images runs.
 - Each image ({IMAGE_SIZE}, random pixels) classified alone as the scripts classify it, preparing its prompt and
   pixels included. One tile: 512 px without splitting; splitting: 1024 px, 2x1 tiles and the global view. The
   floor: one pass of the vision encoder and connector over the same pixels in PyTorch fp32 (no prompt, no
@@ -304,7 +336,9 @@ def main():
         model, out = Path(work) / "model", Path(work) / "model-onnx"
         build_model(model, seed=SEED, tiny=TINY)
         head_model(model)
-        exported = export(model, out, work, "256M")
+        # calibrated at one tile: the saved processor's 2048 px would make every calibration image 9+ tiles
+        exported = export(model, out, work, "256M", f"--calibration_json={calibration_json(work)}",
+                          "--image_longest_edge=512", "--image_splitting=false")
         variants(out)
         sizes = {"PyTorch weights (model.safetensors)": (model / "model.safetensors").stat().st_size,
                  "model.onnx": (out / "model.onnx").stat().st_size,

@@ -25,7 +25,7 @@ from vlmcls.onnx_runtime import OnnxPredictor
 from vlmcls.prediction import evaluate_with
 from vlmcls.prompt import classification_question
 from vlmcls.runtime import load_predictor
-from vlmcls.saved import EXPORT_FILE, INT8_FILE, MODEL_FILE, open_classifier
+from vlmcls.saved import EXPORT_FILE, INT8_FILE, MODEL_FILE, OPENVINO_INT8_FILE, open_classifier
 
 CLASSES = ["red", "green", "blue", "Bird-drop"]  # the answers "red" and "Bird-drop" share no token; others may
 QUESTION = classification_question(CLASSES)
@@ -255,6 +255,7 @@ def test_openvino_gives_onnx_runtimes_probabilities_and_its_int8_keeps_the_scori
                           json.dumps([str(exported[objective]), [str(p) for p in paths], QUESTION, CLASSES])],
                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "no OpenVINO int8 graph (no calibration images" in out.stdout  # exported without: weights compressed
     found = json.loads(out.stdout.strip().splitlines()[-1])
     for w, g in zip(wanted, found["none"]):
         assert g["pred"] == w["pred"] and g["probs"] == pytest.approx(w["probs"], abs=1e-4)
@@ -264,6 +265,79 @@ def test_openvino_gives_onnx_runtimes_probabilities_and_its_int8_keeps_the_scori
     # the scoring layer multiplies by a float constant, not an int8 one converted; the rest is int8
     assert found["kept"] and "Convert" not in found["kept"]
     assert found["int8_weights"] >= 20
+
+
+# The export's OpenVINO int8 graph (int8 weights and activations), run in OpenVINO as in OPENVINO_CHECK
+STATIC_CHECK = """
+import json, sys
+from vlmcls.openvino_runtime import OpenVinoPredictor
+from vlmcls.prediction import evaluate_with
+from vlmcls.saved import open_classifier
+folder, paths, question, classes = json.loads(sys.argv[1])
+predictor = OpenVinoPredictor(open_classifier(folder), quantize="int8")
+precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in predictor.session.get_runtime_model().get_ordered_ops()}
+print(json.dumps({"results": evaluate_with(predictor, paths, question, classes, "score", 2, 10**8),
+                  "int8_activations": bool(precisions & {"i8", "u8", "I8", "U8"})}))
+"""
+
+
+def test_export_writes_a_checked_openvino_int8_graph_calibrated_on_the_images_given(saved_models, tmp_path):
+    """export_model.py --quantize=int8 --calibration_json: OpenVINO's graph of int8 weights and activations,
+    calibrated on that data set's images, recorded with its check on 1 and 3 tiles and in the manifest, and run by
+    --runtime=openvino --quantize=int8 (int8 activations), keeping ONNX Runtime's float top class."""
+    paths = noisy_images(tmp_path / "calibration", SIZES[:2])
+    data = tmp_path / "calibration.json"
+    data.write_text(json.dumps({"classes": CLASSES, "question": QUESTION, "max_image_pixels": 10**8,
+                                "samples": [{"image": str(p), "label": p.name.split("_")[0]} for p in paths]}))
+    out = tmp_path / "onnx"
+    run_script("export_model.py", f"--model_path={saved_models['head']}", f"--output_dir={out}", "--quantize=int8",
+               f"--calibration_json={data}", "--calibration_images=5", cwd=tmp_path)
+    record = json.loads((out / EXPORT_FILE).read_text())
+    static = record["openvino_int8"]
+    assert static["file"] == OPENVINO_INT8_FILE and static["calibration"] == {"json": str(data), "images": 5}
+    assert static["precision"] == "f32" and [c["tiles"] for c in static["against_float"]] == [1, 3]
+    assert all(c["same_top_class"] for c in static["against_float"])
+    assert {OPENVINO_INT8_FILE, OPENVINO_INT8_FILE.replace(".xml", ".bin")} <= set(record["manifest"])
+    images = noisy_images(tmp_path / "unseen", SIZES[:2], seed=1)
+    wanted = evaluate_with(OnnxPredictor(open_classifier(out)), images, QUESTION, CLASSES, "score", 2, 10**8)
+    found = subprocess.run([sys.executable, "-c", STATIC_CHECK, json.dumps([str(out), [str(p) for p in images],
+                                                                            QUESTION, CLASSES])],
+                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert found.returncode == 0, found.stderr[-3000:]
+    got = json.loads(found.stdout.strip().splitlines()[-1])
+    assert got["int8_activations"] and "compressing the weights" not in found.stdout
+    assert [g["pred"] for g in got["results"]] == [w["pred"] for w in wanted]
+
+
+def test_an_openvino_int8_graph_that_changes_a_top_class_is_not_written(exported, tmp_path, monkeypatch):
+    """The OpenVINO int8 graph is written only where its top class is the float graph's on every check image; one
+    that changes it on a check (here 3 tiles) is left out and export.json says why, as it does without calibration
+    images. The calibration inputs are the images given, encoded as the runtime encodes them."""
+    from vlmcls import openvino_runtime
+    from vlmcls.export import example_inputs, openvino_int8
+    from vlmcls.models import load_processor
+    processor = load_processor(exported["head"])
+    examples = [example_inputs(processor, QUESTION, 1), example_inputs(processor, QUESTION)]
+    images = noisy_images(tmp_path, SIZES[:3])[:3]  # one colour at 1, 3 and 5 tiles
+    calls = {}
+    monkeypatch.setattr(openvino_runtime, "quantize_static", lambda file, nodes, feeds: calls.update(feeds=feeds))
+    monkeypatch.setattr(openvino_runtime, "compile_model", lambda model: None)
+    monkeypatch.setattr(openvino_runtime, "save", lambda model, file: calls.update(saved=file))
+    for same in (True, False):
+        calls.clear()
+        monkeypatch.setattr("vlmcls.export.check_against_float", lambda fp32, scores, found: [
+            {"tiles": int(e[1].shape[1]), "largest_probability_difference": 0.1, "same_top_class": same or i == 0}
+            for i, e in enumerate(found)])
+        record = openvino_int8(tmp_path, processor, QUESTION, ["node"], ("data.json", images, 10**8), examples)
+        assert [c["tiles"] for c in record["against_float"]] == [1, 3]
+        assert record["calibration"] == {"json": "data.json", "images": 3}
+        assert [f["pixel_values"].shape[1] for f in calls["feeds"]] == [1, 3, 5]
+        if same:
+            assert record["file"] == OPENVINO_INT8_FILE and calls["saved"] == tmp_path / OPENVINO_INT8_FILE
+        else:
+            assert record["file"] is None and "saved" not in calls and "top class" in record["reason"]
+    assert openvino_int8(tmp_path, processor, QUESTION, ["node"], None, examples) == {
+        "file": None, "reason": "no calibration images: give export_model.py --calibration_json"}
 
 
 def test_what_cannot_be_exported_or_predicted_is_refused_and_nothing_is_left(saved_models, exported, tiny_llava,

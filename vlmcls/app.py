@@ -1,12 +1,10 @@
 """The browser page: images in, every class's probability and the image as the model sees it out; also as APIs."""
-import itertools
-import json
 import math
 from pathlib import Path
 
 from .calibration import UNCERTAIN, best_guesses, load_calibration, uncertain_rule
 from .cli import UserError
-from .images import read_dataset_json
+from .images import images_in_turn, read_dataset_json, recorded_json
 from .prediction import evaluate_with
 
 RESULT_HEADERS = ["image", "class", "probability"]
@@ -72,17 +70,8 @@ def results_table(ranked):
 def example_images(model_path, test_json, count):
     """Up to `count` images of the test JSON, taken from each class in turn; by default the test JSON that
     fine_tune.py recorded for the model, when it is still there (paths are relative to the current folder)."""
-    if not test_json:
-        config = Path(model_path) / "run_config.json"
-        recorded = json.loads(config.read_text(encoding="utf-8"))["settings"].get("test_json") \
-            if config.is_file() else ""
-        if not recorded or not Path(recorded).is_file():
-            return []
-        test_json = recorded
-    data = read_dataset_json(test_json)
-    by_class = [[s["image"] for s in data["samples"] if s["label"] == name] for name in data["classes"]]
-    in_turn = [path for group in itertools.zip_longest(*by_class) for path in group if path]
-    return list(dict.fromkeys(in_turn))[:count]
+    test_json = test_json or recorded_json(model_path, "test_json")
+    return images_in_turn(read_dataset_json(test_json), count) if test_json else []
 
 
 def parse_class_names(text):

@@ -1,5 +1,6 @@
 """Export of a saved model to ONNX (torch.onnx's dynamo exporter): one graph from an image's prompt to its class
-scores, int8 weights on request, and the folder a runtime without PyTorch reads (onnx_runtime.py), written whole or
+scores, int8 weights on request (with calibration images, also OpenVINO's graph of int8 weights and activations,
+kept only where it keeps the float graph's top class), and the folder a runtime without PyTorch reads (onnx_runtime.py), written whole or
 not at all.
 
 The graph takes one image's prompt, `input_ids` (1, tokens), and its tiles, `pixel_values` (1, tiles, 3, 512, 512),
@@ -21,7 +22,8 @@ from .compat import library_versions
 from .files import write_json
 from .objectives import load_for_inference
 from .pixels import FAMILY
-from .saved import CLASSES_FILE, EXPORT_FILE, EXPORT_FORMAT, INT8_FILE, MODEL_FILE, graph_metadata, manifest
+from .saved import CLASSES_FILE, EXPORT_FILE, EXPORT_FORMAT, INT8_FILE, MODEL_FILE, OPENVINO_INT8_FILE, \
+    graph_metadata, manifest
 
 OPSET = 18  # the ONNX opset written: onnxruntime 1.20+ and OpenVINO 2024+ read it
 FAMILIES = ("idefics3", "smolvlm")  # config model types whose graph has been checked (SmolVLM's architecture)
@@ -158,34 +160,74 @@ def quantize_int8(source, target, keep_float=(), per_channel=PER_CHANNEL):
         logging.disable(logging.NOTSET)
 
 
-def check_int8(fp32_file, int8_file, examples):
-    """The int8 graph's probabilities (softmax of the scores) against the float graph's on each example's inputs:
-    [{tiles, largest probability difference, same top class}]."""
-    import numpy as np
+def onnx_scores(file):
+    """A function of a graph's feed (dict of numpy inputs) giving its (classes,) scores in ONNX Runtime."""
     import onnxruntime
+    session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    return lambda feed: session.run(None, feed)[0][0]
+
+
+def check_against_float(fp32_file, scores, examples):
+    """Quantised scores (`scores`: a function of a feed, as onnx_scores gives) against the float graph's: their
+    probabilities (softmax) on each example's inputs: [{tiles, largest probability difference, same top class}]."""
+    import numpy as np
 
     from .calibration import softmax
-    sessions = [onnxruntime.InferenceSession(str(f), providers=["CPUExecutionProvider"])
-                for f in (fp32_file, int8_file)]
+    float_scores = onnx_scores(fp32_file)
     checks = []
     for input_ids, pixel_values in examples:
         feed = {"input_ids": input_ids.numpy(), "pixel_values": pixel_values.numpy()}
-        fp32, int8 = (np.asarray(softmax(s.run(None, feed)[0][0].tolist())) for s in sessions)
+        fp32, int8 = (np.asarray(softmax(run(feed).tolist())) for run in (float_scores, scores))
         checks.append({"tiles": int(pixel_values.shape[1]),
                        "largest_probability_difference": float(np.abs(fp32 - int8).max()),
                        "same_top_class": bool(fp32.argmax() == int8.argmax())})
     return checks
 
 
+def calibration_images(saved, json_path, count):
+    """(the data set JSON, up to `count` of its images from each class in turn, its max_image_pixels) that calibrate
+    OpenVINO's int8 graph: `json_path`, else the training JSON fine_tune.py recorded for the model when it is still
+    there; None when there is neither."""
+    from .images import images_in_turn, read_dataset_json, recorded_json
+    json_path = json_path or recorded_json(saved.path, "train_json")
+    if not json_path:
+        return None
+    data = read_dataset_json(json_path)
+    return str(json_path), images_in_turn(data, count), data["max_image_pixels"]
+
+
+def openvino_int8(folder, processor, question, float_nodes, calibration, examples):
+    """OpenVINO's graph of int8 weights and activations, calibrated on the images of `calibration`
+    (calibration_images'), written to `folder` as OPENVINO_INT8_FILE only when its top class is the float graph's
+    on every example (one tile and several). Returns export.json's openvino_int8: the file (None when not written)
+    and why, the calibration, the precision it runs at and its check against the float graph."""
+    from .onnx_runtime import ArrayEncoder
+    from .openvino_runtime import FEED, PRECISION, compile_model, quantize_static, save
+    from .prompt import render_segments
+    if calibration is None:
+        return {"file": None, "reason": "no calibration images: give export_model.py --calibration_json"}
+    json_path, images, max_pixels = calibration
+    encoder, segments = ArrayEncoder(processor, max_pixels), render_segments(processor, [(question, None)])
+    feeds = [dict(zip(FEED, encoder.example(image, segments))) for image in images]
+    model = quantize_static(folder / MODEL_FILE, float_nodes, feeds)
+    compiled = compile_model(model)
+    checks = check_against_float(folder / MODEL_FILE, lambda feed: compiled(feed)[0][0], examples)
+    kept = all(c["same_top_class"] for c in checks)
+    if kept:
+        save(model, folder / OPENVINO_INT8_FILE)
+    return {"file": OPENVINO_INT8_FILE if kept else None,
+            **({} if kept else {"reason": "its top class was not the float graph's on a check image"}),
+            "calibration": {"json": json_path, "images": len(feeds)}, "precision": PRECISION,
+            "against_float": checks}
+
+
 def check_graph(file, module, inputs):
     """The exported graph's scores against the module's on the example inputs; UserError beyond TOLERANCE."""
     import numpy as np
-    import onnxruntime
     import torch
-    session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input_ids": inputs[0].numpy(), "pixel_values": inputs[1].numpy()})[0]
+    got = onnx_scores(file)({"input_ids": inputs[0].numpy(), "pixel_values": inputs[1].numpy()})
     with torch.inference_mode():
-        wanted = module(*inputs).numpy()
+        wanted = module(*inputs).numpy()[0]
     difference = float(np.abs(got - wanted).max())
     if not difference <= TOLERANCE:
         raise UserError(f"{file.name}: the exported graph's scores differ from PyTorch's by {difference:.2g} "
@@ -223,12 +265,13 @@ def replace_folder(staging, out):
 
 
 def export_model(saved, out, *, classes=(), mode="score", quantize="none", image_longest_edge=None,
-                 image_splitting=None, opset=OPSET, record=None):
+                 image_splitting=None, opset=OPSET, calibration=None, record=None):
     """Export a saved model folder (`saved`: its record, vlmcls.saved.open_classifier) to `out`: model.onnx
     (float32), with quantize=int8 also model.int8.onnx, each recording its objective and classes, the processor's
     files at the resolution given (None: as saved), the model's classes.json whole (class bias, temperature and the
     rest travel with it; for the answer objective `classes`, when given, replace its class list), and export.json
-    recording what was exported, with the SHA-256 of every other file (its manifest). Everything is written to a
+    recording what was exported, with the SHA-256 of every other file (its manifest). With quantize=int8 and
+`calibration` (calibration_images'), also OpenVINO's int8 graph where it passes its check (openvino_int8). Everything is written to a
     temporary folder beside `out` and renamed into place at the end: a failed export leaves nothing. Returns
     export.json's record."""
     import torch
@@ -264,9 +307,11 @@ def export_model(saved, out, *, classes=(), mode="score", quantize="none", image
             quantize_int8(staging / MODEL_FILE, staging / INT8_FILE, nodes)
             check_float(staging / INT8_FILE, layer)
             files.append(INT8_FILE)
+            examples = [example_inputs(processor, question, 1), inputs]
             int8_check = {"per_channel": PER_CHANNEL, "float_layer": layer, "float_nodes": nodes,
-                          "against_float": check_int8(staging / MODEL_FILE, staging / INT8_FILE,
-                                                      [example_inputs(processor, question, 1), inputs])}
+                          "against_float": check_against_float(staging / MODEL_FILE,
+                                                               onnx_scores(staging / INT8_FILE), examples)}
+            static = openvino_int8(staging, processor, question, nodes, calibration, examples)
         processor.save_pretrained(str(staging))
         write_json(staging / CLASSES_FILE, {**saved.classes_json, "classes": classes, "question": question,
                                             "objective": objective.NAME})
@@ -282,7 +327,7 @@ def export_model(saved, out, *, classes=(), mode="score", quantize="none", image
                    "image": {"longest_edge": dict(image_processor.size)["longest_edge"],
                              "splitting": bool(image_processor.do_image_splitting)},
                    "check": {"largest_score_difference": difference, "tolerance": TOLERANCE},
-                   **({"int8_check": int8_check} if int8_check else {}),
+                   **({"int8_check": int8_check, "openvino_int8": static} if int8_check else {}),
                    "settings": record or {}, "versions": library_versions(RUNTIME_PACKAGES)}
         record_["manifest"] = manifest(staging)  # last: every file the folder holds but export.json itself
         write_json(staging / EXPORT_FILE, record_)
@@ -296,10 +341,14 @@ def export_model(saved, out, *, classes=(), mode="score", quantize="none", image
 def describe(record, out):
     """The console lines of a finished export."""
     sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in record["files"].items())
-    int8 = "".join(f"; int8 against float at {c['tiles']} tile{'s' if c['tiles'] > 1 else ''}: largest probability "
-                   f"difference {c['largest_probability_difference']:.2g}, "
-                   f"{'same top class' if c['same_top_class'] else 'ANOTHER TOP CLASS'}"
-                   for c in record.get("int8_check", {}).get("against_float", []))
+    def checks(name, found):
+        return "".join(f"; {name} against float at {c['tiles']} tile{'s' if c['tiles'] > 1 else ''}: largest "
+                       f"probability difference {c['largest_probability_difference']:.2g}, "
+                       f"{'same top class' if c['same_top_class'] else 'ANOTHER TOP CLASS'}"
+                       for c in found.get("against_float", []))
+    static = record.get("openvino_int8", {})
+    int8 = checks("int8", record.get("int8_check", {})) + checks("OpenVINO int8", static) + (
+        "" if not static or static["file"] else f"; no OpenVINO int8 graph written: {static['reason']}")
     return (f"exported {record['objective']} model ({len(record['classes'])} classes: "
             f"{', '.join(record['classes'])}) to {out}: {sizes}; largest score difference from PyTorch on the "
             f"example image {record['check']['largest_score_difference']:.2g}{int8}")

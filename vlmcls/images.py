@@ -1,5 +1,6 @@
 """Images in: decoding and validation, class folders, and the data set JSON files that list them."""
 import hashlib
+import itertools
 import json
 import random
 from collections import defaultdict
@@ -288,3 +289,18 @@ def read_dataset_json(path):
         sample["image"] = str((path.parent / sample["image"]).resolve())
     return data
 
+
+
+def recorded_json(model_path, setting):
+    """The data set JSON that fine_tune.py recorded for the model as `setting` (test_json, train_json), when it is
+    still there (relative to the current folder); "" otherwise."""
+    config = Path(model_path) / "run_config.json"
+    recorded = json.loads(config.read_text(encoding="utf-8"))["settings"].get(setting) if config.is_file() else ""
+    return recorded if recorded and Path(recorded).is_file() else ""
+
+
+def images_in_turn(data, count):
+    """Up to `count` images of a data set (read_dataset_json's), taken from each class in turn."""
+    by_class = [[s["image"] for s in data["samples"] if s["label"] == name] for name in data["classes"]]
+    in_turn = [path for group in itertools.zip_longest(*by_class) for path in group if path]
+    return list(dict.fromkeys(in_turn))[:count]

@@ -1,16 +1,43 @@
 """Prediction with an exported model (export_model.py's folder) in OpenVINO on the CPU: onnx_runtime.OnnxPredictor
-with an OpenVINO compiled model in place of its ONNX Runtime session (the same graph file, prompt, pixels and
-post-processing). OpenVINO reads model.onnx itself; with quantize=int8 it compresses that graph's weights to int8 as
-it loads (NNCF's weight compression), keeping the scoring layer float as the exported int8 graph does."""
+with an OpenVINO compiled model in place of its ONNX Runtime session (the same prompt, pixels and post-processing),
+and the int8 graphs OpenVINO runs. OpenVINO reads model.onnx itself; with quantize=int8 it runs the graph of int8
+weights and activations that export_model.py calibrated and checked (NNCF's post-training quantisation), or, where
+the folder has none, compresses model.onnx's weights to int8 as it loads (NNCF's weight compression, slower). Both
+keep the scoring layer float, as the exported int8 graph does."""
 from .cli import UserError
 from .onnx_runtime import OnnxPredictor
 
 PRECISION = "f32"  # OpenVINO's inference precision: f32, not the bf16 it picks by itself on CPUs that have it
+FEED = ("input_ids", "pixel_values")  # the graph's inputs, in the order the encoder gives them
+
+
+def openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise UserError("runtime=openvino needs openvino (and nncf for int8): pip install -r requirements.txt") \
+            from None
+    return openvino
+
+
+def nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise UserError("OpenVINO's int8 needs nncf: pip install -r requirements.txt") from None
+    return nncf
+
+
+def compile_model(model, threads=0):
+    """An OpenVINO model compiled for the CPU at PRECISION, `threads` threads (0: OpenVINO's default)."""
+    config = {"INFERENCE_PRECISION_HINT": PRECISION, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    return openvino().Core().compile_model(model, "CPU", config)
 
 
 class OpenVinoPredictor(OnnxPredictor):
-    """An exported model in OpenVINO on the CPU: model.onnx as it is, or with quantize=int8 its weights compressed
-    to int8 at load (the int8 graph onnxruntime wrote is not used); `threads` (0: OpenVINO's default)."""
+    """An exported model in OpenVINO on the CPU: model.onnx as it is, or with quantize=int8 the folder's OpenVINO
+    int8 graph (export.json's openvino_int8), else model.onnx's weights compressed to int8 at load, which is said
+    in one line (the int8 graph onnxruntime wrote is not used); `threads` (0: OpenVINO's default)."""
 
     def __init__(self, saved, *, quantize="none", image_longest_edge=None, image_splitting=None, threads=0):
         self.int8 = quantize == "int8"
@@ -18,36 +45,51 @@ class OpenVinoPredictor(OnnxPredictor):
                          image_splitting=image_splitting, threads=threads)
 
     def open(self, file, threads):
-        try:
-            import openvino
-        except ImportError:
-            raise UserError("runtime=openvino needs openvino (and nncf for int8): pip install -r requirements.txt") \
-                from None
-        core = openvino.Core()
-        model = core.read_model(str(file))
-        # OpenVINO keeps an ONNX graph's metadata_props among the model's "framework" run-time information
-        metadata = {key: value.astype(str) for key, value in model.get_rt_info()["framework"].items()} \
-            if "framework" in model.get_rt_info().keys() else {}
+        core = openvino().Core()
         if self.int8:
             if "int8_check" not in self.saved.export:
                 raise UserError(f"{self.saved.path}: runtime=openvino with quantize=int8 keeps float the nodes an "
                                 "int8 export recorded; export with --quantize=int8")
+            static = self.saved.export.get("openvino_int8", {})
+            if static.get("file"):
+                file = self.saved.file(static["file"])
+            else:
+                print(f"{self.saved.path}: no OpenVINO int8 graph ({static.get('reason', 'exported before it existed')}"
+                      "): compressing the weights of model.onnx to int8 instead, activations float (slower)")
+        model = core.read_model(str(file))
+        # OpenVINO keeps an ONNX graph's metadata_props among the model's "framework" run-time information
+        metadata = {key: value.astype(str) for key, value in model.get_rt_info()["framework"].items()} \
+            if "framework" in model.get_rt_info().keys() else {}
+        if self.int8 and file.suffix == ".onnx":
             model = compress_int8(model, self.saved.export)
-        config = {"INFERENCE_PRECISION_HINT": PRECISION, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
-        return core.compile_model(model, "CPU", config), metadata
+        return compile_model(model, threads), metadata
 
     def scores(self, input_ids, pixel_values):
-        return self.session({"input_ids": input_ids, "pixel_values": pixel_values})[0][0]
+        return self.session(dict(zip(FEED, (input_ids, pixel_values))))[0][0]
+
+
+def kept_float(float_nodes):
+    """NNCF's scope of the nodes of the layer that makes the scores (export.json's int8_check.float_nodes)."""
+    import re
+    return nncf().IgnoredScope(patterns=[re.escape(n) + ".*" for n in float_nodes], validate=False)
 
 
 def compress_int8(model, record):
     """The OpenVINO model with int8 weights (NNCF, per output channel, symmetric), the nodes of the layer that makes
     the scores (export.json's int8_check.float_nodes, as the exported int8 graph) left float."""
-    try:
-        import nncf
-    except ImportError:
-        raise UserError("runtime=openvino with quantize=int8 needs nncf: pip install -r requirements.txt") from None
-    import re
-    ignored = nncf.IgnoredScope(patterns=[re.escape(n) + ".*" for n in record["int8_check"]["float_nodes"]],
-                                validate=False)
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=ignored)
+    return nncf().compress_weights(model, mode=nncf().CompressWeightsMode.INT8_SYM,
+                                   ignored_scope=kept_float(record["int8_check"]["float_nodes"]))
+
+
+def quantize_static(file, float_nodes, feeds):
+    """The graph `file` (model.onnx) in OpenVINO with int8 weights and activations: NNCF's post-training quantisation
+    for transformers (SmoothQuant, then per-tensor activation ranges from the calibration inputs `feeds`, dicts of
+    FEED), the nodes `float_nodes` left float."""
+    model = openvino().Core().read_model(str(file))
+    return nncf().quantize(model, nncf().Dataset(feeds), model_type=nncf().ModelType.TRANSFORMER,
+                           ignored_scope=kept_float(float_nodes), subset_size=len(feeds))
+
+
+def save(model, file):
+    """The OpenVINO model as `file` (.xml) and its weights beside it (.bin), float weights kept float32."""
+    openvino().save_model(model, str(file), compress_to_fp16=False)

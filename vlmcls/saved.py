@@ -21,6 +21,7 @@ CLASSES_FILE = "classes.json"  # what fine_tune.py saves with a model: classes, 
 EXPORT_FILE = "export.json"  # what export_model.py exported: its presence makes a folder an exported model
 MODEL_FILE = "model.onnx"  # the float32 graph
 INT8_FILE = "model.int8.onnx"  # the graph with int8 weights (export_model.py --quantize=int8)
+OPENVINO_INT8_FILE = "model.openvino-int8.xml"  # OpenVINO's graph with int8 weights and activations (its .bin beside)
 EXPORT_FORMAT = 2  # export.json's "format": 2 has the manifest and a graph recording its classes and objective
 GRAPH_KEYS = {"objective": "vlmcls.objective", "classes": "vlmcls.classes"}  # the graph's metadata_props keys
 
