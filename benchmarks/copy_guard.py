@@ -1,5 +1,5 @@
-"""Benchmark: the copy guard's false alarms and catches, the old rule (a greyscale thumbnail) against the new (a
-colour one), in the same run.
+"""Benchmark: the copy guard's false alarms and catches, the old rule (a colour thumbnail alone) against the new
+(the thumbnail finds candidates, their fine detail at the pair's common size confirms them), in the same run.
 
 fine_tune.py refuses a held-out image that looks like a training image (vlmcls.images.refuse_overlap), and
 generate_train_json.py keeps look-alikes in one split by the same rule. A false alarm is two distinct images
@@ -16,7 +16,7 @@ an image, re-encoded or resized, judged the same picture as its original. Three 
 
 False alarms count every pair of distinct images; copies are made of a seeded sample of COPIES images a set.
 
-    HF_HUB_OFFLINE=1 python benchmarks/copy_guard.py                 # ~2 min on 2 cores
+    HF_HUB_OFFLINE=1 python benchmarks/copy_guard.py                 # ~5 min on one core
 """
 import sys
 import time
@@ -69,14 +69,8 @@ def scaled(image, factor):
     return image.resize((round(image.width * factor), round(image.height * factor)))
 
 
-def old_look(image):
-    """The rule before issue 41: the grey levels alone (its colour nought). Its grey levels (Pillow's Y, the weights
-    of its greyscale), tolerances and mean-colour check are the new rule's, so look_distance measures it too."""
-    luma, chroma, colour = images.look(image)
-    return luma, np.zeros_like(chroma), colour
-
-
-RULES = {"old (greyscale)": old_look, "new (colour)": images.look}
+# Each rule: whether it confirms the thumbnail's pairs by their fine detail (vlmcls.images.same_fine_detail).
+RULES = {"old (thumbnail)": False, "new (thumbnail, then fine detail)": True}
 
 
 def layout(name, period, size):
@@ -135,28 +129,35 @@ def image_set(name):
     return structured_set(PERIODS, COLOUR_PAIRS, STRUCTURED_SIZE, SEED)
 
 
-def false_alarms(named, look):
-    """The pairs of distinct images (different pixels) that `look`'s rule judges the same picture, the pairs of
-    identical ones, and the smallest distance between distinct images (within 5x the tolerance; inf beyond)."""
+def same(one, other, verify):
+    """Whether a rule judges two images whose thumbnails agree the same picture."""
+    return not verify or images.same_fine_detail(images.detail_view(one), images.detail_view(other))
+
+
+def false_alarms(named, verify):
+    """The pairs of distinct images (different pixels) that a rule judges the same picture, the pairs of identical
+    ones, and the smallest thumbnail distance between distinct images (within 5x the tolerance; inf beyond)."""
     hashes = [images.pixel_hash(image) for _, image in named]
-    looks = [look(image) for _, image in named]
+    looks = [images.look(image) for _, image in named]
     near = images.lookalike_pairs(looks, tolerance=5)
     distinct = [(i, j) for i, j in near if hashes[i] != hashes[j]]
     distances = [images.look_distance(looks[i], looks[j]) for i, j in distinct]
     alarms = [(named[i][0], named[j][0]) for (i, j), d in zip(distinct, distances)
-              if d <= 1]
+              if d <= 1 and same(named[i][1], named[j][1], verify)]
     identical = len(near) - len(distinct)
     return alarms, identical, min(distances, default=np.inf)
 
 
-def catches(named, look, rng):
+def catches(named, verify, rng):
     """Per variant, the share of the sampled images whose copy is judged the same picture as the image, and the
-    largest copy's distance."""
+    largest copy's thumbnail distance."""
     sample = rng.choice(len(named), min(COPIES, len(named)), replace=False)
     found = {}
     for variant, make in VARIANTS.items():
-        distances = [images.look_distance(look(named[i][1]), look(make(named[i][1]))) for i in sample]
-        found[variant] = (np.mean(np.array(distances) <= 1), max(distances))
+        copies = [(named[i][1], make(named[i][1])) for i in sample]
+        distances = [images.look_distance(images.look(a), images.look(b)) for a, b in copies]
+        caught = [d <= 1 and same(a, b, verify) for d, (a, b) in zip(distances, copies)]
+        found[variant] = (np.mean(caught), max(distances))
     return found, len(sample)
 
 
@@ -181,7 +182,11 @@ def report(results, started, elapsed):
             counts = [sum(f" {period}px " in a and f" {period}px " in b for a, b in results["structured"]["alarms"][r][0])
                       for r in rules]
             by_period.append(f"| {period} px ({STRUCTURED_SIZE // period} across) | " + " | ".join(map(str, counts)) + " |")
-        periods = ("\nStructured set's false alarms by period (pairs of images of that period):\n\n"
+        twins = [sum(a.split(" pair ")[0] == b.split(" pair ")[0] and a.split(" twin")[0] == b.split(" twin")[0]
+                     for a, b in results["structured"]["alarms"][r][0]) for r in rules]
+        by_period.append("| all periods: a layout and its colour twin | " + " | ".join(map(str, twins)) + " |")
+        periods = ("\nStructured set's false alarms by period (pairs of images of that period), and those between an "
+                   "image and its colour twin:\n\n"
                    f"| period | {' | '.join(rules)} |\n|---|---|---|\n" + "\n".join(by_period) + "\n")
     else:
         periods = ""
@@ -190,16 +195,18 @@ def report(results, started, elapsed):
 {command("copy_guard.py")}
 
 - Commit {commit()}. {machine(started, elapsed)}.
-- Same picture (vlmcls.images.look_distance at most 1): {images.THUMBNAIL_SIDE}x{images.THUMBNAIL_SIDE} thumbnails whose grey levels differ (RMS) by at most
-  {images.THUMBNAIL_TOLERANCE} of their spread (at least {images.THUMBNAIL_MIN_SPREAD} levels) and whose colour (Cb, Cr) by at most {images.CHROMA_TOLERANCE} levels, and mean colours
-  within {images.MEAN_COLOUR_TOLERANCE} levels a channel. Old rule: grey levels alone (before issue 41); new: grey levels and colour.
+- Old rule (the thumbnail alone, vlmcls.images.look_distance at most 1): {images.THUMBNAIL_SIDE}x{images.THUMBNAIL_SIDE} thumbnails whose grey levels differ (RMS)
+  by at most {images.THUMBNAIL_TOLERANCE} of their spread (at least {images.THUMBNAIL_MIN_SPREAD} levels) and whose colour (Cb, Cr) by at most {images.CHROMA_TOLERANCE} levels, and
+  mean colours within {images.MEAN_COLOUR_TOLERANCE} levels a channel. New rule: those pairs, confirmed by their fine detail at the pair's common
+  size (vlmcls.images.same_fine_detail: longer side at most {images.DETAIL_MAX_SIDE} px, blur sigma the longer side / {images.DETAIL_BLUR}; two pictures where, in
+  luma or in chroma, the weaker detail is at least {images.DETAIL_FLOOR} levels RMS and {images.DETAIL_SHARE} of the stronger, and the cosine under {images.DETAIL_MAX_COSINE}).
 - Structured: {len(LAYOUTS)} layouts ({", ".join(LAYOUTS)}) x {len(PERIODS)} periods x {COLOUR_PAIRS} colour pairs, each pair with its
   twin (same mean colour, same grey levels, other colours), {STRUCTURED_SIZE} px. Copies: a seeded sample (seed {SEED}) of up to
   {COPIES} images a set; resizes with Pillow's bicubic filter.
 
 False alarms: pairs of distinct images (different pixels) judged the same picture, and the distance of the closest
-two distinct images (1 is the limit; inf: none within 5). Pairs of identical images are counted apart: they are the
-same picture.
+two distinct images by their thumbnails (1 is the limit; inf: none within 5). Pairs of identical images are counted
+apart: they are the same picture.
 
 | set | images | identical pairs | {rules[0]}: false alarms | closest | {rules[1]}: false alarms | closest |
 |---|---|---|---|---|---|---|
@@ -208,7 +215,7 @@ same picture.
 {chr(10).join(examples) or "No false alarms."}
 
 Copies caught: the share of the sampled images whose copy is judged the same picture as the original (the largest
-distance of a copy from its original; 1 is the limit):
+thumbnail distance of a copy from its original; 1 is the limit):
 
 | set | copy | {rules[0]} | {rules[1]} |
 |---|---|---|---|
@@ -223,9 +230,9 @@ def main():
         named = image_set(name)
         print(f"{name}: {len(named)} images", flush=True)
         results[name] = {"images": len(named), "alarms": {}, "catches": {}}
-        for rule, look in RULES.items():
-            results[name]["alarms"][rule] = false_alarms(named, look)
-            results[name]["catches"][rule], _ = catches(named, look, np.random.default_rng(SEED))
+        for rule, verify in RULES.items():
+            results[name]["alarms"][rule] = false_alarms(named, verify)
+            results[name]["catches"][rule], _ = catches(named, verify, np.random.default_rng(SEED))
     write_report(report(results, started, time.perf_counter() - start),
                  OUTPUT or ROOT / "benchmarks" / "results-copy-guard.md")
 

@@ -165,3 +165,25 @@ def test_a_layout_in_other_colours_is_another_picture_and_its_resized_copies_are
     groups = lookalike_groups(originals + twins + copies, 10**7, progress=False)
     assert sorted(groups) == sorted(sorted([p, *(c for c in copies if c.stem.split("_")[0] == p.stem)])
                                     for p in originals + twins)
+
+
+def stripes(period, size=128, colours=((200, 60, 40), (40, 80, 190))):
+    """Vertical stripes `period` px apart in two colours: at 4 and 8 px, finer than the 16x16 thumbnail shows."""
+    mask = copy_guard.layout("vertical stripes", period, size)[..., None]
+    return Image.fromarray(np.where(mask, np.array(colours[1], np.uint8), np.array(colours[0], np.uint8)))
+
+
+def test_fine_layouts_with_one_thumbnail_are_two_pictures_and_their_copies_are_still_caught(tmp_path):
+    # 4 px and 8 px stripes of the same colours blur to the same thumbnail; their fine detail tells them apart
+    fine, coarser = tmp_path / "fine.png", tmp_path / "coarser.png"
+    stripes(4).save(fine)
+    stripes(8).save(coarser)
+    refuse_overlap(as_dataset([fine]), {"validation": as_dataset([coarser]), "test": None}, progress=False)
+    assert lookalike_groups([fine, coarser], 10**7, progress=False) == [[coarser], [fine]]
+    # ... while a re-encoding at quality 50 and a half-size copy of the fine one are the same picture
+    stripes(4).save(tmp_path / "q50.jpg", quality=50)
+    copy_guard.scaled(stripes(4), 0.5).save(tmp_path / "half.png")
+    for copy in (tmp_path / "q50.jpg", tmp_path / "half.png"):
+        with pytest.raises(UserError, match="looks like the training image"):
+            refuse_overlap(as_dataset([fine]), {"validation": None, "test": as_dataset([copy])}, progress=False)
+        assert lookalike_groups([fine, copy], 10**7, progress=False) == [sorted([fine, copy])]
