@@ -167,23 +167,52 @@ def test_a_layout_in_other_colours_is_another_picture_and_its_resized_copies_are
                                     for p in originals + twins)
 
 
+def painted(name, period, colours, size=128):
+    """A layout of benchmarks/copy_guard.py in two colours, `size` px square."""
+    mask = copy_guard.layout(name, period, size)[..., None]
+    return Image.fromarray(np.where(mask, np.array(colours[1], np.uint8), np.array(colours[0], np.uint8)))
+
+
 def stripes(period, size=128, colours=((200, 60, 40), (40, 80, 190))):
     """Vertical stripes `period` px apart in two colours: at 4 and 8 px, finer than the 16x16 thumbnail shows."""
-    mask = copy_guard.layout("vertical stripes", period, size)[..., None]
-    return Image.fromarray(np.where(mask, np.array(colours[1], np.uint8), np.array(colours[0], np.uint8)))
+    return painted("vertical stripes", period, colours, size)
+
+
+def assert_two_pictures_whose_copies_are_caught(tmp_path, one, other):
+    """`one` and `other` are two pictures, while a JPEG quality-50 copy and a half-size copy of each are the same
+    picture as it, for both of the copy guard's users (refuse_overlap and lookalike_groups)."""
+    first, second = tmp_path / "one.png", tmp_path / "other.png"
+    one.save(first)
+    other.save(second)
+    refuse_overlap(as_dataset([first]), {"validation": as_dataset([second]), "test": None}, progress=False)
+    assert lookalike_groups([first, second], 10**7, progress=False) == [[first], [second]]
+    for path, image in ((first, one), (second, other)):
+        image.save(path.with_suffix(".q50.jpg"), quality=50)
+        copy_guard.scaled(image, 0.5).save(path.with_suffix(".half.png"))
+        for copy in (path.with_suffix(".q50.jpg"), path.with_suffix(".half.png")):
+            with pytest.raises(UserError, match="looks like the training image"):
+                refuse_overlap(as_dataset([path]), {"validation": None, "test": as_dataset([copy])}, progress=False)
+            assert lookalike_groups([path, copy], 10**7, progress=False) == [sorted([path, copy])]
 
 
 def test_fine_layouts_with_one_thumbnail_are_two_pictures_and_their_copies_are_still_caught(tmp_path):
     # 4 px and 8 px stripes of the same colours blur to the same thumbnail; their fine detail tells them apart
-    fine, coarser = tmp_path / "fine.png", tmp_path / "coarser.png"
-    stripes(4).save(fine)
-    stripes(8).save(coarser)
-    refuse_overlap(as_dataset([fine]), {"validation": as_dataset([coarser]), "test": None}, progress=False)
-    assert lookalike_groups([fine, coarser], 10**7, progress=False) == [[coarser], [fine]]
-    # ... while a re-encoding at quality 50 and a half-size copy of the fine one are the same picture
-    stripes(4).save(tmp_path / "q50.jpg", quality=50)
-    copy_guard.scaled(stripes(4), 0.5).save(tmp_path / "half.png")
-    for copy in (tmp_path / "q50.jpg", tmp_path / "half.png"):
-        with pytest.raises(UserError, match="looks like the training image"):
-            refuse_overlap(as_dataset([fine]), {"validation": None, "test": as_dataset([copy])}, progress=False)
-        assert lookalike_groups([fine, copy], 10**7, progress=False) == [sorted([fine, copy])]
+    assert_two_pictures_whose_copies_are_caught(tmp_path, stripes(4), stripes(8))
+
+
+# The structured set's colour pair 0 (seed 0) and its twin: nearly isoluminant colours (grey levels 134 and 127),
+# and a twin of the same hues at another saturation (colour contrasts 43 degrees apart).
+PAIR, TWIN = ((65, 157, 195), (98, 117, 255)), ((31, 170, 216), (132, 104, 234))
+
+
+def test_grids_of_nearly_isoluminant_colours_differ_in_their_weak_grey_detail(tmp_path):
+    # an 8 px and a 16 px grid: colour detail in one direction at 2x2 resolution; the grey detail (2.5 levels RMS)
+    # tells them apart
+    assert_two_pictures_whose_copies_are_caught(tmp_path, painted("grid", 8, PAIR), painted("grid", 16, PAIR))
+
+
+def test_a_layout_and_its_twin_of_the_same_hues_differ_in_colour_at_mid_scale(tmp_path):
+    # 16 px diagonal stripes and their twin: the same grey levels and colour detail in much the same direction
+    # (cosine 0.74), but their colours differ by 13 levels on more than half the pixels, where a copy's differ at edges
+    assert_two_pictures_whose_copies_are_caught(tmp_path, painted("diagonal stripes", 16, PAIR),
+                                                painted("diagonal stripes", 16, TWIN))

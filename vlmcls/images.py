@@ -163,15 +163,25 @@ MEAN_COLOUR_TOLERANCE = 6.0
 # DETAIL_BLUR: half a thumbnail pixel) is compared, luma alone, and chroma (Cb and Cr jointly, as 2x2 means: the
 # resolution JPEG keeps them at). A copy's detail is its original's, weakened (resizing and JPEG erase fine detail,
 # chroma first) plus noise. So the pair is two pictures when, in luma or in chroma, the weaker detail is clearly
-# present (at least DETAIL_FLOOR levels RMS and DETAIL_SHARE of the stronger) and the two do not agree (cosine
-# below DETAIL_MAX_COSINE). Where the weaker detail is erased, the pair stays the same picture. Chosen on the
-# structured set of benchmarks/copy_guard.py (results-copy-guard.md): the lowest floor and the highest cosine that
-# lose no JPEG quality >= 50 copy or resize; a JPEG copy of a photo keeps its colour detail at a cosine of 0.65.
+# present (at least DETAIL_LUMA_FLOOR or DETAIL_FLOOR levels RMS, and DETAIL_SHARE of the stronger) and the two do
+# not agree (cosine below DETAIL_MAX_COSINE). Where the weaker detail is erased, the pair stays the same picture.
+# Luma's floor is lower: JPEG keeps grey detail, so a copy's luma disagrees by at most 1.2 levels RMS, while two
+# layouts of nearly isoluminant colours (4 px diagonal stripes and a 4 px checkerboard) differ in it by 2-3.
+# Then the colours at mid scale (Cb and Cr blurred with sigma MID_BLUR pixels at the common size, which smooths away
+# JPEG's block noise and 4:2:0): a copy differs from its original mostly at edges, a layout in other colours (of the
+# same hues at another saturation, which the detail's cosine cannot tell from a copy's weakened colour) wherever its
+# colours differ, so the pair is two pictures when at least half its pixels differ by more than MID_TOLERANCE
+# levels (the median of the Cb-Cr difference's length). Chosen on benchmarks/copy_guard.py's sets, its development
+# data (results-copy-guard.md): the values that lose no resize and no JPEG quality >= 50 copy of any set there; its
+# quality-50 copies differ at mid scale by at most 6.4 levels (median), their luma detail by at most 1.2 levels.
 DETAIL_MAX_SIDE = 256
 DETAIL_BLUR = 32.0
+DETAIL_LUMA_FLOOR = 1.5
 DETAIL_FLOOR = 4.0
 DETAIL_SHARE = 0.1
 DETAIL_MAX_COSINE = 0.5
+MID_BLUR = 2.0
+MID_TOLERANCE = 7.0
 
 
 def look(image):
@@ -214,28 +224,32 @@ def detail_view(image):
 
 
 def _fine_detail(view, size):
-    """A detail view's fine detail at `size`: (luma, chroma), each flattened; chroma as 2x2 means of Cb and Cr."""
+    """A detail view's detail at `size`: its fine detail (luma, chroma as 2x2 means of Cb and Cr), each flattened,
+    and its Cb and Cr at mid scale (blurred by MID_BLUR pixels)."""
     from scipy.ndimage import gaussian_filter
     ycc = np.asarray(view.resize(size, Image.BILINEAR).convert("YCbCr"), dtype=np.float64)
     sigma = max(size) / DETAIL_BLUR
     detail = ycc - gaussian_filter(ycc, (sigma, sigma, 0), mode="reflect")
     height, width = size[1] // 2 * 2, size[0] // 2 * 2
     chroma = detail[:height, :width, 1:].reshape(height // 2, 2, width // 2, 2, 2).mean((1, 3))
-    return detail[..., 0].ravel(), chroma.ravel()
+    return detail[..., 0].ravel(), chroma.ravel(), gaussian_filter(ycc[..., 1:], (MID_BLUR, MID_BLUR, 0), mode="reflect")
 
 
 def same_fine_detail(one, other):
     """Whether two detail views (detail_view) are the same picture at their common size: False where, in luma or
-    in chroma, both have clear fine detail (the weaker at least DETAIL_FLOOR levels RMS and DETAIL_SHARE of the
-    stronger) and the two do not agree (cosine under DETAIL_MAX_COSINE). Symmetric in its two arguments."""
+    in chroma, both have clear fine detail (the weaker at least DETAIL_LUMA_FLOOR or DETAIL_FLOOR levels RMS and
+    DETAIL_SHARE of the stronger) and the two do not agree (cosine under DETAIL_MAX_COSINE), or where at least half
+    the pixels' colours at mid scale differ by more than MID_TOLERANCE levels. Symmetric in its two arguments."""
     size = (min(one.width, other.width), min(one.height, other.height))
-    for a, b in zip(_fine_detail(one, size), _fine_detail(other, size)):
+    *details_a, mid_a = _fine_detail(one, size)
+    *details_b, mid_b = _fine_detail(other, size)
+    for a, b, floor in zip(details_a, details_b, (DETAIL_LUMA_FLOOR, DETAIL_FLOOR)):
         energy_a, energy_b = a @ a, b @ b
         weak, strong = (np.sqrt(e / max(a.size, 1)) for e in sorted((energy_a, energy_b)))
-        clear = weak >= max(DETAIL_FLOOR, DETAIL_SHARE * strong)
+        clear = weak >= max(floor, DETAIL_SHARE * strong)
         if clear and a @ b < DETAIL_MAX_COSINE * np.sqrt(energy_a * energy_b):
             return False
-    return True
+    return np.median(np.linalg.norm(mid_a - mid_b, axis=-1)) <= MID_TOLERANCE
 
 
 class _DetailViews:
