@@ -265,8 +265,8 @@ def report(results, started, elapsed):
   by at most {images.THUMBNAIL_TOLERANCE} of their spread (at least {images.THUMBNAIL_MIN_SPREAD} levels) and whose colour (Cb, Cr) by at most {images.CHROMA_TOLERANCE} levels, and
   mean colours within {images.MEAN_COLOUR_TOLERANCE} levels a channel. New rule: those pairs, confirmed by their fine detail at the pair's common
   size (vlmcls.images.same_fine_detail: longer side at most {images.DETAIL_MAX_SIDE} px, blur sigma the longer side / {images.DETAIL_BLUR}; two pictures where, in
-  luma or in chroma, the weaker detail is at least {images.DETAIL_LUMA_FLOOR} (luma) or {images.DETAIL_FLOOR} (chroma) levels RMS and {images.DETAIL_SHARE} of the stronger, and
-  the cosine under {images.DETAIL_MAX_COSINE}; or where the median length of the Cb-Cr difference, both blurred by {images.MID_BLUR} px, is over {images.MID_TOLERANCE} levels).
+  luma or in chroma, the weaker detail is at least {images.DETAIL_FLOOR} levels RMS and {images.DETAIL_SHARE} of the stronger, and the cosine under
+  {images.DETAIL_MAX_COSINE}; or where the median length of the Cb-Cr difference, both blurred by {images.MID_BLUR} px, is over {images.MID_TOLERANCE} levels).
 - Structured: {len(LAYOUTS)} layouts ({", ".join(LAYOUTS)}) x {len(PERIODS)} periods x {COLOUR_PAIRS} colour pairs, each pair with its
   twin (same mean colour, same grey levels, other colours), {STRUCTURED_SIZE} px. Copies: a seeded sample (seed {SEED}) of up to
   {COPIES} images a set; resizes with Pillow's bicubic filter.

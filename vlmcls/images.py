@@ -163,25 +163,24 @@ MEAN_COLOUR_TOLERANCE = 6.0
 # DETAIL_BLUR: half a thumbnail pixel) is compared, luma alone, and chroma (Cb and Cr jointly, as 2x2 means: the
 # resolution JPEG keeps them at). A copy's detail is its original's, weakened (resizing and JPEG erase fine detail,
 # chroma first) plus noise. So the pair is two pictures when, in luma or in chroma, the weaker detail is clearly
-# present (at least DETAIL_LUMA_FLOOR or DETAIL_FLOOR levels RMS, and DETAIL_SHARE of the stronger) and the two do
-# not agree (cosine below DETAIL_MAX_COSINE). Where the weaker detail is erased, the pair stays the same picture.
-# Luma's floor is lower: JPEG keeps grey detail, so a copy's luma disagrees by at most 1.2 levels RMS, while two
-# layouts of nearly isoluminant colours (4 px diagonal stripes and a 4 px checkerboard) differ in it by 2-3.
+# present (at least DETAIL_FLOOR levels RMS and DETAIL_SHARE of the stronger) and the two do not agree (cosine
+# below DETAIL_MAX_COSINE). Where the weaker detail is erased, the pair stays the same picture. (A lower floor for
+# luma told grids of nearly isoluminant colours apart but lost JPEG quality-75 copies of 4 px diagonal stripes,
+# whose 3 levels of grey detail JPEG turns to a cosine of 0.3.)
 # Then the colours at mid scale (Cb and Cr blurred with sigma MID_BLUR pixels at the common size, which smooths away
 # JPEG's block noise and 4:2:0): a copy differs from its original mostly at edges, a layout in other colours (of the
 # same hues at another saturation, which the detail's cosine cannot tell from a copy's weakened colour) wherever its
 # colours differ, so the pair is two pictures when at least half its pixels differ by more than MID_TOLERANCE
 # levels (the median of the Cb-Cr difference's length). Chosen on benchmarks/copy_guard.py's sets, its development
-# data (results-copy-guard.md): the values that lose no resize and no JPEG quality >= 50 copy of any set there; its
-# quality-50 copies differ at mid scale by at most 6.4 levels (median), their luma detail by at most 1.2 levels.
+# data (results-copy-guard.md): values that lose no resize and no JPEG quality >= 50 copy there; at mid scale the
+# JPEG quality-50 and -75 copies of all 1,200 structured images differ from their originals by at most 7.5 levels.
 DETAIL_MAX_SIDE = 256
 DETAIL_BLUR = 32.0
-DETAIL_LUMA_FLOOR = 1.5
 DETAIL_FLOOR = 4.0
 DETAIL_SHARE = 0.1
 DETAIL_MAX_COSINE = 0.5
 MID_BLUR = 2.0
-MID_TOLERANCE = 7.0
+MID_TOLERANCE = 8.0
 
 
 def look(image):
@@ -232,24 +231,25 @@ def _fine_detail(view, size):
     detail = ycc - gaussian_filter(ycc, (sigma, sigma, 0), mode="reflect")
     height, width = size[1] // 2 * 2, size[0] // 2 * 2
     chroma = detail[:height, :width, 1:].reshape(height // 2, 2, width // 2, 2, 2).mean((1, 3))
-    return detail[..., 0].ravel(), chroma.ravel(), gaussian_filter(ycc[..., 1:], (MID_BLUR, MID_BLUR, 0), mode="reflect")
+    mid = gaussian_filter(ycc[..., 1:], (MID_BLUR, MID_BLUR, 0), mode="reflect")
+    return detail[..., 0].ravel(), chroma.ravel(), mid
 
 
 def same_fine_detail(one, other):
     """Whether two detail views (detail_view) are the same picture at their common size: False where, in luma or
-    in chroma, both have clear fine detail (the weaker at least DETAIL_LUMA_FLOOR or DETAIL_FLOOR levels RMS and
-    DETAIL_SHARE of the stronger) and the two do not agree (cosine under DETAIL_MAX_COSINE), or where at least half
-    the pixels' colours at mid scale differ by more than MID_TOLERANCE levels. Symmetric in its two arguments."""
+    in chroma, both have clear fine detail (the weaker at least DETAIL_FLOOR levels RMS and DETAIL_SHARE of the
+    stronger) and the two do not agree (cosine under DETAIL_MAX_COSINE), or where at least half the pixels' colours
+    at mid scale differ by more than MID_TOLERANCE levels. Symmetric in its two arguments."""
     size = (min(one.width, other.width), min(one.height, other.height))
     *details_a, mid_a = _fine_detail(one, size)
     *details_b, mid_b = _fine_detail(other, size)
-    for a, b, floor in zip(details_a, details_b, (DETAIL_LUMA_FLOOR, DETAIL_FLOOR)):
+    for a, b in zip(details_a, details_b):
         energy_a, energy_b = a @ a, b @ b
         weak, strong = (np.sqrt(e / max(a.size, 1)) for e in sorted((energy_a, energy_b)))
-        clear = weak >= max(floor, DETAIL_SHARE * strong)
+        clear = weak >= max(DETAIL_FLOOR, DETAIL_SHARE * strong)
         if clear and a @ b < DETAIL_MAX_COSINE * np.sqrt(energy_a * energy_b):
             return False
-    return np.median(np.linalg.norm(mid_a - mid_b, axis=-1)) <= MID_TOLERANCE
+    return bool(np.median(np.linalg.norm(mid_a - mid_b, axis=-1)) <= MID_TOLERANCE)
 
 
 class _DetailViews:
