@@ -18,7 +18,7 @@ an image, re-encoded or resized, judged the same picture as its original. Three 
 
 False alarms count every pair of distinct images; copies are made of a seeded sample of COPIES images a set.
 
-    HF_HUB_OFFLINE=1 python benchmarks/copy_guard.py                 # ~8 min on one core
+    HF_HUB_OFFLINE=1 python benchmarks/copy_guard.py                 # ~5 min on one core
 """
 import sys
 import time
