@@ -87,7 +87,7 @@ def main():
         raise UserError(f"{DATASET_DIR}: no usable image in class folder(s) {', '.join(missing)} "
                         f"(see {skipped_csv})")
 
-    groups, conflicts = group_duplicates(good, label_of)
+    groups, conflicts = group_duplicates(good, label_of, MAX_IMAGE_PIXELS)
     for group in conflicts:
         print("label conflict, identical or look-alike images in different classes (kept together in one split): " +
               ", ".join(f"{p} [{label_of[p]}]" for p in group))

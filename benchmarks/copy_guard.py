@@ -1,5 +1,5 @@
-"""Benchmark: the copy guard's false alarms and catches, the old rule (a greyscale thumbnail) against the new (a
-colour one), in the same run.
+"""Benchmark: the copy guard's false alarms and catches, the old rule (a colour thumbnail alone) against the new
+(the thumbnail finds candidates, their fine detail at the pair's common size confirms them), in the same run.
 
 fine_tune.py refuses a held-out image that looks like a training image (vlmcls.images.refuse_overlap), and
 generate_train_json.py keeps look-alikes in one split by the same rule. A false alarm is two distinct images
@@ -12,11 +12,13 @@ an image, re-encoded or resized, judged the same picture as its original. Three 
 - photos: 128 px tiles, side by side, of scikit-learn's two sample photos (a temple, a flower): colour photographs;
 - structured: stripes (vertical, horizontal, diagonal), grids and checkerboards, each at several periods in
   COLOUR_PAIRS random colour pairs and, beside each pair, its twin: another pair with the same mean colour and the
-  same grey levels, which only colour tells apart.
+  same grey levels, which only colour tells apart. Each twin is of one of two classes, by the angle between its
+  colour contrast (Cb, Cr) and its pair's: other hues (TWIN_HUE_ANGLE degrees or more apart) or the same hues at
+  another saturation (less), which looks like a JPEG copy's weakened colour; false alarms are counted per class.
 
 False alarms count every pair of distinct images; copies are made of a seeded sample of COPIES images a set.
 
-    HF_HUB_OFFLINE=1 python benchmarks/copy_guard.py                 # ~2 min on 2 cores
+    HF_HUB_OFFLINE=1 python benchmarks/copy_guard.py                 # ~5 min on one core
 """
 import sys
 import time
@@ -40,6 +42,7 @@ DIGIT_SIZE = 128  # pixels: a digit's side (tasks.py's size)
 STRUCTURED_SIZE = 128  # pixels: a structured image's side
 PERIODS = [4, 8, 16, 32, 64]  # pixels: the structured layouts' periods (8 px and below: under the thumbnail's)
 COLOUR_PAIRS = 24  # random colour pairs a layout and period, each with its twin
+TWIN_HUE_ANGLE = 60.0  # degrees between a twin's colour contrast and its pair's, from which its hues are other ones
 OUTPUT = ""  # where the table is also written; "": benchmarks/results-copy-guard.md
 
 LAYOUTS = ["vertical stripes", "horizontal stripes", "diagonal stripes", "grid", "checkerboard"]
@@ -56,6 +59,7 @@ VARIANTS = {
     "1.5x, JPEG q30": lambda im: jpeg(scaled(im, 1.5), 30),
 }
 GREY = np.array([0.299, 0.587, 0.114])  # Pillow's weights of R, G, B in a grey level (ITU-R 601)
+CHROMA = np.array([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])  # R, G, B to Cb, Cr (ITU-R 601)
 
 
 def jpeg(image, quality):
@@ -69,14 +73,8 @@ def scaled(image, factor):
     return image.resize((round(image.width * factor), round(image.height * factor)))
 
 
-def old_look(image):
-    """The rule before issue 41: the grey levels alone (its colour nought). Its grey levels (Pillow's Y, the weights
-    of its greyscale), tolerances and mean-colour check are the new rule's, so look_distance measures it too."""
-    luma, chroma, colour = images.look(image)
-    return luma, np.zeros_like(chroma), colour
-
-
-RULES = {"old (greyscale)": old_look, "new (colour)": images.look}
+# Each rule: whether it confirms the thumbnail's pairs by their fine detail (vlmcls.images.same_fine_detail).
+RULES = {"old (thumbnail)": False, "new (thumbnail, then fine detail)": True}
 
 
 def layout(name, period, size):
@@ -103,12 +101,24 @@ def colour_pair_and_twin(rng):
             return [tuple(np.round(x).astype(np.uint8)) for x in (a, b, c, d)]
 
 
+def twin_class(a, b, c, d):
+    """Which class the twin (c, d) of the colour pair (a, b) is of: "other hues" where their colour contrasts (Cb,
+    Cr of the second colour less the first's) point TWIN_HUE_ANGLE degrees or more apart, else "same hues"."""
+    one, other = CHROMA @ (np.array(b, float) - a), CHROMA @ (np.array(d, float) - c)
+    cosine = one @ other / np.linalg.norm(one) / np.linalg.norm(other)
+    return "other hues" if np.degrees(np.arccos(np.clip(cosine, -1, 1))) >= TWIN_HUE_ANGLE else "same hues"
+
+
+def structured_colours(colour_pairs, seed):
+    """The structured set's colour pairs and their twins: [(a, b, c, d)]."""
+    rng = np.random.default_rng(seed)
+    return [colour_pair_and_twin(rng) for _ in range(colour_pairs)]
+
+
 def structured_set(periods, colour_pairs, size, seed):
     """[(name, image)]: every layout at every period in `colour_pairs` random colour pairs and their twins."""
-    rng = np.random.default_rng(seed)
     found = []
-    for pair in range(colour_pairs):
-        a, b, c, d = colour_pair_and_twin(rng)
+    for pair, (a, b, c, d) in enumerate(structured_colours(colour_pairs, seed)):
         for name in LAYOUTS:
             for period in periods:
                 mask = layout(name, period, size)[..., None]
@@ -135,29 +145,71 @@ def image_set(name):
     return structured_set(PERIODS, COLOUR_PAIRS, STRUCTURED_SIZE, SEED)
 
 
-def false_alarms(named, look):
-    """The pairs of distinct images (different pixels) that `look`'s rule judges the same picture, the pairs of
-    identical ones, and the smallest distance between distinct images (within 5x the tolerance; inf beyond)."""
+def same(one, other, verify):
+    """Whether a rule judges two images whose thumbnails agree the same picture."""
+    return not verify or images.same_fine_detail(images.detail_view(one), images.detail_view(other))
+
+
+def false_alarms(named, verify):
+    """The pairs of distinct images (different pixels) that a rule judges the same picture, the pairs of identical
+    ones, and the smallest thumbnail distance between distinct images (within 5x the tolerance; inf beyond)."""
     hashes = [images.pixel_hash(image) for _, image in named]
-    looks = [look(image) for _, image in named]
+    looks = [images.look(image) for _, image in named]
     near = images.lookalike_pairs(looks, tolerance=5)
     distinct = [(i, j) for i, j in near if hashes[i] != hashes[j]]
     distances = [images.look_distance(looks[i], looks[j]) for i, j in distinct]
     alarms = [(named[i][0], named[j][0]) for (i, j), d in zip(distinct, distances)
-              if d <= 1]
+              if d <= 1 and same(named[i][1], named[j][1], verify)]
     identical = len(near) - len(distinct)
     return alarms, identical, min(distances, default=np.inf)
 
 
-def catches(named, look, rng):
+def catches(named, verify, rng):
     """Per variant, the share of the sampled images whose copy is judged the same picture as the image, and the
-    largest copy's distance."""
+    largest copy's thumbnail distance."""
     sample = rng.choice(len(named), min(COPIES, len(named)), replace=False)
     found = {}
     for variant, make in VARIANTS.items():
-        distances = [images.look_distance(look(named[i][1]), look(make(named[i][1]))) for i in sample]
-        found[variant] = (np.mean(np.array(distances) <= 1), max(distances))
+        copies = [(named[i][1], make(named[i][1])) for i in sample]
+        distances = [images.look_distance(images.look(a), images.look(b)) for a, b in copies]
+        caught = [d <= 1 and same(a, b, verify) for d, (a, b) in zip(distances, copies)]
+        found[variant] = (np.mean(caught), max(distances))
     return found, len(sample)
+
+
+def twin_of(one, other):
+    """Whether two structured images' names are a layout in a colour pair and in its twin."""
+    return one != other and one.split(" twin")[0] == other.split(" twin")[0]
+
+
+def pair_class(one, other, colours):
+    """A structured false pair's class: "layouts" (two layouts, or one in two colour pairs) or its twin's class."""
+    if not twin_of(one, other):
+        return "layouts"
+    return twin_class(*colours[int(one.split(" pair ")[1].split()[0])])
+
+
+def colour_distance(one, other):
+    """Two same-size images' colour distance: the RMS length of their pixels' (Cb, Cr) difference, in levels."""
+    a, b = (np.asarray(image.convert("YCbCr"), dtype=np.float64)[..., 1:] for image in (one, other))
+    return float(np.sqrt(((a - b) ** 2).sum(-1).mean()))
+
+
+def twins_against_copies(named, alarms):
+    """Per period: the colour distances of the false pairs left that are a layout and its twin of the same hues,
+    and those of every image's JPEG quality-50 copy from the image."""
+    image_of, colours = dict(named), structured_colours(COLOUR_PAIRS, SEED)
+    found = {}
+    for period in PERIODS:
+        twins = [colour_distance(image_of[a], image_of[b]) for a, b in alarms
+                 if f" {period}px " in a and pair_class(a, b, colours) == "same hues"]
+        copies = [colour_distance(image, jpeg(image, 50)) for name, image in named if f" {period}px " in name]
+        found[period] = twins, copies
+    return found
+
+
+def spread_of(values):
+    return f"{min(values):.1f}, {np.median(values):.1f}, {max(values):.1f}" if values else "-"
 
 
 def report(results, started, elapsed):
@@ -181,8 +233,27 @@ def report(results, started, elapsed):
             counts = [sum(f" {period}px " in a and f" {period}px " in b for a, b in results["structured"]["alarms"][r][0])
                       for r in rules]
             by_period.append(f"| {period} px ({STRUCTURED_SIZE // period} across) | " + " | ".join(map(str, counts)) + " |")
-        periods = ("\nStructured set's false alarms by period (pairs of images of that period):\n\n"
-                   f"| period | {' | '.join(rules)} |\n|---|---|---|\n" + "\n".join(by_period) + "\n")
+        colours = structured_colours(COLOUR_PAIRS, SEED)
+        classes = [twin_class(*c) for c in colours]
+        layouts_periods = len(LAYOUTS) * len(PERIODS)
+        for kind in ("layouts", "other hues", "same hues"):
+            counts = [sum(pair_class(a, b, colours) == kind for a, b in results["structured"]["alarms"][r][0])
+                      for r in rules]
+            what = ("two layouts, or a layout in two colour pairs, not twins" if kind == "layouts" else
+                    f"a layout and its twin of {kind} ({classes.count(kind)} colour pairs, "
+                    f"{classes.count(kind) * layouts_periods} twin pairs in the set)")
+            by_period.append(f"| all periods: {what} | " + " | ".join(map(str, counts)) + " |")
+        distances = "\n".join(f"| {period} px | {len(twins)} | {spread_of(twins)} | {len(copies)} | {spread_of(copies)} |"
+                               for period, (twins, copies) in results["structured"]["twins"].items())
+        periods = ("\nStructured set's false alarms by period (pairs of images of that period), and by class: pairs "
+                   "that are not twins, and a layout and its colour twin, of other hues (their colour contrasts "
+                   f"{TWIN_HUE_ANGLE:.0f} degrees or more apart) or of the same hues at another saturation:\n\n"
+                   f"| period | {' | '.join(rules)} |\n|---|---|---|\n" + "\n".join(by_period) + "\n\n"
+                   f"The false pairs left of the same hues ({rules[1]}) against JPEG quality-50 copies: the colour "
+                   "distance (the RMS length of the pixels' Cb-Cr difference, in levels; min, median, max) of each "
+                   "false pair, and of each image of that period from its quality-50 copy:\n\n"
+                   "| period | same-hue twin pairs left | their colour distance | quality-50 copies | "
+                   "their distance from the original |\n|---|---|---|---|---|\n" + distances + "\n")
     else:
         periods = ""
     return f"""# The copy guard: false alarms and copies caught, old rule against new
@@ -190,16 +261,19 @@ def report(results, started, elapsed):
 {command("copy_guard.py")}
 
 - Commit {commit()}. {machine(started, elapsed)}.
-- Same picture (vlmcls.images.look_distance at most 1): {images.THUMBNAIL_SIDE}x{images.THUMBNAIL_SIDE} thumbnails whose grey levels differ (RMS) by at most
-  {images.THUMBNAIL_TOLERANCE} of their spread (at least {images.THUMBNAIL_MIN_SPREAD} levels) and whose colour (Cb, Cr) by at most {images.CHROMA_TOLERANCE} levels, and mean colours
-  within {images.MEAN_COLOUR_TOLERANCE} levels a channel. Old rule: grey levels alone (before issue 41); new: grey levels and colour.
+- Old rule (the thumbnail alone, vlmcls.images.look_distance at most 1): {images.THUMBNAIL_SIDE}x{images.THUMBNAIL_SIDE} thumbnails whose grey levels differ (RMS)
+  by at most {images.THUMBNAIL_TOLERANCE} of their spread (at least {images.THUMBNAIL_MIN_SPREAD} levels) and whose colour (Cb, Cr) by at most {images.CHROMA_TOLERANCE} levels, and
+  mean colours within {images.MEAN_COLOUR_TOLERANCE} levels a channel. New rule: those pairs, confirmed by their fine detail at the pair's common
+  size (vlmcls.images.same_fine_detail: longer side at most {images.DETAIL_MAX_SIDE} px, blur sigma the longer side / {images.DETAIL_BLUR}; two pictures where, in
+  luma or in chroma, the weaker detail is at least {images.DETAIL_FLOOR} levels RMS and {images.DETAIL_SHARE} of the stronger, and the cosine under
+  {images.DETAIL_MAX_COSINE}; or where the median length of the Cb-Cr difference, both blurred by {images.MID_BLUR} px, is over {images.MID_TOLERANCE} levels).
 - Structured: {len(LAYOUTS)} layouts ({", ".join(LAYOUTS)}) x {len(PERIODS)} periods x {COLOUR_PAIRS} colour pairs, each pair with its
   twin (same mean colour, same grey levels, other colours), {STRUCTURED_SIZE} px. Copies: a seeded sample (seed {SEED}) of up to
   {COPIES} images a set; resizes with Pillow's bicubic filter.
 
 False alarms: pairs of distinct images (different pixels) judged the same picture, and the distance of the closest
-two distinct images (1 is the limit; inf: none within 5). Pairs of identical images are counted apart: they are the
-same picture.
+two distinct images by their thumbnails (1 is the limit; inf: none within 5). Pairs of identical images are counted
+apart: they are the same picture.
 
 | set | images | identical pairs | {rules[0]}: false alarms | closest | {rules[1]}: false alarms | closest |
 |---|---|---|---|---|---|---|
@@ -208,7 +282,7 @@ same picture.
 {chr(10).join(examples) or "No false alarms."}
 
 Copies caught: the share of the sampled images whose copy is judged the same picture as the original (the largest
-distance of a copy from its original; 1 is the limit):
+thumbnail distance of a copy from its original; 1 is the limit):
 
 | set | copy | {rules[0]} | {rules[1]} |
 |---|---|---|---|
@@ -223,9 +297,11 @@ def main():
         named = image_set(name)
         print(f"{name}: {len(named)} images", flush=True)
         results[name] = {"images": len(named), "alarms": {}, "catches": {}}
-        for rule, look in RULES.items():
-            results[name]["alarms"][rule] = false_alarms(named, look)
-            results[name]["catches"][rule], _ = catches(named, look, np.random.default_rng(SEED))
+        for rule, verify in RULES.items():
+            results[name]["alarms"][rule] = false_alarms(named, verify)
+            results[name]["catches"][rule], _ = catches(named, verify, np.random.default_rng(SEED))
+        if name == "structured":
+            results[name]["twins"] = twins_against_copies(named, results[name]["alarms"][list(RULES)[1]][0])
     write_report(report(results, started, time.perf_counter() - start),
                  OUTPUT or ROOT / "benchmarks" / "results-copy-guard.md")
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import awkward_images, make_colour_images, run_script
-from vlmcls.images import lookalike_groups, read_dataset_json, refuse_overlap
+from vlmcls.images import (detail_view, load_image, look, lookalike_groups, lookalike_pairs, read_dataset_json,
+                           refuse_overlap)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import copy_guard  # noqa: E402
@@ -156,9 +157,11 @@ def test_validation_json_can_be_left_out_and_must_be_its_own_file(tmp_path):
 
 def random_picture(rng, size=64):
     """A stripe, grid or checkerboard layout in a random colour pair (and the layout in its twin colours: the same
-    mean colour and grey levels), or random blobs on a gradient."""
+    mean colour and grey levels), at periods of 4 to 64 px (4 and 8: finer than the 16x16 thumbnail shows), or
+    random blobs on a gradient."""
     if rng.random() < 0.6:
-        mask = copy_guard.layout(str(rng.choice(copy_guard.LAYOUTS)), int(rng.choice([16, 32, 64])), size)[..., None]
+        period = int(rng.choice([4, 8, 16, 32, 64]))
+        mask = copy_guard.layout(str(rng.choice(copy_guard.LAYOUTS)), period, size)[..., None]
         a, b, c, d = copy_guard.colour_pair_and_twin(rng)
         paint = lambda one, two: Image.fromarray(np.where(mask, np.array(two, np.uint8), np.array(one, np.uint8)))
         return paint(a, b), paint(c, d)
@@ -203,7 +206,7 @@ def test_fine_tune_never_refuses_the_splits_generate_train_json_writes(tmp_path,
     # A property over 40 seeded random data sets (about 600 images), whatever the ratios and the seed: the splits
     # keep every look-alike group whole, so the copy guard of fine_tune.py finds nothing to refuse.
     rng = np.random.default_rng(0)
-    together = 0
+    together = told_apart = 0
     for n in range(40):
         work = tmp_path / str(n)
         random_data_set(work / "images", rng)
@@ -216,6 +219,11 @@ def test_fine_tune_never_refuses_the_splits_generate_train_json_writes(tmp_path,
         refuse_overlap(read_dataset_json(work / "train.json"),
                        {"validation": read_dataset_json(work / "val.json"),
                         "test": read_dataset_json(work / "test.json")}, progress=False)
-        together += sum(len(g) > 1 for g in lookalike_groups(sorted((work / "images").rglob("*.*")), 10**7, False))
+        paths = sorted((work / "images").rglob("*.*"))
+        together += sum(len(g) > 1 for g in lookalike_groups(paths, 10**7, False))
+        pictures = [load_image(p, 10**7) for p in paths]
+        looks = [look(picture) for picture in pictures]
+        told_apart += len(lookalike_pairs(looks)) - len(lookalike_pairs(looks, views=list(map(detail_view, pictures))))
     capsys.readouterr()
     assert together > 50  # the planted copies are look-alikes: the property is not vacuous
+    assert told_apart >= 5  # and fine layouts that share a thumbnail were told apart by their detail (8 pairs)

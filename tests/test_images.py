@@ -165,3 +165,59 @@ def test_a_layout_in_other_colours_is_another_picture_and_its_resized_copies_are
     groups = lookalike_groups(originals + twins + copies, 10**7, progress=False)
     assert sorted(groups) == sorted(sorted([p, *(c for c in copies if c.stem.split("_")[0] == p.stem)])
                                     for p in originals + twins)
+
+
+def painted(name, period, colours, size=128):
+    """A layout of benchmarks/copy_guard.py in two colours, `size` px square."""
+    mask = copy_guard.layout(name, period, size)[..., None]
+    return Image.fromarray(np.where(mask, np.array(colours[1], np.uint8), np.array(colours[0], np.uint8)))
+
+
+def stripes(period, size=128, colours=((200, 60, 40), (40, 80, 190))):
+    """Vertical stripes `period` px apart in two colours: at 4 and 8 px, finer than the 16x16 thumbnail shows."""
+    return painted("vertical stripes", period, colours, size)
+
+
+def assert_two_pictures_whose_copies_are_caught(tmp_path, one, other):
+    """`one` and `other` are two pictures, while a JPEG quality-50 copy and a half-size copy of each are the same
+    picture as it, for both of the copy guard's users (refuse_overlap and lookalike_groups)."""
+    first, second = tmp_path / "one.png", tmp_path / "other.png"
+    one.save(first)
+    other.save(second)
+    refuse_overlap(as_dataset([first]), {"validation": as_dataset([second]), "test": None}, progress=False)
+    assert lookalike_groups([first, second], 10**7, progress=False) == [[first], [second]]
+    for path, image in ((first, one), (second, other)):
+        image.save(path.with_suffix(".q50.jpg"), quality=50)
+        copy_guard.scaled(image, 0.5).save(path.with_suffix(".half.png"))
+        for copy in (path.with_suffix(".q50.jpg"), path.with_suffix(".half.png")):
+            with pytest.raises(UserError, match="looks like the training image"):
+                refuse_overlap(as_dataset([path]), {"validation": None, "test": as_dataset([copy])}, progress=False)
+            assert lookalike_groups([path, copy], 10**7, progress=False) == [sorted([path, copy])]
+
+
+def test_fine_layouts_with_one_thumbnail_are_two_pictures_and_their_copies_are_still_caught(tmp_path):
+    # 4 px and 8 px stripes of the same colours blur to the same thumbnail; their fine detail tells them apart
+    assert_two_pictures_whose_copies_are_caught(tmp_path, stripes(4), stripes(8))
+
+
+# The structured set's colour pair 0 (seed 0) and its twin, of the same hues at another saturation (colour contrasts
+# 43 degrees apart).
+PAIR, TWIN = ((65, 157, 195), (98, 117, 255)), ((31, 170, 216), (132, 104, 234))
+
+
+def test_a_layout_and_its_twin_of_the_same_hues_differ_in_colour_at_mid_scale(tmp_path):
+    # 16 px diagonal stripes and their twin: the same grey levels and colour detail in much the same direction
+    # (cosine 0.74), but their colours differ by 13 levels on more than half the pixels, where a copy's differ at edges
+    assert_two_pictures_whose_copies_are_caught(tmp_path, painted("diagonal stripes", 16, PAIR),
+                                                painted("diagonal stripes", 16, TWIN))
+
+
+def test_the_jpeg_copy_furthest_at_mid_scale_is_still_caught(tmp_path):
+    # the structured set's colour pair 1: 16 px diagonal stripes whose quality-75 copy differs from them at mid scale
+    # by 7.5 levels (median), the most of any quality-50 or -75 copy of the 1,200 structured images
+    original, copy = tmp_path / "original.png", tmp_path / "copy.jpg"
+    painted("diagonal stripes", 16, ((145, 103, 255), (50, 242, 23))).save(original)
+    Image.open(original).save(copy, quality=75)
+    with pytest.raises(UserError, match="looks like the training image"):
+        refuse_overlap(as_dataset([original]), {"validation": as_dataset([copy]), "test": None}, progress=False)
+    assert lookalike_groups([original, copy], 10**7, progress=False) == [[copy, original]]

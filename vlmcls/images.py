@@ -107,11 +107,11 @@ def print_skipped(skipped, csv_path=None):
 
 
 
-def group_duplicates(good, label_of):
+def group_duplicates(good, label_of, max_pixels):
     """Images that are the same picture (identical pixels, or look-alikes by the copy guard's rule: group_looks)
     form one group, so they land on the same side of a split and fine_tune.py's check never refuses it.
     `good` is [(path, look)]; returns the groups and those whose images carry different labels."""
-    groups = group_looks([p for p, _ in good], [x for _, x in good])
+    groups = group_looks([p for p, _ in good], [x for _, x in good], max_pixels)
     conflicts = [g for g in groups if len({label_of[p] for p in g}) > 1]
     return groups, conflicts
 
@@ -157,6 +157,31 @@ THUMBNAIL_TOLERANCE = 0.04
 THUMBNAIL_MIN_SPREAD = 12.0
 CHROMA_TOLERANCE = 4.0
 MEAN_COLOUR_TOLERANCE = 6.0
+# The second stage: each pair the thumbnails take for the same picture is compared again at the pair's common size
+# (the smaller width and height of the two, after capping each image's longer side at DETAIL_MAX_SIDE pixels),
+# where a layout finer than the thumbnail shows: 4 px stripes and 8 px stripes of the same colours blur to the same
+# thumbnail. There each image's fine detail (each YCbCr channel less its Gaussian blur, sigma the longer side over
+# DETAIL_BLUR: half a thumbnail pixel) is compared, luma alone, and chroma (Cb and Cr jointly, as 2x2 means: the
+# resolution JPEG keeps them at). A copy's detail is its original's, weakened (resizing and JPEG erase fine detail,
+# chroma first) plus noise. So the pair is two pictures when, in luma or in chroma, the weaker detail is clearly
+# present (at least DETAIL_FLOOR levels RMS and DETAIL_SHARE of the stronger) and the two do not agree (cosine
+# below DETAIL_MAX_COSINE). Where the weaker detail is erased, the pair stays the same picture. (A lower floor for
+# luma told grids of nearly isoluminant colours apart but lost JPEG quality-75 copies of 4 px diagonal stripes,
+# whose 3 levels of grey detail JPEG turns to a cosine of 0.3.)
+# Then the colours at mid scale (Cb and Cr blurred with sigma MID_BLUR pixels at the common size, which smooths away
+# JPEG's block noise and 4:2:0): a copy differs from its original mostly at edges, a layout in other colours (of the
+# same hues at another saturation, which the detail's cosine cannot tell from a copy's weakened colour) wherever its
+# colours differ, so the pair is two pictures when at least half its pixels differ by more than MID_TOLERANCE
+# levels (the median of the Cb-Cr difference's length). Chosen on benchmarks/copy_guard.py's sets, its development
+# data (results-copy-guard.md): values that lose no resize and no JPEG quality >= 50 copy there; at mid scale the
+# JPEG quality-50 and -75 copies of all 1,200 structured images differ from their originals by at most 7.5 levels.
+DETAIL_MAX_SIDE = 256
+DETAIL_BLUR = 32.0
+DETAIL_FLOOR = 4.0
+DETAIL_SHARE = 0.1
+DETAIL_MAX_COSINE = 0.5
+MID_BLUR = 2.0
+MID_TOLERANCE = 8.0
 
 
 def look(image):
@@ -190,13 +215,67 @@ def _rms_distances(a, b):
     return distance, np.sqrt(np.maximum(energy_a[:, None], energy_b[None]) / a.shape[1])
 
 
-def lookalike_pairs(looks, others=None, tolerance=1.0, rows_at_once=256):
+def detail_view(image):
+    """What the second stage compares of an RGB image: the image, its longer side capped at DETAIL_MAX_SIDE."""
+    scale = DETAIL_MAX_SIDE / max(image.size)
+    if scale >= 1:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+
+
+def _fine_detail(view, size):
+    """A detail view's detail at `size`: its fine detail (luma, chroma as 2x2 means of Cb and Cr), each flattened,
+    and its Cb and Cr at mid scale (blurred by MID_BLUR pixels)."""
+    from scipy.ndimage import gaussian_filter
+    ycc = np.asarray(view.resize(size, Image.BILINEAR).convert("YCbCr"), dtype=np.float64)
+    sigma = max(size) / DETAIL_BLUR
+    detail = ycc - gaussian_filter(ycc, (sigma, sigma, 0), mode="reflect")
+    height, width = size[1] // 2 * 2, size[0] // 2 * 2
+    chroma = detail[:height, :width, 1:].reshape(height // 2, 2, width // 2, 2, 2).mean((1, 3))
+    mid = gaussian_filter(ycc[..., 1:], (MID_BLUR, MID_BLUR, 0), mode="reflect")
+    return detail[..., 0].ravel(), chroma.ravel(), mid
+
+
+def same_fine_detail(one, other):
+    """Whether two detail views (detail_view) are the same picture at their common size: False where, in luma or
+    in chroma, both have clear fine detail (the weaker at least DETAIL_FLOOR levels RMS and DETAIL_SHARE of the
+    stronger) and the two do not agree (cosine under DETAIL_MAX_COSINE), or where at least half the pixels' colours
+    at mid scale differ by more than MID_TOLERANCE levels. Symmetric in its two arguments."""
+    size = (min(one.width, other.width), min(one.height, other.height))
+    *details_a, mid_a = _fine_detail(one, size)
+    *details_b, mid_b = _fine_detail(other, size)
+    for a, b in zip(details_a, details_b):
+        energy_a, energy_b = a @ a, b @ b
+        weak, strong = (np.sqrt(e / max(a.size, 1)) for e in sorted((energy_a, energy_b)))
+        clear = weak >= max(DETAIL_FLOOR, DETAIL_SHARE * strong)
+        if clear and a @ b < DETAIL_MAX_COSINE * np.sqrt(energy_a * energy_b):
+            return False
+    return bool(np.median(np.linalg.norm(mid_a - mid_b, axis=-1)) <= MID_TOLERANCE)
+
+
+class _DetailViews:
+    """The detail views of `paths`, each decoded when a pair first needs it and kept: only images in candidate pairs
+    are decoded again (in a real data set, few)."""
+
+    def __init__(self, paths, max_pixels):
+        self.paths, self.max_pixels, self.views = list(paths), max_pixels, {}
+
+    def __getitem__(self, i):
+        if i not in self.views:
+            self.views[i] = detail_view(load_image(self.paths[i], self.max_pixels))
+        return self.views[i]
+
+
+def lookalike_pairs(looks, others=None, tolerance=1.0, rows_at_once=256, views=None, other_views=None):
     """Every pair (i, j) of looks[i] and others[j] within `tolerance` by look_distance (1: the same picture),
     sorted (others None: the pairs i < j within `looks`). All pairs are compared at once, a block of rows at a time
     to bound memory, with a margin; each pair found is then measured alone, so that its answer never depends on the
-    block's rounding: the splits generate_train_json.py writes and fine_tune.py's check agree on every pair."""
+    block's rounding: the splits generate_train_json.py writes and fine_tune.py's check agree on every pair. With
+    `views` (and `other_views`, for `others`: each indexable like the looks, giving detail views), a pair is kept
+    only if its fine detail agrees too (same_fine_detail): the copy guard's whole rule. Without: the candidates."""
     within = others is None
     others = looks if within else others
+    other_views = views if within else other_views
     if not looks or not others:
         return []
     (luma_a, chroma_a, colour_a), (luma_b, chroma_b, colour_b) = (
@@ -210,17 +289,19 @@ def lookalike_pairs(looks, others=None, tolerance=1.0, rows_at_once=256):
         near &= (np.abs(colour_a[rows, None] - colour_b[None]) <= MEAN_COLOUR_TOLERANCE + 1e-6).all(-1)
         for i, j in zip(*np.nonzero(near)):
             i += start
-            if (not within or i < j) and look_distance(looks[i], others[j]) <= tolerance:
+            if (not within or i < j) and look_distance(looks[i], others[j]) <= tolerance and (
+                    views is None or same_fine_detail(views[i], other_views[j])):
                 pairs.append((int(i), int(j)))
     return pairs
 
 
-def group_looks(paths, looks):
-    """`paths` in groups of the same picture: two images by the look-alike check (identical pixels included), and
-    by a chain of such pairs, are in one group. Each group sorted, the groups by their first path."""
+def group_looks(paths, looks, max_pixels):
+    """`paths` in groups of the same picture: two images by the look-alike check (identical pixels included; the
+    images of candidate pairs decoded again for its second stage), and by a chain of such pairs, are in one group.
+    Each group sorted, the groups by their first path."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
-    pairs = np.array(lookalike_pairs(looks), dtype=int).reshape(-1, 2)
+    pairs = np.array(lookalike_pairs(looks, views=_DetailViews(paths, max_pixels)), dtype=int).reshape(-1, 2)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(paths), len(paths)))
     _, component = connected_components(graph, directed=False)
     groups = defaultdict(list)
@@ -235,7 +316,7 @@ def lookalike_groups(paths, max_pixels, progress=True):
     from tqdm import tqdm
     looks = [look(load_image(p, max_pixels)) for p in tqdm(paths, desc="comparing images", unit="img",
                                                             disable=not progress)]
-    return group_looks(list(paths), looks)
+    return group_looks(list(paths), looks, max_pixels)
 
 
 def refuse_overlap(train_data, held_out, progress=True):
@@ -263,7 +344,10 @@ def refuse_overlap(train_data, held_out, progress=True):
                disable=not progress)
     looks = {path: look(load_image(path, train_data["max_image_pixels"])) for path in bar}
     twin_of = {}
-    for i, j in lookalike_pairs([looks[p] for p in held_paths], [looks[p] for p in train_paths]):
+    max_pixels = train_data["max_image_pixels"]
+    for i, j in lookalike_pairs([looks[p] for p in held_paths], [looks[p] for p in train_paths],
+                                views=_DetailViews(held_paths, max_pixels),
+                                other_views=_DetailViews(train_paths, max_pixels)):
         twin_of.setdefault(held_paths[i], train_paths[j])
     for kind, path in held:
         if path in twin_of:
