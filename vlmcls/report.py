@@ -71,13 +71,15 @@ def best_guess(result):
 
 
 def prediction_rows(paths, results, true=None):
+    """predictions.csv's rows (PREDICTION_HEADER), and where a result was explained its point (explain.COLUMNS)."""
     rows = []
     for i, (path, r) in enumerate(zip(paths, results)):
         probs = r["probs"]
         rows.append([str(path), true[i] if true else "", r["pred"], f"{probs[best_guess(r)]:.6f}" if probs else "",
                      " | ".join(r["top2"]), r["answer"], best_guess(r),
                      " | ".join(f"{probs[c]:.6f}" for c in r["top2"]) if probs else "",
-                     json.dumps({c: float(f"{p:.6g}") for c, p in probs.items()}) if probs else ""])
+                     json.dumps({c: float(f"{p:.6g}") for c, p in probs.items()}) if probs else ""]
+                    + [f"{v:.1f}" for v in r.get("explanation", ())])
     return rows
 
 
