@@ -6,22 +6,26 @@ from PIL import Image
 
 import tiny_models
 
-CLASSES = ["red", "blue"]  # the marker's colour is the class
+CLASSES = ["red", "blue", "none"]  # the marker's colour is the class; "none": no marker
 MARKERS = {"red": (230, 30, 30), "blue": (30, 30, 230)}
 QUESTION = "Which colour is the marker?"
 
 
 def planted_images(count, seed, size=64, marker=12):
-    """`count` images of grey noise, size x size, each with one marker square of `marker` pixels at a random place,
-    classes alternating: [(image, class, box (left, top, right, bottom))]."""
+    """`count` images of grey noise, size x size, classes alternating: each with one marker square of `marker`
+    pixels at a random place, in its class's colour, or none: [(image, class, box (left, top, right, bottom), or
+    None)]. With a class of no marker, neither colour is told by the other's absence: the evidence for each is
+    its marker."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
         name = CLASSES[i % len(CLASSES)]
         pixels = rng.integers(60, 197, (size, size, 1)).repeat(3, axis=2).astype(np.uint8)
         left, top = (int(v) for v in rng.integers(0, size - marker + 1, 2))
-        pixels[top:top + marker, left:left + marker] = MARKERS[name]
-        out.append((Image.fromarray(pixels), name, (left, top, left + marker, top + marker)))
+        if name in MARKERS:
+            pixels[top:top + marker, left:left + marker] = MARKERS[name]
+        out.append((Image.fromarray(pixels), name, (left, top, left + marker, top + marker) if name in MARKERS
+                    else None))
     return out
 
 

@@ -15,16 +15,16 @@ from vlmcls.cli import UserError
 from vlmcls.explain import COLUMNS, FOLDER, MAPS, SHEET, Explainer, check_explainable, image_map, sheet_rows, \
     strongest_point, tile_layout
 
-TEST_IMAGES = 40
+TEST_IMAGES = 60
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """A tiny model trained in the test on planted evidence (about 10 s), and held-out planted images."""
+    """A tiny model trained in the test on planted evidence (about 20 s), and held-out planted images."""
     torch.set_num_threads(1)
-    processor, model = trained_head_model(tmp_path_factory.mktemp("planted") / "model", planted_images(200, seed=0),
-                                          steps=60, seed=1)
-    return processor, model, planted_images(TEST_IMAGES, seed=1)
+    processor, model = trained_head_model(tmp_path_factory.mktemp("planted") / "model", planted_images(300, seed=2),
+                                          steps=150, seed=2)
+    return processor, model, planted_images(TEST_IMAGES, seed=1002)
 
 
 def points_and_maps(processor, model, images, method="gradcam"):
@@ -45,13 +45,14 @@ def test_tile_layout_is_read_from_the_prompts_tile_tokens():
 
 
 def test_a_tiles_evidence_lands_where_the_tile_came_from():
-    """Two rows of three tiles and the whole image: a hot cell in the tile of row 2, column 3 (its top-left cell)
-    and nothing in the whole image's frame puts the strongest point in that tile's part of the image."""
+    """Two rows of three tiles and the whole image: a hot cell in the tile of row 1, column 2 (its top-left cell)
+    and nothing in the whole image's frame puts the strongest point in that tile's part of the image (tiles go row
+    by row: column by column would put it in row 2, column 1)."""
     frames = np.zeros((7, 4, 4), dtype=np.float32)
-    frames[5, 0, 0] = 1.0
+    frames[1, 0, 0] = 1.0
     heat = image_map(frames, 2, 3, (300, 200))
     x, y = strongest_point(heat, 600, 400)
-    assert 400 <= x < 450 and 200 <= y < 250
+    assert 200 <= x < 250 and 0 <= y < 50
     one = np.zeros((1, 4, 4), dtype=np.float32)
     one[0, 3, 0] = 1.0  # one frame: the whole image stretched
     x, y = strongest_point(image_map(one, 0, 0, (60, 30)), 600, 300)
@@ -62,12 +63,13 @@ def test_pointing_game_on_planted_evidence(planted):
     """The strongest point falls in the marker's box grown by one patch (4 pixels of the 64-px image: the 128-px
     tile's 8-px patches) far more often than a random point does."""
     processor, model, images = planted
-    points, _ = points_and_maps(processor, model, images)
-    hits = np.mean([in_box(p, box, 4) for p, (_, _, box) in zip(points, images)])
+    marked = [(image, name, box) for image, name, box in images if box]
+    points, _ = points_and_maps(processor, model, marked)
+    hits = np.mean([in_box(p, box, 4) for p, (_, _, box) in zip(points, marked)])
     rng = np.random.default_rng(0)
-    chance = np.mean([in_box(rng.uniform(0, 64, 2), box, 4) for _ in range(50) for _, _, box in images])
+    chance = np.mean([in_box(rng.uniform(0, 64, 2), box, 4) for _ in range(50) for _, _, box in marked])
     assert chance < 0.15
-    assert hits >= 0.4 and hits >= 3 * chance, (hits, chance)
+    assert hits >= 0.6 and hits >= 5 * chance, (hits, chance)
 
 
 def test_maps_change_when_the_weights_are_random(planted, tmp_path):
