@@ -36,8 +36,8 @@ MIN_CONFIDENCE = 0.0  # a prediction whose top probability is below this is "unc
 TARGET_ACCURACY = 0.0  # instead: the threshold certified to keep this accuracy on new images (0 = not used)
 CONFIDENCE_LEVEL = 0.9  # how sure TARGET_ACCURACY's certificate is: the target holds with this probability
 RESUME = "auto"  # "auto": continue an interrupted run in REPORT_DIR (same settings only); "overwrite": predict afresh
-EXPLAIN = False  # heatmaps of the evidence for each best guess: explanations/ and two columns of predictions.csv (PyTorch)
-EXPLAIN_METHOD = "gradcam"  # gradcam (2.4 forward passes an image), occlusion (17 a tile, no gradients), gradcam_connector
+EXPLAIN = False  # heatmaps of the evidence for each best guess: explanations/, 2 columns of predictions.csv (PyTorch)
+EXPLAIN_METHOD = "gradcam"  # gradcam (2.4 forward passes an image), occlusion (17; no gradients), gradcam_connector
 
 
 def labelled_images():
