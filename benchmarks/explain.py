@@ -166,8 +166,8 @@ def report(planted, replica, started, elapsed, default):
     lines += ["", f"Accuracy of the tiny models on their held-out images: "
               f"{', '.join(format(r['accuracy'], '.2f') for r in planted)}. Default by this run: **{default}** "
               f"(the best pointing game among the methods costing {MAX_COST:g} forward passes or fewer, on the "
-              "replica where it ran: on the tiny model a forward pass is so short that the fixed costs of an explanation, encoding "
-              "the image and mapping the tiles back, dominate)."]
+              "replica where it ran: on the tiny model a forward pass is so short that the fixed costs of an "
+              "explanation, encoding the image and mapping the tiles back, dominate)."]
     if replica:
         lines += ["", f"SmolVLM-256M replica (random weights, a random head over six classes), one 640x480 image at "
                   f"one 512-px tile, {len(replica)} runs fixed in advance: CPU seconds of one forward pass, and of "
