@@ -5,6 +5,7 @@ predictions.csv and confusion_matrix.png next to the model (or to REPORT_DIR).
 """
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.evaluation import evaluate_models
+from vlmcls.explain import EXPLAIN_METHODS
 from vlmcls.images import read_dataset_json
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
 from vlmcls.prediction import PREDICTIONS
@@ -31,6 +32,8 @@ MIN_CONFIDENCE = 0.0  # a prediction whose top probability is below this is "unc
 TARGET_ACCURACY = 0.0  # instead: the threshold certified to keep this accuracy on new images (0 = not used)
 CONFIDENCE_LEVEL = 0.9  # how sure TARGET_ACCURACY's certificate is: the target holds with this probability
 RESUME = "auto"  # "auto": continue an interrupted run in REPORT_DIR (same settings only); "overwrite": predict afresh
+EXPLAIN = False  # heatmaps of the evidence for each best guess: explanations/, 2 columns of predictions.csv (PyTorch)
+EXPLAIN_METHOD = "gradcam"  # gradcam (2.4 forward passes an image), occlusion (17; no gradients), gradcam_connector
 
 
 def main():
@@ -44,10 +47,11 @@ def main():
                     max_pixels=data["max_image_pixels"], report_dir=REPORT_DIR, report_name="test_set",
                     quantize=QUANTIZE, runtime=RUNTIME, class_bias=CLASS_BIAS, resume=RESUME,
                     min_confidence=MIN_CONFIDENCE, target_accuracy=TARGET_ACCURACY, confidence_level=CONFIDENCE_LEVEL,
-                    record=settings_of(globals()))
+                    explain=EXPLAIN, explain_method=EXPLAIN_METHOD, record=settings_of(globals()))
 
 
 if __name__ == "__main__":
     configure(globals(), choices={"PREDICTION": PREDICTIONS, "DEVICE": DEVICES, "DTYPE": DTYPES,
-                                  "QUANTIZE": QUANTIZATIONS, "RUNTIME": RUNTIME_CHOICES, "RESUME": RESUMES})
+                                  "QUANTIZE": QUANTIZATIONS, "RUNTIME": RUNTIME_CHOICES, "RESUME": RESUMES,
+                                  "EXPLAIN_METHOD": EXPLAIN_METHODS})
     run_main(main)

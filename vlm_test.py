@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vlmcls.cli import UserError, configure, run_main, settings_of
 from vlmcls.evaluation import evaluate_models
+from vlmcls.explain import EXPLAIN_METHODS
 from vlmcls.images import class_folders, list_files
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
 from vlmcls.prediction import PREDICTIONS
@@ -35,6 +36,8 @@ MIN_CONFIDENCE = 0.0  # a prediction whose top probability is below this is "unc
 TARGET_ACCURACY = 0.0  # instead: the threshold certified to keep this accuracy on new images (0 = not used)
 CONFIDENCE_LEVEL = 0.9  # how sure TARGET_ACCURACY's certificate is: the target holds with this probability
 RESUME = "auto"  # "auto": continue an interrupted run in REPORT_DIR (same settings only); "overwrite": predict afresh
+EXPLAIN = False  # heatmaps of the evidence for each best guess: explanations/, 2 columns of predictions.csv (PyTorch)
+EXPLAIN_METHOD = "gradcam"  # gradcam (2.4 forward passes an image), occlusion (17; no gradients), gradcam_connector
 
 
 def labelled_images():
@@ -75,10 +78,11 @@ def main():
                     resume=RESUME, min_confidence=MIN_CONFIDENCE, target_accuracy=TARGET_ACCURACY,
                     confidence_level=CONFIDENCE_LEVEL,
                     report_name="full_dataset" if labels else "predictions",
-                    record=settings_of(globals()))
+                    explain=EXPLAIN, explain_method=EXPLAIN_METHOD, record=settings_of(globals()))
 
 
 if __name__ == "__main__":
     configure(globals(), choices={"PREDICTION": PREDICTIONS, "DEVICE": DEVICES, "DTYPE": DTYPES,
-                                  "QUANTIZE": QUANTIZATIONS, "RUNTIME": RUNTIME_CHOICES, "RESUME": RESUMES})
+                                  "QUANTIZE": QUANTIZATIONS, "RUNTIME": RUNTIME_CHOICES, "RESUME": RESUMES,
+                                  "EXPLAIN_METHOD": EXPLAIN_METHODS})
     run_main(main)

@@ -205,6 +205,19 @@ def test_predict_takes_one_image_and_answers_in_gradios_label_format(app, fine_t
     assert table["data"][0][1:] == [result["label"], pytest.approx(confidences[0]["confidence"], abs=1e-9)]
 
 
+def test_explain_gives_the_strongest_point_and_the_overlay_of_the_top_class(app, fine_tuned_smolvlm):
+    """/explain: one image in; its top class (as /predict's), the strongest point inside the image, and the overlay
+    at the image's size."""
+    from gradio_client import Client, handle_file
+    image = fine_tuned_smolvlm / "data" / "red" / "red_03.png"
+    client = Client(app, verbose=False)
+    label = client.predict(handle_file(str(image)), api_name="/predict")["label"]
+    point, shown = client.predict(handle_file(str(image)), api_name="/explain")
+    size = Image.open(image).size
+    assert point["label"] == label and 0 <= point["x"] < size[0] and 0 <= point["y"] < size[1]
+    assert Image.open(shown).size == size
+
+
 def test_a_head_models_endpoints_give_the_heads_probabilities(fine_tuned_head):
     """A model fine-tuned with objective=head, served by vlm_app.py: /predict and /classify answer with its head's
     probabilities (the class bias saved with it added), those vlm_test.py gives."""

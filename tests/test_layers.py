@@ -17,7 +17,7 @@ LAYERS = [
     ("data", ["images", "prompt", "pixels", "augment", "inputs", "report", "confidence", "label_issues"]),
     ("models", ["models", "vision_cache"]),
     ("objectives", ["objectives.base", "objectives.answer", "objectives.head", "objectives", "saved"]),
-    ("training and prediction", ["prediction", "calibration", "validation", "training", "onnx_runtime",
+    ("training and prediction", ["prediction", "calibration", "validation", "training", "onnx_runtime", "explain",
                                  "openvino_runtime", "runtime"]),
     ("runs and the app", ["prediction_files", "evaluation", "app", "export"]),
 ]

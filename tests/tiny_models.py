@@ -40,13 +40,14 @@ def _tokenizer(special_tokens, bos, eos, pad, chat_template):
                                    chat_template=chat_template)
 
 
-def build_tiny_smolvlm(folder, image_longest_edge=2048, head_std=None, patch_size=16):
+def build_tiny_smolvlm(folder, image_longest_edge=2048, head_std=None, patch_size=16, tile=512):
     """Save a tiny Idefics3 model with SmolVLM's geometry and processor settings to `folder`.
 
     Tiles are 512 px, patches 16 px and the pixel shuffle factor 4, so each tile becomes 64 image
     tokens as in SmolVLM-256M; only the widths and depths are tiny. `head_std` re-initialises the output
     head at that scale. A larger `patch_size` (64: 4 image tokens a tile) makes a model whose forward pass
-    costs almost nothing, for timing what surrounds it; the processor still makes SmolVLM's pixel tensors.
+    costs almost nothing, for timing what surrounds it; the processor still makes SmolVLM's pixel tensors. A
+    smaller `tile` (SmolVLM's is 512 px) makes a model that trains in seconds.
     """
     from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
                               Idefics3Processor)
@@ -59,14 +60,14 @@ def build_tiny_smolvlm(folder, image_longest_edge=2048, head_std=None, patch_siz
                            chat_template=SMOLVLM_CHAT_TEMPLATE)
     tokenizer.add_special_tokens({"additional_special_tokens": specials[3:]})
     image_processor = Idefics3ImageProcessor(
-        size={"longest_edge": image_longest_edge}, max_image_size={"longest_edge": 512},
+        size={"longest_edge": image_longest_edge}, max_image_size={"longest_edge": tile},
         do_image_splitting=True, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=(512 // patch_size) ** 2 // 16,
+                                  image_seq_len=(tile // patch_size) ** 2 // 16,
                                   chat_template=SMOLVLM_CHAT_TEMPLATE)
     config = Idefics3Config(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=512, patch_size=patch_size, hidden_act="gelu_pytorch_tanh",
+                           image_size=tile, patch_size=patch_size, hidden_act="gelu_pytorch_tanh",
                            layer_norm_eps=1e-6),
         text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from .calibration import UNCERTAIN, best_guesses, load_calibration, uncertain_rule
 from .cli import UserError
-from .images import images_in_turn, read_dataset_json, recorded_json
+from .explain import Explainer, overlay
+from .images import images_in_turn, load_image, read_dataset_json, recorded_json
 from .prediction import evaluate_with
 
 RESULT_HEADERS = ["image", "class", "probability"]
@@ -88,8 +89,9 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
     probability is below the threshold (`min_confidence`, or the one certified for `target_accuracy` at
     `confidence_level`; every image where none is) is uncertain, its
     best guesses shown. Classifying is also the API endpoint /classify (images and class names in, the table, the
-    model's views and messages out), and /predict classifies one image in Gradio's label format (label
-    "uncertain" below the threshold, the confidences still every class's)."""
+    model's views and messages out), /predict classifies one image in Gradio's label format (label
+    "uncertain" below the threshold, the confidences still every class's), and /explain gives one image's evidence
+    for its top class (the point and the overlay; PyTorch models only)."""
     import gradio as gr
     saved = predictor.saved
     default = saved.classes_and_question(classes)
@@ -146,6 +148,26 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
         return {"label": UNCERTAIN if unsure else probabilities[0][0],
                 "confidences": [{"label": label, "confidence": p} for label, p in probabilities]}
 
+    def explain(image):
+        """One image in: its top class, the point of strongest evidence for it in the image's pixels, and the
+        overlay (vlmcls/explain.py's default method). PyTorch models only."""
+        found = scoring("")
+        if not found:
+            raise gr.Error("This model has no class names saved: give them with --classes.")
+        if saved.export is not None:
+            raise gr.Error(f"{saved.path} is an exported model: explanations need PyTorch.")
+        if not image:
+            raise gr.Error("Give one image.")
+        ranked, _, problems = run([image], found)
+        if problems:
+            raise gr.Error(problems[0])
+        top = ranked[0][1][0][0]
+        picture = load_image(image, max_pixels)
+        evidence = Explainer(predictor.model, predictor.processor, found[1], found[0], max_pixels=max_pixels)(
+            picture, top)
+        x, y = evidence["point"]
+        return {"label": top, "x": x, "y": y}, overlay(picture, evidence["map"], evidence["point"])
+
     known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"
     name = Path(saved.path).name
     with gr.Blocks(title=f"{name}: image classifier", analytics_enabled=False) as page:
@@ -179,6 +201,10 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
         # returned as gr.Label's data itself: its own formatting would name the top class, never "uncertain"
         gr.Button(visible=False).click(predict, one_image, label, api_name="predict", concurrency_id="model",
                                        postprocess=False)
+        # /explain: one image in; its top class and strongest point as JSON, and the overlay
+        gr.Button(visible=False).click(explain, one_image, [gr.JSON(visible=False),
+                                                            gr.Image(visible=False, type="pil", format="png")],
+                                       api_name="explain", concurrency_id="model")
         # New images (an upload, a paste, a click on an example) are classified at once.
         images.upload(classify, [images, class_names], outputs, api_visibility="private", concurrency_id="model")
         if examples:

@@ -12,7 +12,7 @@ from PIL import Image
 from .cli import UserError
 from .files import atomic_write, write_csv
 from .images import load_image, lookalike_groups, pixel_hash
-from .report import font
+from .report import thumbnail_sheet
 
 ISSUES_CSV = "label_issues.csv"
 ISSUES_PNG = "label_issues.png"
@@ -194,40 +194,11 @@ def _thumbnail(path):
         return None
 
 
-def _fit(draw, text, font, width):
-    """The text, cut with an ellipsis to fit `width` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
 def contact_sheet(rows, found, total, what):
     """A grid of thumbnails of the issues' images (label_issues.csv rows), each captioned with its rank, file name,
     given and predicted class and the predicted class's probability."""
-    from PIL import ImageDraw
-    large, small = font(15), font(12)
-    cell_w, cell_h, pad, top = THUMB + 16, THUMB + 66, 8, 40
-    columns = max(min(len(rows), SHEET_COLUMNS), 1)
-    lines = -(-len(rows) // columns)
     shown = f"the first {len(rows)} shown" if rows else "none to show"
-    title = f"Suspected label errors: {found} of {total} {what} ({shown})"
-    title_w = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=large)  # the sheet is as wide
-    sheet = Image.new("RGB", (max(columns * cell_w + 2 * pad, 520, int(title_w) + 2 * pad),
-                              top + max(lines, 1) * cell_h + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 10), title, fill="black", font=large)
-    for n, (rank, path, given, predicted, probability, *_) in enumerate(rows):
-        x, y = pad + (n % columns) * cell_w, top + (n // columns) * cell_h
-        thumb = _thumbnail(path)
-        if thumb is None:
-            draw.rectangle([x + 8, y, x + 8 + THUMB, y + THUMB], fill=(220, 220, 220))
-            draw.text((x + 8 + THUMB // 2, y + THUMB // 2), "cannot be read", fill="black", font=small, anchor="mm")
-        else:
-            sheet.paste(thumb, (x + 8 + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
-        caption = [(f"{rank}. {Path(path).name}", (90, 90, 90)), (f"given: {given}", (170, 20, 20)),
-                   (f"model: {predicted} {float(probability):.2f}", (20, 110, 20))]
-        for k, (text, colour) in enumerate(caption):
-            draw.text((x + 8, y + THUMB + 4 + 18 * k), _fit(draw, text, small, THUMB), fill=colour, font=small)
-    return sheet
+    return thumbnail_sheet(f"Suspected label errors: {found} of {total} {what} ({shown})", [
+        (_thumbnail(path), [(f"{rank}. {Path(path).name}", (90, 90, 90)), (f"given: {given}", (170, 20, 20)),
+                            (f"model: {predicted} {float(probability):.2f}", (20, 110, 20))])
+        for rank, path, given, predicted, probability, *_ in rows], THUMB, SHEET_COLUMNS)

@@ -71,13 +71,15 @@ def best_guess(result):
 
 
 def prediction_rows(paths, results, true=None):
+    """predictions.csv's rows (PREDICTION_HEADER), and where a result was explained its point (explain.COLUMNS)."""
     rows = []
     for i, (path, r) in enumerate(zip(paths, results)):
         probs = r["probs"]
         rows.append([str(path), true[i] if true else "", r["pred"], f"{probs[best_guess(r)]:.6f}" if probs else "",
                      " | ".join(r["top2"]), r["answer"], best_guess(r),
                      " | ".join(f"{probs[c]:.6f}" for c in r["top2"]) if probs else "",
-                     json.dumps({c: float(f"{p:.6g}") for c, p in probs.items()}) if probs else ""])
+                     json.dumps({c: float(f"{p:.6g}") for c, p in probs.items()}) if probs else ""]
+                    + [f"{v:.1f}" for v in r.get("explanation", ())])
     return rows
 
 
@@ -105,6 +107,41 @@ def font(size):
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType: the fixed bitmap font
         return ImageFont.load_default()
+
+
+def fit_text(draw, text, font, width):
+    """The text, cut with an ellipsis to fit `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def thumbnail_sheet(title, cells, thumb, columns):
+    """A contact sheet: `title`, then a grid of `cells` (a thumbnail at most `thumb` pixels a side, or None for an
+    image that cannot be read, and its caption lines as (text, colour)), `columns` a row."""
+    from PIL import ImageDraw
+    large, small = font(15), font(12)
+    lines_each = max((len(caption) for _, caption in cells), default=3)
+    cell_w, cell_h, pad, top = thumb + 16, thumb + 12 + 18 * lines_each, 8, 40
+    columns = max(min(len(cells), columns), 1)
+    lines = -(-len(cells) // columns)
+    title_w = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=large)  # the sheet is as wide
+    sheet = Image.new("RGB", (max(columns * cell_w + 2 * pad, 520, int(title_w) + 2 * pad),
+                              top + max(lines, 1) * cell_h + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 10), title, fill="black", font=large)
+    for n, (image, caption) in enumerate(cells):
+        x, y = pad + (n % columns) * cell_w, top + (n // columns) * cell_h
+        if image is None:
+            draw.rectangle([x + 8, y, x + 8 + thumb, y + thumb], fill=(220, 220, 220))
+            draw.text((x + 8 + thumb // 2, y + thumb // 2), "cannot be read", fill="black", font=small, anchor="mm")
+        else:
+            sheet.paste(image, (x + 8 + (thumb - image.width) // 2, y + (thumb - image.height) // 2))
+        for k, (text, colour) in enumerate(caption):
+            draw.text((x + 8, y + thumb + 4 + 18 * k), fit_text(draw, text, small, thumb), fill=colour, font=small)
+    return sheet
 
 
 def draw_confusion_matrix(matrix, rows, columns, accuracy):

@@ -42,6 +42,9 @@ An objective is one module of this package (answer.py, head.py) defining, at mod
                           objective's scores, which its score mode (prediction, validation) runs and
                           vlmcls/export.py exports
     scoring_layer(model)  the layer whose outputs are the scores, which an int8 export keeps float
+    output_order(model, classes)
+                          where each of `classes` is among scoring_module's outputs (class_order's answer; None:
+                          in their order), or UserError where the model scores other classes
 
 vlmcls/objectives/__init__.py registers each module; everything above this layer goes through it.
 """
@@ -52,7 +55,7 @@ from ..cli import UserError
 
 OPERATIONS = ("NAME", "FILES", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "check_settings", "carries", "attach",
               "prepare", "features", "training_set", "test_set", "save", "load", "prediction_mode",
-              "results_from_features", "scoring_module", "scoring_layer")
+              "results_from_features", "scoring_module", "scoring_layer", "output_order")
 
 
 def class_order(scored, classes, whose, fixed, remedy):

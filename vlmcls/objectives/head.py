@@ -256,14 +256,18 @@ def test_set(data, *, classes, question, encoder, processor, end_ids=None, featu
     return head_dataset(data["samples"], classes, encoder, processor, question, states=features)
 
 
+def output_order(model, classes):
+    """Where each of `classes` is among the head's logits: a loaded head scores the classes saved with it, in their
+    order, which may differ from the order `classes` asks them in (a test JSON, class folders, names typed on the
+    page). UserError where `classes` are other classes than the head's."""
+    return class_order(getattr(head_of(model), "classes", None), classes, "the model's head",
+                       "fixed when it was trained", "give those classes, or fine-tune a head for these")
+
+
 def head_ranked(model, logits, classes):
-    """Score-mode results from the head's logits (a tensor), each named by the class it was trained for: a loaded
-    head scores the classes saved with it, in their order, which may differ from the order `classes` asks them in
-    (a test JSON, class folders, names typed on the page). UserError where `classes` are other classes than the
-    head's."""
-    order = class_order(getattr(head_of(model), "classes", None), classes, "the model's head",
-                        "fixed when it was trained", "give those classes, or fine-tune a head for these")
-    return scored_results(logits.float().tolist(), classes, order)
+    """Score-mode results from the head's logits (a tensor), each named by the class it was trained for
+    (output_order)."""
+    return scored_results(logits.float().tolist(), classes, output_order(model, classes))
 
 
 def results_from_features(model, states, paths, classes):
