@@ -7,8 +7,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import common  # noqa: E402
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-# accuracy.py's protocol has two runs of different standing: development (choices) and confirmation (claims)
-TWO_FILES = {"accuracy": ("development", "confirmation")}
+# the benchmarks whose runs of different standing each keep a results file: accuracy.py's development (choices) and
+# confirmation (claims); export.py's --tiny=true run (the elpv agreement); copy_guard.py's run copying every image
+TWO_FILES = {"accuracy": ("development", "confirmation"), "export": ("tiny",), "copy-guard": ("all-copies",)}
 
 
 def test_a_recorded_command_names_path_settings_instead_of_this_machines_paths():
@@ -22,8 +23,9 @@ def test_every_results_file_belongs_to_one_benchmark_and_records_no_machine_path
     scripts = {p.stem.replace("_", "-") for p in BENCHMARKS.glob("*.py")}  # results-input-path.md: input_path.py
     for results in BENCHMARKS.glob("results-*.md"):
         name = results.stem.removeprefix("results-")
-        script, _, part = name.partition("-") if name.split("-")[0] in TWO_FILES else (name, "", "")
+        script = max((s for s in scripts if name == s or name.startswith(s + "-")), key=len, default=name)
+        part = name.removeprefix(script).removeprefix("-")
         assert script in scripts, f"{results.name}: no benchmark named {script}.py"
-        assert not part or part in TWO_FILES[script], f"{results.name}: a second results file of {script}.py"
+        assert not part or part in TWO_FILES.get(script, ()), f"{results.name}: a second results file of {script}.py"
         text = results.read_text()
         assert not re.search(r"(/work/|/tmp/|/home/)", text), f"{results.name} records a path of this machine"
