@@ -76,8 +76,7 @@ def predictor_of(runtime, model, export, edge, splitting, threads):
         return load_predictor(open_classifier(model), device="cpu", dtype=torch.float32, image_longest_edge=edge,
                               image_splitting=splitting, quantize=quantize)
     from vlmcls.runtime import RUNTIMES as PREDICTORS
-    folder = Path(export).with_name(f"{Path(export).name}-{runtime.replace(' ', '-')}") \
-        if runtime in (*VARIANTS, WEIGHTS_ONLY, UNCHECKED) else export
+    folder = row_folder(export, runtime) if runtime in (*VARIANTS, WEIGHTS_ONLY, UNCHECKED) else export
     return PREDICTORS[runtime.split()[0]](open_classifier(folder), quantize=quantize, image_longest_edge=edge,
                                           image_splitting=splitting, threads=threads)
 
@@ -181,49 +180,48 @@ def export(model, out, work, label, *flags):
             "peak_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9, "label": label}
 
 
+def row_folder(export, row):
+    """The folder of a benchmark row's own variant of the export `export`, beside it."""
+    return Path(export).with_name(f"{Path(export).name}-{row.replace(' ', '-')}")
+
+
+def linked_folder(out, row, leave_out):
+    """The row's folder (row_folder), holding the export's files as hard links but `leave_out` and export.json."""
+    folder = row_folder(out, row)
+    folder.mkdir()
+    for file in out.iterdir():
+        if file.name not in (*leave_out, "export.json"):
+            os.link(file, folder / file.name)
+    return folder
+
+
 def variants(out):
     """Beside the export `out`, a folder for each VARIANTS row: the export's files (hard links) with its own int8
     graph, quantised from model.onnx by vlmcls.export.quantize_int8, and export.json's manifest saying so; and one
-    for WEIGHTS_ONLY."""
-    from vlmcls.export import layer_nodes, quantize_int8
+    each for WEIGHTS_ONLY and UNCHECKED."""
+    from transformers import AutoProcessor
+    from vlmcls.export import calibration_images, layer_nodes, openvino_int8, quantize_int8
     from vlmcls.files import write_json
     from vlmcls.saved import OPENVINO_INT8_FILE, sha256
     record = json.loads((out / "export.json").read_text())
     for name, (per_channel, head_float) in VARIANTS.items():
-        folder = out.with_name(f"{out.name}-{name.replace(' ', '-')}")
-        folder.mkdir()
-        for file in out.iterdir():
-            if file.name not in ("model.int8.onnx", "export.json"):
-                os.link(file, folder / file.name)
+        folder = linked_folder(out, name, ["model.int8.onnx"])
         keep = layer_nodes(out / "model.onnx", record["int8_check"]["float_layer"]) if head_float else []
         quantize_int8(out / "model.onnx", folder / "model.int8.onnx", keep, per_channel=per_channel)
         write_json(folder / "export.json", {**record, "manifest": {
             **record["manifest"], "model.int8.onnx": sha256(folder / "model.int8.onnx")}})
     # WEIGHTS_ONLY: the export without its OpenVINO int8 graph, as a folder exported without calibration images
-    folder = out.with_name(f"{out.name}-{WEIGHTS_ONLY.replace(' ', '-')}")
-    folder.mkdir()
     graph = {OPENVINO_INT8_FILE, OPENVINO_INT8_FILE.replace(".xml", ".bin")}
-    for file in out.iterdir():
-        if file.name not in (*graph, "export.json"):
-            os.link(file, folder / file.name)
+    folder = linked_folder(out, WEIGHTS_ONLY, graph)
     write_json(folder / "export.json", {
         **record, "openvino_int8": {"file": None, "reason": "the benchmark's weights-only row"},
         "manifest": {name: digest for name, digest in record["manifest"].items() if name not in graph}})
     # UNCHECKED: the export's OpenVINO int8 graph made again on the same calibration images, with no check images
-    from transformers import AutoProcessor
-    from vlmcls.export import openvino_int8
-    from vlmcls.images import images_in_turn, read_dataset_json
-    folder = out.with_name(f"{out.name}-{UNCHECKED.replace(' ', '-')}")
-    folder.mkdir()
-    for file in out.iterdir():
-        if file.name not in (*graph, "export.json"):
-            os.link(file, folder / file.name)
-    json_path = record["openvino_int8"]["calibration"]["json"]
-    data = read_dataset_json(json_path)
-    calibration = (json_path, images_in_turn(data, record["openvino_int8"]["calibration"]["images"]),
-                   data["max_image_pixels"])
+    folder = linked_folder(out, UNCHECKED, graph)
+    calibration = record["openvino_int8"]["calibration"]
     static = openvino_int8(folder, AutoProcessor.from_pretrained(str(out)), record["question"],
-                           record["int8_check"]["float_nodes"], calibration, [])
+                           record["int8_check"]["float_nodes"],
+                           calibration_images(open_classifier(out), calibration["json"], calibration["images"]), [])
     write_json(folder / "export.json", {**record, "openvino_int8": static, "manifest": {
         **record["manifest"], **{name: sha256(folder / name) for name in graph}}})
 
