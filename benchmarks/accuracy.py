@@ -121,7 +121,7 @@ EVAL_BATCH = 32  # images per forward pass when validating and scoring
 JOBS = 2  # runs at a time, each its own processes (as many as there are idle cores)
 THREADS = 1  # torch threads per script (OMP_NUM_THREADS): a tiny model's threads only wait on each other
 DEVICE = "cpu"  # every script's --device; the scripts see no accelerator (tasks.SCRIPT_ENV)
-WORK_DIR = ""  # data, models and runs; "": a temporary folder, removed at the end (a confirmation: empty or "")
+WORK_DIR = ""  # data, models and runs; "": a temporary folder, removed (a confirmation: empty, "" or its own)
 OUTPUT = ""  # where the table is also written; "": benchmarks/results-accuracy-{development,confirmation}.md
 
 PROTOCOL = 3  # version of the protocol above; the ledger records it
@@ -522,7 +522,8 @@ def check(overrides):
         return
     if refusal := ledger.refuse_confirmation(splits=CONFIRMATION_SPLITS, development=DEVELOPMENT_SPLITS,
                                              overrides=overrides, ledger=ledger.read(LEDGER),
-                                             changed=ledger.uncommitted()):
+                                             changed=ledger.uncommitted(),
+                                             resumed=ledger.stamp_of(WORK_DIR) if CONFIRM else None):
         sys.exit(f"error: {refusal}")
     if not Path(CHOICES).is_file():
         sys.exit(f"error: {CHOICES} is missing: a development run makes the choices a confirmation runs with")
@@ -552,11 +553,12 @@ def main(overrides=()):
               "--confirm=true")
         return
     if CONFIRM:
-        for refusal in (ledger.refuse_unplanned(splits, bound["digest"], ledger.committed()),
-                        ledger.refuse_work_dir(WORK_DIR)):
+        for refusal in (ledger.refuse_unplanned(splits, bound["digest"], ledger.committed(),
+                                                ledger.stamp_of(WORK_DIR)),
+                        ledger.refuse_work_dir(WORK_DIR, bound["digest"], splits)):
             if refusal:
                 sys.exit(f"error: {refusal}")
-        ledger.with_status(LEDGER, splits, status="started", started=started, machine=machine())
+        ledger.start(LEDGER, WORK_DIR, splits, bound["digest"], started, machine())
     with tempfile.TemporaryDirectory(prefix="accuracy-benchmark-") as temporary:
         work = Path(WORK_DIR or temporary).resolve()
         work.mkdir(parents=True, exist_ok=True)

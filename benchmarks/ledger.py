@@ -22,6 +22,7 @@ PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "t
 HARMLESS = {"confirm", "plan", "work_dir", "output"}
 FIRST_CONFIRMATION_SEED = 100  # seeds below are development seeds, and only they: never confirmed on
 LEDGER_PATH = "benchmarks/confirmations.json"  # the ledger, relative to the checkout (git show HEAD:<it>)
+STAMP = "confirmation.json"  # in a confirmation's work folder: which confirmation it is, so that it may resume there
 
 
 def git(*args):
@@ -84,14 +85,18 @@ def uncommitted():
     return git("status", "--porcelain", "--untracked-files=all", "--", *HASHED, *CHOSEN).strip()
 
 
-def planned(entries, splits):
-    """The entry of `entries` planned for these split seeds and not yet started, or None."""
-    return next((e for e in entries if e["splits"] == splits and e.get("status") == "planned"), None)
+def planned(entries, splits, resumed=None):
+    """The entry of `entries` planned for these split seeds and not yet started, or None; with `resumed` (a work
+    folder's stamp, as stamp_of reads it), also the entry that started with that stamp's fingerprint and seeds."""
+    return next((e for e in entries if e["splits"] == splits and (
+        e.get("status") == "planned" or resumed is not None and e.get("status") == "started"
+        and resumed["splits"] == splits and e["fingerprint"]["digest"] == resumed["digest"])), None)
 
 
-def refuse_confirmation(*, splits, development, overrides, ledger, changed):
+def refuse_confirmation(*, splits, development, overrides, ledger, changed, resumed=None):
     """The reason a confirmation may not be planned or run, or None. It must run committed code with the committed
-    settings on split seeds that no development run and no earlier confirmation has used (its own plan aside)."""
+    settings on split seeds that no development run and no earlier confirmation has used (its own plan aside, and
+    with `resumed`, the stamp of its own work folder, its own start)."""
     if changed:
         return f"a confirmation runs committed code and records its commit; these files differ from it:\n{changed}"
     if given := sorted(set(overrides) - HARMLESS):
@@ -100,7 +105,7 @@ def refuse_confirmation(*, splits, development, overrides, ledger, changed):
     if dev := sorted(s for s in splits if s in development or s < FIRST_CONFIRMATION_SEED):
         return (f"split seeds {dev} are development seeds (those of development_splits, and every seed below "
                 f"{FIRST_CONFIRMATION_SEED}); choices were made on them, so they confirm nothing")
-    own = planned(ledger, splits)
+    own = planned(ledger, splits, resumed)
     spent = {s for entry in ledger if entry is not own for s in entry["splits"]}
     if used := sorted(set(splits) & spent):
         block = max(spent) // 100 * 100 + 100
@@ -109,10 +114,11 @@ def refuse_confirmation(*, splits, development, overrides, ledger, changed):
     return None
 
 
-def refuse_unplanned(splits, digest, head):
+def refuse_unplanned(splits, digest, head, resumed=None):
     """The reason a confirmation may not start, or None: its entry (--plan=true) must be in the ledger of HEAD,
-    planned for these seeds with this fingerprint, so that no one can run it and then delete the record."""
-    entry = planned(head, splits)
+    planned for these seeds with this fingerprint (or, resumed, started), so that no one can run it and then delete
+    the record."""
+    entry = planned(head, splits, resumed)
     if entry is None:
         return (f"no entry planned for split seeds {splits} in HEAD's {LEDGER_PATH}: run with --plan=true, commit "
                 f"{LEDGER_PATH}, then --confirm=true")
@@ -130,12 +136,41 @@ def refuse_development(splits):
     return None
 
 
-def refuse_work_dir(folder):
+def stamp_of(folder):
+    """The stamp a confirmation left in its work folder when it started ({"digest", "splits", "commit",
+    "started"}), or None: it lets that confirmation, interrupted, resume there and nothing else use the folder."""
+    stamp = Path(folder) / STAMP if folder else None
+    return json.loads(stamp.read_text()) if stamp and stamp.is_file() else None
+
+
+def refuse_work_dir(folder, digest, splits):
     """The reason a confirmation may not use this work folder, or None: it starts from an empty one, so that no
-    split, model or result of another run is reused unchecked."""
-    if folder and Path(folder).exists() and any(Path(folder).iterdir()):
-        return f"{folder}: a confirmation starts from an empty work folder (or none: a temporary one); this one is not"
+    split, model or result of another run is reused unchecked, or resumes in the folder it started in (its stamp
+    holds this fingerprint and these seeds)."""
+    if not folder or not Path(folder).exists() or not any(Path(folder).iterdir()):
+        return None
+    stamp = stamp_of(folder)
+    if stamp is None or stamp["digest"] != digest or stamp["splits"] != splits:
+        return (f"{folder}: a confirmation starts from an empty work folder (or none: a temporary one), or resumes in "
+                f"its own (whose {STAMP} holds its fingerprint {digest} and seeds {splits}); this one is neither")
     return None
+
+
+def start(path, folder, splits, digest, started, machine):
+    """Record a confirmation's start in the ledger and stamp its work folder (none: a temporary folder, which
+    cannot be resumed); a resumed confirmation (its folder stamped already) adds this start to the entry's
+    "resumed" list instead."""
+    from vlmcls.files import write_json
+    resumed = stamp_of(folder)
+    if resumed is None:
+        with_status(path, splits, status="started", started=started, machine=machine)
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            write_json(Path(folder) / STAMP, {"digest": digest, "splits": splits, "started": started,
+                                              "commit": git("rev-parse", "--short", "HEAD").strip()})
+        return
+    entry = planned(read(path), splits, resumed)
+    with_status(path, splits, status="started", resumed=entry.get("resumed", []) + [started], machine=machine)
 
 
 def with_status(path, splits, **changes):

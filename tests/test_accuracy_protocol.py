@@ -285,8 +285,15 @@ def test_a_confirmation_runs_only_what_head_has_planned_and_spends_its_seeds_fir
     with pytest.raises(KeyboardInterrupt):
         accuracy.main()
     assert json.loads(confirming.read_text())[-1]["status"] == "started"
-    with pytest.raises(SystemExit, match=r"\[700, 701, 702, 703, 704\] are spent"):  # it cannot be run again
+    work = Path(accuracy.WORK_DIR)
+    assert json.loads((work / ledger.STAMP).read_text())["digest"] == planned["fingerprint"]["digest"]
+    with pytest.raises(KeyboardInterrupt):  # interrupted, it resumes in its own folder, and the ledger says so
         accuracy.main()
+    assert len(json.loads(confirming.read_text())[-1]["resumed"]) == 1
+    monkeypatch.setattr(accuracy, "WORK_DIR", str(work.parent / "elsewhere"))
+    with pytest.raises(SystemExit, match=r"\[700, 701, 702, 703, 704\] are spent"):  # nowhere else: it ran
+        accuracy.main()
+    monkeypatch.setattr(accuracy, "WORK_DIR", str(work))
     with pytest.raises(SystemExit, match="--short_seconds given"):
         accuracy.main(overrides=["short_seconds"])
 
@@ -298,6 +305,10 @@ def test_a_confirmation_refuses_a_work_folder_that_is_not_empty(confirming, monk
     monkeypatch.setattr(ledger, "committed", lambda: [entry], raising=False)
     confirming.write_text(json.dumps([entry]))
     (tmp_path / "work" / "digits").mkdir(parents=True)  # a previous run's splits, models or results
+    with pytest.raises(SystemExit, match="empty work folder"):
+        accuracy.main()
+    # a folder stamped by another confirmation (another fingerprint) is not this one's to resume
+    (tmp_path / "work" / ledger.STAMP).write_text(json.dumps({"digest": "y", "splits": entry["splits"]}))
     with pytest.raises(SystemExit, match="empty work folder"):
         accuracy.main()
 
