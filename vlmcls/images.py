@@ -352,8 +352,9 @@ def refuse_overlap(train_data, held_out, progress=True):
     for kind, path in held:
         if path in twin_of:
             raise UserError(f"{path}: this {kind} image looks like the training image {twin_of[path]} (the same "
-                            "picture, resized or re-encoded); write the splits with one run of "
-                            "generate_train_json.py, which keeps look-alikes together")
+                            "picture resized or re-encoded, or a look-alike the copy guard cannot tell from one: "
+                            "docs/training.md); write the splits with one run of generate_train_json.py, which "
+                            "keeps look-alikes together")
 
 
 def read_dataset_json(path):
