@@ -1,14 +1,14 @@
-"""Step 2: turn an image-folder data set (or a labels CSV) into training, validation and test JSON files of questions
-and answers.
+"""Step 2: turn an image-folder data set, or a labels CSV, into training, validation and test JSON files.
 
 Every image is decoded once; files that cannot be used are listed in skipped.csv with the reason.
 The split is by image (identical pictures, and look-alikes by the rule fine_tune.py checks, stay together),
 stratified per class and seeded, so no test image, nor a copy of it resized or re-encoded, is ever seen in
-training, and fine_tune.py never refuses the splits written here. With LABELS_CSV, the images and their labels come from a CSV instead (several labels per
-image, soft weights: docs/training.md); a CSV of one unweighted label per image writes what the folder layout would,
-any other is a multi-label data set, split stratified per label. Validation images (VAL_RATIO > 0; none by default), which
-fine_tune.py measures while it trains, are taken from the training side by the same rules; the test split does
-not depend on them.
+training, and fine_tune.py never refuses the splits written here. Validation images (VAL_RATIO > 0; none by
+default), which fine_tune.py measures while it trains, are taken from the training side by the same rules; the test
+split does not depend on them. With LABELS_CSV the images and their labels come from a CSV (several labels per
+image, soft weights: docs/training.md): one unweighted label per image writes what the class folders would, with
+their questions and answers; any other CSV is a multi-label data set, split stratified per label, which nothing
+trains yet (issue 44).
 """
 import os
 from pathlib import Path

@@ -88,7 +88,7 @@ def single_labels(weights_of):
 
 def label_text(weights):
     """One image's labels as the CSV writes them ("Clean;Dusty:0.7")."""
-    return ";".join(name if w == 1 else f"{name}:{w:g}" for name, w in weights.items())
+    return ";".join(name if w == 1 else f"{name}:{w}" for name, w in weights.items())
 
 
 def split_multilabel(groups, weights_of, classes, held_out_ratio, seed):
