@@ -1,11 +1,14 @@
-"""Step 2: turn an image-folder data set into training, validation and test JSON files of questions and answers.
+"""Step 2: turn an image-folder data set, or a labels CSV, into training, validation and test JSON files.
 
 Every image is decoded once; files that cannot be used are listed in skipped.csv with the reason.
 The split is by image (identical pictures, and look-alikes by the rule fine_tune.py checks, stay together),
 stratified per class and seeded, so no test image, nor a copy of it resized or re-encoded, is ever seen in
-training, and fine_tune.py never refuses the splits written here. Validation images (VAL_RATIO > 0; none by default), which
-fine_tune.py measures while it trains, are taken from the training side by the same rules; the test split does
-not depend on them.
+training, and fine_tune.py never refuses the splits written here. Validation images (VAL_RATIO > 0; none by
+default), which fine_tune.py measures while it trains, are taken from the training side by the same rules; the test
+split does not depend on them. With LABELS_CSV the images and their labels come from a CSV (several labels per
+image, soft weights: docs/training.md): one unweighted label per image writes what the class folders would, with
+their questions and answers; any other CSV is a multi-label data set, split stratified per label, which nothing
+trains yet (issue 44).
 """
 import os
 from pathlib import Path
@@ -13,9 +16,12 @@ from pathlib import Path
 from vlmcls.cli import UserError, configure, run_main
 from vlmcls.files import write_json
 from vlmcls.images import class_folders, group_duplicates, list_files, print_skipped, scan_images, split_groups
+from vlmcls.labels import label_text, read_labels_csv, single_labels, split_multilabel
 from vlmcls.prompt import classification_question
 
-DATASET_DIR = "./Faulty_solar_panel"  # image folder: one sub-folder per class
+DATASET_DIR = "./Faulty_solar_panel"  # image folder: one sub-folder per class (not read with labels_csv)
+LABELS_CSV = ""  # a CSV of columns image,labels ("Dusty:0.7;Clean:0.3") instead of class folders ("" = folders)
+CLASSES = []  # with labels_csv: the classes in order, other labels refused ([] = the labels the CSV uses, sorted)
 TRAIN_RATIO = 0.8  # share of each class's images used for training and validation; the rest is the test set
 VAL_RATIO = 0.0  # share of each class's images taken from the training side for validation (0: none; e.g. 0.1)
 SEED = 42  # seed of the split: same seed, same split
@@ -49,6 +55,10 @@ def check_settings():
     if len(set(outputs)) < len(outputs):
         raise UserError(f"train_json, val_json and test_json must be different files: {TRAIN_JSON}, {VAL_JSON}, "
                         f"{TEST_JSON}")
+    if CLASSES and not LABELS_CSV:
+        raise UserError(f"classes is for --labels_csv (with class folders, the folders are the classes): {CLASSES}")
+    if len(set(CLASSES)) < len(CLASSES):
+        raise UserError(f"classes names a class twice: {CLASSES}")
 
 
 def qa_pairs(label, question):
@@ -56,53 +66,79 @@ def qa_pairs(label, question):
     return [{"question": question, "answer": label}] + [{"question": q, "answer": detail} for q in QUESTION_TEMPLATES]
 
 
-def write_split(json_path, paths, label_of, classes, question, counts):
+def labelled_images():
+    """(classes, {path: {label: weight}}, {path: where it is listed, for messages}) of the class folders or the
+    labels CSV."""
+    if LABELS_CSV:
+        classes, weights_of, line_of = read_labels_csv(LABELS_CSV, CLASSES)
+        return classes, weights_of, {p: f" ({LABELS_CSV} line {line})" for p, line in line_of.items()}
+    folders = class_folders(DATASET_DIR)
+    weights_of = {p: {f.name: 1.0} for f in folders for p in list_files(f)}
+    return [f.name for f in folders], weights_of, dict.fromkeys(weights_of, "")
+
+
+def write_split(json_path, paths, weights_of, label_of, classes, counts):
+    """One JSON file: with one label per image (label_of), the question and each image's Q&A pairs; multi-label,
+    each image's labels and weights (no question yet: multi-label training is issue 44's next step)."""
     folder = Path(json_path).resolve().parent
-    samples = [{"image": os.path.relpath(p.resolve(), folder), "label": label_of[p],
-                "qa": qa_pairs(label_of[p], question)} for p in paths]
-    write_json(json_path, {"classes": classes, "question": question, "max_image_pixels": MAX_IMAGE_PIXELS,
-                           "counts": counts, "samples": samples})
+    where = {p: os.path.relpath(p.resolve(), folder) for p in paths}
+    if label_of is not None:
+        question = classification_question(classes)
+        write_json(json_path, {"classes": classes, "question": question, "max_image_pixels": MAX_IMAGE_PIXELS,
+                               "counts": counts, "samples": [{"image": where[p], "label": label_of[p],
+                                                              "qa": qa_pairs(label_of[p], question)} for p in paths]})
+        return
+    soft = any(w < 1 for weights in weights_of.values() for w in weights.values())
+    write_json(json_path, {"classes": classes, "max_image_pixels": MAX_IMAGE_PIXELS, "multi_label": True,
+                           "soft_labels": soft, "counts": counts,
+                           "samples": [{"image": where[p], "labels": weights_of[p]} for p in paths]})
 
 
-def split_validation(groups, train, label_of, classes):
-    """The validation images, held out of the training side by the rules of the test split: VAL_RATIO of each
-    class's images in all, so VAL_RATIO / TRAIN_RATIO of its training images. Returns (train, val)."""
+def split_validation(groups, train, split):
+    """The validation images, held out of the training side by the rules of the test split (`split`): VAL_RATIO of
+    each class's images in all, so VAL_RATIO / TRAIN_RATIO of its training images. Returns (train, val)."""
     if VAL_RATIO == 0:
         return train, []
     training = set(train)
-    return split_groups([g for g in groups if g[0] in training], label_of, classes, VAL_RATIO / TRAIN_RATIO, SEED)
+    return split([g for g in groups if g[0] in training], VAL_RATIO / TRAIN_RATIO)
 
 
 def main():
     check_settings()
-    folders = class_folders(DATASET_DIR)
-    classes = [f.name for f in folders]
-    label_of = {p: f.name for f in folders for p in list_files(f)}
-    good, skipped = scan_images(sorted(label_of), MAX_IMAGE_PIXELS)
+    classes, weights_of, listed = labelled_images()
+    good, skipped = scan_images(sorted(weights_of), MAX_IMAGE_PIXELS)
     skipped_csv = Path(TRAIN_JSON).resolve().parent / "skipped.csv"
-    print_skipped(skipped, skipped_csv)
-    print(f"{len(good)} usable images of {len(label_of)} files")
-    usable = {label_of[p] for p, _ in good}
-    if missing := [c for c in classes if c not in usable]:
-        raise UserError(f"{DATASET_DIR}: no usable image in class folder(s) {', '.join(missing)} "
-                        f"(see {skipped_csv})")
+    print_skipped([(p, reason + listed[p]) for p, reason in skipped], skipped_csv)
+    print(f"{len(good)} usable images of {len(weights_of)} files")
+    weights_of = {p: weights_of[p] for p, _ in good}
+    label_of = single_labels(weights_of)  # None: a multi-label data set
+    if missing := [c for c in classes if not any(c in w for w in weights_of.values())]:
+        what = f"{LABELS_CSV}: no usable image with label(s)" if LABELS_CSV else \
+            f"{DATASET_DIR}: no usable image in class folder(s)"
+        raise UserError(f"{what} {', '.join(missing)} (see {skipped_csv})")
 
-    groups, conflicts = group_duplicates(good, label_of, MAX_IMAGE_PIXELS)
+    text_of = label_of or {p: label_text(w) for p, w in weights_of.items()}
+    groups, conflicts = group_duplicates(good, text_of, MAX_IMAGE_PIXELS)
     for group in conflicts:
         print("label conflict, identical or look-alike images in different classes (kept together in one split): " +
-              ", ".join(f"{p} [{label_of[p]}]" for p in group))
+              ", ".join(f"{p} [{text_of[p]}]" for p in group))
     together = [g for g in groups if len(g) > 1]
     if together:
         print(f"{sum(map(len, together))} images in {len(together)} groups of identical or look-alike images, "
               "each kept in one split")
-    train, test = split_groups(groups, label_of, classes, 1 - TRAIN_RATIO, SEED)
-    train, val = split_validation(groups, train, label_of, classes)
+
+    def split(some, held_out_ratio):
+        if label_of is None:
+            return split_multilabel(some, weights_of, classes, held_out_ratio, SEED)
+        return split_groups(some, label_of, classes, held_out_ratio, SEED)
+
+    train, test = split(groups, 1 - TRAIN_RATIO)
+    train, val = split_validation(groups, train, split)
     parts = {"train": train, "val": val, "test": test}
-    counts = {part: {c: sum(label_of[p] == c for p in paths) for c in classes} for part, paths in parts.items()}
-    question = classification_question(classes)
+    counts = {part: {c: sum(c in weights_of[p] for p in paths) for c in classes} for part, paths in parts.items()}
     for part, json_path in (("train", TRAIN_JSON), ("val", VAL_JSON), ("test", TEST_JSON)):
         if json_path:
-            write_split(json_path, parts[part], label_of, classes, question, counts)
+            write_split(json_path, parts[part], weights_of, label_of, classes, counts)
 
     print(f"\n{'class':<24}{'train':>7}{'val':>7}{'test':>7}")
     for c in classes:
@@ -112,8 +148,9 @@ def main():
                   f"too few to learn reliably")
     print(f"{'total':<24}" + "".join(f"{len(paths):>7}" for paths in parts.values()))
     written = f", {VAL_JSON} ({len(val)} images)" if VAL_JSON else ""
-    print(f"wrote {TRAIN_JSON} ({len(train)} images, {len(train) * (1 + len(QUESTION_TEMPLATES))} Q&A pairs)"
-          f"{written} and {TEST_JSON} ({len(test)} images)")
+    what = f"{len(train) * (1 + len(QUESTION_TEMPLATES))} Q&A pairs" if label_of else "multi-label, images counted " \
+        "under each label they carry"
+    print(f"wrote {TRAIN_JSON} ({len(train)} images, {what}){written} and {TEST_JSON} ({len(test)} images)")
 
 
 if __name__ == "__main__":

@@ -227,3 +227,72 @@ def test_fine_tune_never_refuses_the_splits_generate_train_json_writes(tmp_path,
     capsys.readouterr()
     assert together > 50  # the planted copies are look-alikes: the property is not vacuous
     assert told_apart >= 5  # and fine layouts that share a thumbnail were told apart by their detail (8 pairs)
+
+
+def write_labels_csv(path, rows):
+    path.write_text("image,labels\n" + "".join(f"{image},{labels}\n" for image, labels in rows))
+
+
+def test_a_csv_of_one_label_per_image_writes_what_the_folders_write(tmp_path):
+    make_colour_images(tmp_path / "images", per_class=10)
+    Image.open(tmp_path / "images" / "red" / "red_03.png").save(tmp_path / "images" / "red" / "red_03_again.bmp")
+    files = sorted(p.relative_to(tmp_path / "images") for p in (tmp_path / "images").rglob("*.*"))
+    write_labels_csv(tmp_path / "images" / "labels.csv", [(p, p.parent.name) for p in reversed(files)])
+    names = [f"solar_panel_{part}_dataset.json" for part in ("train", "val", "test")]
+    split(tmp_path, "--val_ratio=0.2", "--seed=3")
+    written = [(tmp_path / name).read_bytes() for name in names]
+    run_script("generate_train_json.py", "--labels_csv=images/labels.csv", "--val_ratio=0.2", "--seed=3",
+               cwd=tmp_path)
+    assert [(tmp_path / name).read_bytes() for name in names] == written
+    assert "multi_label" not in json.loads(written[0]) and json.loads(written[2])["samples"][0]["label"] == "blue"
+
+
+def test_a_multi_label_csv_is_split_with_its_weights_and_refused_by_training_and_evaluation(tmp_path):
+    make_colour_images(tmp_path / "images", per_class=8)
+    images = tmp_path / "images"
+    copies = [f"{c}/{c}_{i:02d}" for c in ("red", "green", "blue") for i in (3, 6)]
+    for name in copies:  # each a look-alike of its original, listed with another weight
+        Image.open(images / f"{name}.png").save(images / f"{name}_again.bmp")
+    (images / "broken.png").write_bytes((images / "red" / "red_00.png").read_bytes()[:100])
+    rows = [(f"{c}/{c}_{i:02d}.png", c if i % 2 else f"{c};green:0.4" if c != "green" else "green;blue")
+            for c in ("red", "green", "blue") for i in range(8)]
+    rows += [(f"{name}_again.bmp", f"{name.split('/')[0]}:0.9") for name in copies] + [("broken.png", "red")]
+    write_labels_csv(images / "labels.csv", rows)
+    out = run_script("generate_train_json.py", "--labels_csv=images/labels.csv", "--val_ratio=0.2", cwd=tmp_path)
+    assert "images/broken.png: corrupt or truncated image" in out.stdout and "(images/labels.csv line 32)" in out.stdout
+    assert "label conflict" in out.stdout and "images/red/red_03_again.bmp [red:0.9]" in out.stdout
+    parts = [json.loads((tmp_path / f"solar_panel_{p}_dataset.json").read_text()) for p in ("train", "val", "test")]
+    weights = {s["image"]: s["labels"] for data in parts for s in data["samples"]}
+    assert len(weights) == 30 and weights["images/red/red_00.png"] == {"green": 0.4, "red": 1.0}
+    assert weights["images/green/green_00.png"] == {"blue": 1.0, "green": 1.0}
+    assert weights["images/red/red_03_again.bmp"] == {"red": 0.9}
+    for data in parts:
+        assert data["multi_label"] is True and data["soft_labels"] is True and data["classes"] == ["blue", "green",
+                                                                                                   "red"]
+        assert "question" not in data and all(set(s) == {"image", "labels"} for s in data["samples"])
+        assert data["counts"]["train"]["green"] == sum("green" in weights[s["image"]] for s in parts[0]["samples"])
+        held = {s["image"] for s in data["samples"]}
+        for name in copies:
+            assert (f"images/{name}.png" in held) == (f"images/{name}_again.bmp" in held), name
+        assert all(any(c in s["labels"] for s in data["samples"]) for c in data["classes"])  # every label in each
+    for script, setting in (("fine_tune.py", "--train_json"), ("vlm_benchmark_test_dataset.py", "--test_json")):
+        refused = run_script(script, f"{setting}=solar_panel_train_dataset.json", cwd=tmp_path, check=False)
+        assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
+            "error: solar_panel_train_dataset.json: multi-label data sets are not trained yet (issue 44)")
+    folders = run_script("generate_train_json.py", "--dataset_dir=images", "--classes=red", cwd=tmp_path,
+                         check=False)
+    assert folders.returncode == 1 and "classes is for --labels_csv" in folders.stderr
+
+
+def test_multi_label_without_weights_is_not_soft(tmp_path, monkeypatch, capsys):
+    make_colour_images(tmp_path / "images", per_class=4)
+    write_labels_csv(tmp_path / "labels.csv", [(f"images/{c}/{c}_{i:02d}.png", f"{c};dark" if i < 2 else c)
+                                               for c in ("red", "green", "blue") for i in range(4)])
+    for name, value in {"LABELS_CSV": str(tmp_path / "labels.csv"), "TRAIN_JSON": tmp_path / "train.json",
+                        "VAL_JSON": "", "TEST_JSON": tmp_path / "test.json"}.items():
+        monkeypatch.setattr(generate_train_json, name, value)
+    generate_train_json.main()
+    capsys.readouterr()
+    data = json.loads((tmp_path / "train.json").read_text())
+    assert data["multi_label"] is True and data["soft_labels"] is False
+    assert data["classes"] == ["blue", "dark", "green", "red"]

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vlmcls"
 # Bottom first. A module may import modules of its own layer (without a circle) and of the layers below it.
 LAYERS = [
     ("base", ["cli", "files", "compat"]),
-    ("data", ["images", "prompt", "pixels", "augment", "inputs", "report", "confidence", "label_issues"]),
+    ("data", ["images", "labels", "prompt", "pixels", "augment", "inputs", "report", "confidence",
+              "label_issues"]),
     ("models", ["models", "vision_cache"]),
     ("objectives", ["objectives.base", "objectives.answer", "objectives.head", "objectives", "saved"]),
     ("training and prediction", ["prediction", "calibration", "validation", "training", "onnx_runtime", "explain",

@@ -358,7 +358,7 @@ def refuse_overlap(train_data, held_out, progress=True):
 
 
 def read_dataset_json(path):
-    """A data set written by generate_train_json.py, with image paths made absolute."""
+    """A data set written by generate_train_json.py, with image paths made absolute; a multi-label one refused."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file (run generate_train_json.py first, or set the path)")
@@ -367,6 +367,8 @@ def read_dataset_json(path):
         classes, samples = data["classes"], data["samples"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a data set written by generate_train_json.py ({e!r})") from None
+    if data.get("multi_label"):  # never read as single-label data: nothing trains or scores it yet
+        raise UserError(f"{path}: multi-label data sets are not trained yet (issue 44)")
     for i, sample in enumerate(samples):
         if sample.get("label") not in classes:
             raise UserError(f"{path}: sample {i} ({sample.get('image')}) has label {sample.get('label')!r}, "
