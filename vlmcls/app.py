@@ -211,8 +211,8 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
                 # off at first: the overlays cost about 2.4 forward passes an image (docs/explain.md)
                 switch = gr.Checkbox(label="Show where it looked", value=False, interactive=refusal is None,
                                      info=f"{refusal}." if refusal else
-                                     "The evidence for each image's best guess, over the image (Grad-CAM); "
-                                     "about 2.4 times the time to classify it.", elem_id="explain")
+                                     "The evidence for each image's best guess, over the image (Grad-CAM): "
+                                     "about 2.4 forward passes more an image.", elem_id="explain")
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
             with gr.Column():
                 messages = gr.Markdown(label="Messages", elem_id="messages")
