@@ -2,9 +2,10 @@
 
 Starts a Gradio page at http://HOST:PORT: drop, paste or pick images and see every class with its
 probability (score mode, as vlm_test.py computes it), the top class first, and each image as the model
-sees it after resizing. The test images are examples one click away. Programs call the endpoints, e.g.
+sees it after resizing; the switch "Show where it looked" (off at first) adds beside each image the evidence for
+its best guess (docs/explain.md). The test images are examples one click away. Programs call the endpoints, e.g.
 with gradio_client: /predict (one image in, the top class and every class's confidence out, in Gradio's label
-format) or /classify (the page's: several images and other class names).
+format), /classify (the page's: several images and other class names) or /explain (one image's evidence).
 """
 from vlmcls.app import build_page, example_images, serve
 from vlmcls.cli import configure, run_main

@@ -87,14 +87,39 @@ def bad_files(folder):
     return folder / "fake.png", folder / "notes.txt"
 
 
-def chromium():
+@pytest.fixture
+def browser():
+    """Headless Chromium, as a user opens the page; the test is skipped without it, or fails where
+    VLMCLS_BROWSER_TEST=required."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        missing = f"no {CHROMIUM} or {CHROMEDRIVER}: apt-get install chromium chromium-driver"
+        if os.environ.get("VLMCLS_BROWSER_TEST") == "required":  # set by .ci/run wherever apt could install them
+            pytest.fail(missing)
+        pytest.skip(f"{missing} (.ci/run does)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(argument)
-    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def upload(wait, path):
+    """An image picked in the page's upload field (its upload classifies it)."""
+    from selenium.webdriver.common.by import By
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#images input[type=file]"))[0].send_keys(str(path))
+
+
+def loaded_images(browser, where):
+    """The images shown in the element with that id that the browser has decoded (in one call: a gallery being
+    hidden takes its images away meanwhile)."""
+    return browser.execute_script("return [...document.querySelectorAll(arguments[0])].filter("
+                                  "i => i.checkVisibility() && i.complete && i.naturalWidth)", f"#{where} img")
 
 
 def page_rows(browser):
@@ -108,57 +133,87 @@ def page_rows(browser):
     return rows
 
 
-def test_page_in_a_browser_shows_what_vlm_test_prints(app, fine_tuned_smolvlm, tmp_path):
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        missing = f"no {CHROMIUM} or {CHROMEDRIVER}: apt-get install chromium chromium-driver"
-        if os.environ.get("VLMCLS_BROWSER_TEST") == "required":  # set by .ci/run wherever apt could install them
-            pytest.fail(missing)
-        pytest.skip(f"{missing} (.ci/run does)")
+def test_page_in_a_browser_shows_what_vlm_test_prints(app, fine_tuned_smolvlm, tmp_path, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     image = fine_tuned_smolvlm / "data" / "green" / "green_03.png"
     name, probability, _ = vlm_test_says(fine_tuned_smolvlm, image)
     fake, notes = bad_files(tmp_path)
-    browser = chromium()
+    wait = WebDriverWait(browser, 60)
+    browser.get(app)
+    upload(wait, image)
+    rows = wait.until(lambda b: (r := page_rows(b)) and r[0][0] == image.name and r)
+    seen = wait.until(lambda b: loaded_images(b, "seen"))[0]
+    assert seen.get_property("naturalWidth") == 512  # resized from 64 px
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "app-page.png"))  # the classes, the probabilities, the model's view
+    assert [rows[0][1], float(rows[0][2])] == [name, probability]
+    assert sorted(r[1] for r in rows) == sorted(COLOURS)
+    shown = [r[2] for r in rows]
+    assert all(re.fullmatch(r"\d\.\d{3}", text) for text in shown)  # 3 decimals, as vlm_test.py prints
+    shown = [float(text) for text in shown]  # each within 0.0005 of the probability it shows
+    assert shown == sorted(shown, reverse=True) and sum(shown) == pytest.approx(1, abs=0.0005 * len(shown))
+    assert f"{image.name}: {name} ({probability:.3f})" in browser.find_element(By.ID, "seen").text
+
+    browser.get(app)
+    upload(wait, fake)
+    wait.until(lambda b: "fake.png: not an image" in b.find_element(By.ID, "messages").text)
+    browser.save_screenshot(str(ARTIFACTS / "app-page-not-an-image.png"))
+    browser.get(app)
+    upload(wait, notes)  # refused by the page itself, before it reaches the app
+    wait.until(lambda b: "notes.txt" in " ".join(t.text for t in b.find_elements(By.CSS_SELECTOR, ".toast-body")))
+
+    browser.get(app)  # the app still answers; an example is one click away
+    example = wait.until(lambda b: b.find_elements(By.XPATH, "//button[contains(., 'red_')]"))[0]
+    example.click()
+    wait.until(lambda b: (r := page_rows(b)) and r[0][0] == example.text.strip())
+    assert page_rows(browser)[0][1] == "red"
+
+
+def test_the_switch_shows_where_it_looked_beside_each_image(app, fine_tuned_smolvlm, browser):
+    """Off at first: classifying shows no overlay. On: each classified image's overlay (at the image's own size,
+    not the model's 512 px view) beside the model's view, captioned with the point /explain gives; off again,
+    hidden; on before classifying, the new image's overlay."""
+    from gradio_client import Client, handle_file
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    image, other = (fine_tuned_smolvlm / "data" / name for name in ("blue/blue_04.png", "red/red_07.png"))
+    client = Client(app, verbose=False)
+    points = {}
+    for path in (image, other):
+        point, _ = client.predict(handle_file(str(path)), api_name="/explain")
+        points[path.name] = f"{path.name}: {point['label']}, strongest at ({point['x']:.0f}, {point['y']:.0f})"
     wait = WebDriverWait(browser, 60)
 
-    def upload(path):
-        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#images input[type=file]"))[0].send_keys(str(path))
+    def switch():
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#explain input[type=checkbox]"))[0].click()
 
-    try:
-        browser.get(app)
-        upload(image)
-        rows = wait.until(lambda b: (r := page_rows(b)) and r[0][0] == image.name and r)
-        width = "return arguments[0].complete && arguments[0].naturalWidth"
-        seen = wait.until(lambda b: [i for i in b.find_elements(By.CSS_SELECTOR, "#seen img")
-                                     if b.execute_script(width, i)])[0]
-        assert seen.is_displayed() and browser.execute_script(width, seen) == 512  # resized from 64 px
-        ARTIFACTS.mkdir(exist_ok=True)
-        browser.save_screenshot(str(ARTIFACTS / "app-page.png"))  # the classes, the probabilities, the model's view
-        assert [rows[0][1], float(rows[0][2])] == [name, probability]
-        assert sorted(r[1] for r in rows) == sorted(COLOURS)
-        shown = [r[2] for r in rows]
-        assert all(re.fullmatch(r"\d\.\d{3}", text) for text in shown)  # 3 decimals, as vlm_test.py prints
-        shown = [float(text) for text in shown]  # each within 0.0005 of the probability it shows
-        assert shown == sorted(shown, reverse=True) and sum(shown) == pytest.approx(1, abs=0.0005 * len(shown))
-        assert f"{image.name}: {name} ({probability:.3f})" in browser.find_element(By.ID, "seen").text
+    def overlay_of(path):
+        """The overlay shown for the image, once its caption is there."""
+        wait.until(lambda b: points[path.name] in b.find_element(By.ID, "looked").text)
+        return wait.until(lambda b: loaded_images(b, "looked"))
 
-        browser.get(app)
-        upload(fake)
-        wait.until(lambda b: "fake.png: not an image" in b.find_element(By.ID, "messages").text)
-        browser.save_screenshot(str(ARTIFACTS / "app-page-not-an-image.png"))
-        browser.get(app)
-        upload(notes)  # refused by the page itself, before it reaches the app
-        wait.until(lambda b: "notes.txt" in " ".join(t.text for t in b.find_elements(By.CSS_SELECTOR, ".toast-body")))
+    browser.get(app)
+    upload(wait, image)
+    wait.until(lambda b: (r := page_rows(b)) and r[0][0] == image.name)
+    wait.until(lambda b: loaded_images(b, "seen"))
+    with pytest.raises(TimeoutException):  # an overlay drawn with the switch off would show within seconds
+        WebDriverWait(browser, 3).until(lambda b: loaded_images(b, "looked"))
+    switch()
+    shown = overlay_of(image)
+    assert len(shown) == 1 and shown[0].get_property("naturalWidth") == Image.open(image).width
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "app-page-where-it-looked.png"))
+    switch()
+    wait.until(lambda b: not loaded_images(b, "looked"))
 
-        browser.get(app)  # the app still answers; an example is one click away
-        example = wait.until(lambda b: b.find_elements(By.XPATH, "//button[contains(., 'red_')]"))[0]
-        example.click()
-        wait.until(lambda b: (r := page_rows(b)) and r[0][0] == example.text.strip())
-        assert page_rows(browser)[0][1] == "red"
-    finally:
-        browser.quit()
+    browser.get(app)  # on before classifying: the overlay comes with the classes
+    switch()
+    upload(wait, other)
+    shown = overlay_of(other)
+    assert len(shown) == 1 and points[image.name] not in browser.find_element(By.ID, "looked").text
 
 
 def test_api_endpoint_gives_the_numbers_of_vlm_test(app, fine_tuned_smolvlm, tmp_path):
@@ -305,6 +360,27 @@ def test_a_model_without_class_names_asks_for_them(tiny_smolvlm):
         assert sorted(row[1] for row in table["data"]) == ["blue", "green", "red"] and messages == ""
         with pytest.raises(AppError, match="no class names saved"):
             client.predict(handle_file(str(path)), api_name="/predict")
+    finally:
+        page.close()
+
+
+def test_a_page_with_int8_weights_says_why_it_cannot_show_where_it_looked(fine_tuned_smolvlm):
+    """int8 weights have no gradients (nor has an exported model PyTorch: tests/test_export.py): the switch is
+    disabled, its line saying why, and /explain refuses with that line."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    model = fine_tuned_smolvlm / "finetuned"
+    processor, loaded = load_tiny(model)
+    page = build_page(TorchPredictor(loaded, processor, open_classifier(model)), classes=[], examples=[],
+                      batch_size=2, max_pixels=10**6, quantize="int8")
+    switch = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "explain")
+    assert switch.interactive is False and switch.value is False
+    assert switch.info == "int8 weights have no gradients: explanations need --quantize=none."
+    page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        with pytest.raises(AppError, match="int8 weights have no gradients"):
+            Client(page.local_url, verbose=False).predict(
+                handle_file(str(fine_tuned_smolvlm / "data" / "red" / "red_03.png")), api_name="/explain")
     finally:
         page.close()
 

@@ -397,12 +397,24 @@ def test_the_page_shows_the_exported_models_probabilities(saved_models, exported
                                    **settings)
         ranked, views, problems = classify_files(predictor, [*paths, tmp_path / "broken.png"], CLASSES, QUESTION,
                                                  batch_size=2, max_pixels=10**8)
-        shown[side] = ({(name, c): p for name, classes, _ in ranked for c, p in classes}, [v.size for v, _ in views])
+        shown[side] = ({(name, c): p for name, classes, *_ in ranked for c, p in classes}, [v.size for v, _ in views])
         assert len(problems) == 1 and "broken.png" in problems[0]
     assert shown["onnx"][0] == pytest.approx(shown["torch"][0], abs=1e-4)
     assert shown["onnx"][1] == shown["torch"][1]
     with pytest.raises(UserError, match="fixed at export"):  # the page shows it as its message
         classify_files(predictor, paths, ["red", "green"], QUESTION, batch_size=2, max_pixels=10**8)
+
+
+def test_the_page_of_an_exported_model_says_it_cannot_show_where_it_looked(exported):
+    """Its switch "Show where it looked" is disabled, its line saying why, as the scripts refuse --explain=true."""
+    from vlmcls.app import build_page
+    predictor = load_predictor(open_classifier(exported["head"]), device="cpu", dtype=torch.float32,
+                               image_longest_edge=None, image_splitting=None, quantize="none")
+    page = build_page(predictor, classes=[], examples=[], batch_size=2, max_pixels=10**8, quantize="none")
+    switch = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "explain")
+    assert switch.interactive is False
+    assert switch.info == f"{open_classifier(exported['head']).path} is an exported model: explanations need " \
+                          "PyTorch, in the model folder it was exported from."
 
 
 def torch_free_env(tmp_path):

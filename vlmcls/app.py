@@ -4,7 +4,7 @@ from pathlib import Path
 
 from .calibration import UNCERTAIN, best_guesses, load_calibration, uncertain_rule
 from .cli import UserError
-from .explain import Explainer, overlay
+from .explain import Explainer, overlay, unexplainable
 from .images import images_in_turn, load_image, read_dataset_json, recorded_json
 from .prediction import evaluate_with
 
@@ -33,8 +33,8 @@ def model_view(image_processor, pixel_values):
 def classify_files(predictor, paths, classes, question, *, batch_size, max_pixels, calibration=None):
     """Score mode over the files with a predictor (vlmcls/runtime.py), as the evaluation scripts run it
     (`calibration`: calibration.load_calibration's). Returns ([(file name, every class with its probability, the top
-    class first, whether it is uncertain)] for each usable file; [(image as the model sees it, caption)]; one message
-    per file that cannot be used, naming it and saying why).
+    class first, whether it is uncertain, the file)] for each usable file; [(image as the model sees it, caption)];
+    one message per file that cannot be used, naming it and saying why).
 
     Each file is decoded and run through the processor once: the encoder keeps the result, which the
     prediction takes and the model's view is drawn from."""
@@ -52,7 +52,7 @@ def classify_files(predictor, paths, classes, question, *, batch_size, max_pixel
     ranked, views = [], []
     for path, result in zip(usable, results):
         unsure = bool(result.get("uncertain"))
-        ranked.append((Path(path).name, sorted(result["probs"].items(), key=lambda item: -item[1]), unsure))
+        ranked.append((Path(path).name, sorted(result["probs"].items(), key=lambda item: -item[1]), unsure, path))
         top, probability = ranked[-1][1][0]
         said = f"{UNCERTAIN} (best guesses: {best_guesses(result)})" if unsure else f"{top} ({probability:.3f})"
         views.append((model_view(predictor.processor.image_processor, encoder.image_part(path)[1]["pixel_values"]),
@@ -64,7 +64,7 @@ def results_table(ranked):
     """Every class of each image with its probability, as a table styled to show 3 decimals: the page shows the
     rounded numbers, the API still returns the probabilities themselves."""
     import pandas as pd
-    rows = [[name, label, probability] for name, classes, _ in ranked for label, probability in classes]
+    rows = [[name, label, probability] for name, classes, *_ in ranked for label, probability in classes]
     return pd.DataFrame(rows, columns=RESULT_HEADERS).style.format({"probability": "{:.3f}"})
 
 
@@ -91,7 +91,9 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
     best guesses shown. Classifying is also the API endpoint /classify (images and class names in, the table, the
     model's views and messages out), /predict classifies one image in Gradio's label format (label
     "uncertain" below the threshold, the confidences still every class's), and /explain gives one image's evidence
-    for its top class (the point and the overlay; PyTorch models only)."""
+    for its top class (the point and the overlay). The switch "Show where it looked" (off at first) shows that
+    overlay beside each classified image; a model that cannot be explained (exported, int8 weights:
+    explain.unexplainable) is refused by /explain, and its switch is disabled, saying why."""
     import gradio as gr
     saved = predictor.saved
     default = saved.classes_and_question(classes)
@@ -99,6 +101,7 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
                 "confidence_level": confidence_level}
     # a threshold that cannot be chosen stops the page before it starts
     calibrated = load_calibration(saved, default[0], **settings) if default else None
+    refusal = unexplainable(saved, quantize)
 
     def scoring(class_names):
         """(classes, question, calibration) for the class names given, else the page's; None when there are fewer
@@ -112,27 +115,49 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
         return classify_files(predictor, paths, *found[:2], batch_size=batch_size, max_pixels=max_pixels,
                               calibration=found[2])
 
+    def evidence(found, tops):
+        """The strongest point of each (image file, class) of `tops`, in the image's pixels, and its overlay
+        (vlmcls/explain.py's default method; `found`: scoring's)."""
+        explainer = Explainer(predictor.model, predictor.processor, found[1], found[0], max_pixels=max_pixels)
+        for path, top in tops:
+            picture = load_image(path, max_pixels)
+            heat = explainer(picture, top)
+            yield heat["point"], overlay(picture, heat["map"], heat["point"])
+
     def classify(images, class_names):
+        """The table, the model's views, the messages, and what the overlays need: the classes and question, and
+        each usable image with its best guess (a gr.State, which the API leaves out)."""
         try:
             found = scoring(class_names)
         except UserError as e:  # target_accuracy with class names other than the model's
-            return [], [], str(e)
+            return [], [], str(e), None
         if not found:
-            return [], [], "Give two or more class names, separated by commas."
+            return [], [], "Give two or more class names, separated by commas.", None
         if not images:
-            return [], [], "Drop, paste or pick one image or several."
+            return [], [], "Drop, paste or pick one image or several.", None
         try:
             ranked, views, problems = run([path for path, _ in images], found)
         except UserError as e:  # classes an exported model was not exported with
-            return [], [], f"**Not classified:** {e}"
+            return [], [], f"**Not classified:** {e}", None
         threshold = found[2]["threshold"]
         below = f"top probability below {threshold:.3f}" if math.isfinite(threshold) else \
             "no threshold is certified for the target accuracy"
         unsure = [f"**Not sure:** {name}: {below}; best guesses: "
                   + ", ".join(f"{label} {p:.3f}" for label, p in probabilities[:2])
-                  for name, probabilities, uncertain in ranked if uncertain]
+                  for name, probabilities, uncertain, _ in ranked if uncertain]
         return results_table(ranked), views, "\n\n".join(
-            unsure + [f"**Not classified:** {p}" for p in problems])
+            unsure + [f"**Not classified:** {p}" for p in problems]), \
+            {"found": found, "tops": [(path, probabilities[0][0]) for _, probabilities, _, path in ranked]}
+
+    def looked(classified, show):
+        """With the switch on, each classified image's overlay, captioned with its best guess and strongest point;
+        hidden with it off."""
+        if not (show and classified):
+            return gr.Gallery(value=None, visible=bool(show))
+        tops = classified["tops"]
+        return gr.Gallery(value=[(shown, f"{Path(path).name}: {top}, strongest at ({x:.0f}, {y:.0f})")
+                                 for (path, top), ((x, y), shown) in zip(tops, evidence(classified["found"], tops))],
+                          visible=True)
 
     def predict(image):
         """One image in, Gradio's label format out: the top class, or "uncertain", and every class's confidence."""
@@ -144,7 +169,7 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
         ranked, _, problems = run([image], found)
         if problems:
             raise gr.Error(problems[0])
-        _, probabilities, unsure = ranked[0]
+        _, probabilities, unsure, _ = ranked[0]
         return {"label": UNCERTAIN if unsure else probabilities[0][0],
                 "confidences": [{"label": label, "confidence": p} for label, p in probabilities]}
 
@@ -154,19 +179,16 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
         found = scoring("")
         if not found:
             raise gr.Error("This model has no class names saved: give them with --classes.")
-        if saved.export is not None:
-            raise gr.Error(f"{saved.path} is an exported model: explanations need PyTorch.")
+        if refusal:
+            raise gr.Error(f"{refusal}.")
         if not image:
             raise gr.Error("Give one image.")
         ranked, _, problems = run([image], found)
         if problems:
             raise gr.Error(problems[0])
         top = ranked[0][1][0][0]
-        picture = load_image(image, max_pixels)
-        evidence = Explainer(predictor.model, predictor.processor, found[1], found[0], max_pixels=max_pixels)(
-            picture, top)
-        x, y = evidence["point"]
-        return {"label": top, "x": x, "y": y}, overlay(picture, evidence["map"], evidence["point"])
+        (x, y), shown = next(evidence(found, [(image, top)]))
+        return {"label": top, "x": x, "y": y}, shown
 
     known = f"classes: {', '.join(default[0])}" if default else "no class names saved with this model"
     name = Path(saved.path).name
@@ -186,15 +208,31 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
                                     elem_id="images")
                 class_names = gr.Textbox(label="Class names, separated by commas", visible=default is None,
                                          placeholder="e.g. Clean, Dusty, Snow-Covered", elem_id="class_names")
+                # off at first: the overlays cost about 2.4 forward passes an image (docs/explain.md)
+                switch = gr.Checkbox(label="Show where it looked", value=False, interactive=refusal is None,
+                                     info=f"{refusal}." if refusal else
+                                     "The evidence for each image's best guess, over the image (Grad-CAM): "
+                                     "about 2.4 forward passes more an image.", elem_id="explain")
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
             with gr.Column():
                 messages = gr.Markdown(label="Messages", elem_id="messages")
                 table = gr.Dataframe(headers=RESULT_HEADERS, datatype=["str", "str", "number"], interactive=False,
                                      label="Every class, most likely first", elem_id="results")
-                seen = gr.Gallery(label="As the model sees it (after resizing)", columns=3, height=320,
-                                  interactive=False, format="png", elem_id="seen")
-        outputs = [table, seen, messages]
-        button.click(classify, [images, class_names], outputs, api_name="classify", concurrency_id="model")
+                with gr.Row():
+                    seen = gr.Gallery(label="As the model sees it (after resizing)", columns=3, height=320,
+                                      interactive=False, format="png", elem_id="seen")
+                    overlays = gr.Gallery(label="Where it looked: the evidence for the best guess, the strongest "
+                                          "point ringed", columns=3, height=320, interactive=False, format="png",
+                                          visible=False, elem_id="looked")
+        classified = gr.State()
+        outputs = [table, seen, messages, classified]
+
+        def then_looked(event):
+            """After each classification, the overlays of its images when the switch is on."""
+            event.then(looked, [classified, switch], overlays, api_visibility="private", concurrency_id="model")
+        then_looked(button.click(classify, [images, class_names], outputs, api_name="classify",
+                                 concurrency_id="model"))
+        switch.change(looked, [classified, switch], overlays, api_visibility="private", concurrency_id="model")
         # The API of Hugging Face's image classifiers: one image in, gr.Label's format out. A file component, not
         # gr.Image, so that the file reaches the model as uploaded (gr.Image would decode and re-encode it).
         one_image, label = gr.File(type="filepath", visible=False), gr.Label(visible=False)
@@ -206,13 +244,14 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
                                                             gr.Image(visible=False, type="pil", format="png")],
                                        api_name="explain", concurrency_id="model")
         # New images (an upload, a paste, a click on an example) are classified at once.
-        images.upload(classify, [images, class_names], outputs, api_visibility="private", concurrency_id="model")
+        then_looked(images.upload(classify, [images, class_names], outputs, api_visibility="private",
+                                  concurrency_id="model"))
         if examples:
             shown = gr.Examples([[[path]] for path in examples], inputs=[images], examples_per_page=len(examples),
                                 label="Test images: click one to classify it",
                                 example_labels=[Path(path).name for path in examples])
-            shown.load_input_event.then(classify, [images, class_names], outputs, api_visibility="private",
-                                        concurrency_id="model")
+            then_looked(shown.load_input_event.then(classify, [images, class_names], outputs,
+                                                    api_visibility="private", concurrency_id="model"))
     return page
 
 

@@ -98,18 +98,27 @@ METHODS = {"gradcam": partial(gradcam, where="patches"), "gradcam_connector": pa
 EXPLAIN_METHODS = OneOf(*METHODS)  # the values of the evaluation scripts' EXPLAIN_METHOD
 
 
+def unexplainable(saved, quantize):
+    """Why the model (its record) with `quantize` weights cannot be explained, in one line, or None: an exported
+    model (no PyTorch), int8 weights (no gradients: captum's backward pass fails through them). The scripts' refusal
+    and the page's switch say it alike."""
+    if saved.export is not None:
+        return (f"{saved.path} is an exported model: explanations need PyTorch, in the model folder it was exported "
+                "from")
+    if quantize != "none":
+        return f"{quantize} weights have no gradients: explanations need --quantize=none"
+    return None
+
+
 def check_explainable(models, mode, quantize):
-    """Refuse explanations where they cannot be made, before anything runs: an exported model (`models`: their
-    records), generate mode (no class scores), int8 weights (no gradients)."""
-    exported = [saved.path for saved in models if saved.export is not None]
-    if exported:
-        raise UserError(f"{exported[0]} is an exported model: explanations need PyTorch (give the model folder it "
-                        "was exported from, or --explain=false)")
+    """Refuse explanations where they cannot be made, before anything runs: generate mode (no class scores), a
+    model that cannot be explained (`models`: their records; unexplainable)."""
     if mode == "generate":
         raise UserError("explain=true explains the class scores, which generate mode has none of: use "
                         "--prediction=score")
-    if quantize != "none":
-        raise UserError(f"explain=true needs the gradients of the float model: use --quantize=none, not {quantize}")
+    reason = next(filter(None, (unexplainable(saved, quantize) for saved in models)), None)
+    if reason:
+        raise UserError(f"{reason} (or --explain=false)")
 
 
 def tile_layout(tokens):
