@@ -13,13 +13,14 @@ the same command.
 """
 from vlmcls.augment import AUGMENTS
 from vlmcls.calibration import fit_calibration
-from vlmcls.cli import configure, run_main, settings_of
+from vlmcls.cli import UserError, configure, run_main, settings_of
 from vlmcls.compat import library_versions
 from vlmcls.images import read_dataset_json, refuse_overlap
 from vlmcls.inputs import InputEncoder, auto_workers
 from vlmcls.label_issues import check_folds, fold_groups, hash_training_images, training_label_issues
 from vlmcls.models import DEVICES, DTYPES, end_token_ids, leave_processes, load_model, load_processor, pick_device, \
     pick_dtype, set_resolution
+from vlmcls.multi_label import chosen_thresholds
 from vlmcls.objectives import OBJECTIVES, named
 from vlmcls.prompt import chat_rows
 from vlmcls.training import CHECKPOINTING, CLASS_BALANCES, QUESTION_SETS, RESUMES, balance_classes, \
@@ -87,11 +88,19 @@ def main():
     from trl import SFTConfig
 
     objective = named(OBJECTIVE)
-    objective.check_settings(freeze_backbone=FREEZE_BACKBONE, use_lora=USE_LORA, class_balance=CLASS_BALANCE,
-                             augment=AUGMENT, cached=CACHE_FROZEN_STATES)
     train_data = read_dataset_json(TRAIN_JSON)
+    multi_label = bool(train_data.get("multi_label"))  # one sigmoid per class (docs/training.md)
+    objective.check_settings(freeze_backbone=FREEZE_BACKBONE, use_lora=USE_LORA, class_balance=CLASS_BALANCE,
+                             augment=AUGMENT, cached=CACHE_FROZEN_STATES, label_smoothing=LABEL_SMOOTHING,
+                             multi_label=multi_label)
+    if multi_label and LABEL_ISSUE_FOLDS:
+        raise UserError(f"label_issue_folds={LABEL_ISSUE_FOLDS}: the label audit does not take multi-label data yet "
+                        "(issue 44); use label_issue_folds=0")
     val_data = read_validation(VAL_JSON, train_data)
     test_data = read_dataset_json(TEST_JSON) if TEST_JSON else None
+    if test_data and bool(test_data.get("multi_label")) != multi_label:
+        raise UserError(f"{TEST_JSON}: {'single' if multi_label else 'multi'}-label, and {TRAIN_JSON} is not; write "
+                        "both with one run of generate_train_json.py")
     refuse_overlap(train_data, {"validation": val_data, "test": test_data})
     train_data, val_data = enough_validation(train_data, val_data, MIN_VALIDATION_IMAGES)
     if LABEL_ISSUE_FOLDS:  # copies and look-alikes stay in one fold, and are counted once
@@ -106,7 +115,7 @@ def main():
     set_resolution(processor, IMAGE_LONGEST_EDGE, IMAGE_SPLITTING)
     # Weights stay in float32; bf16/fp16 run as autocast mixed precision, which AdamW and fp16 need.
     model = load_model(MODEL_PATH, torch.float32)
-    model = objective.attach(model, len(train_data["classes"]))
+    model = objective.attach(model, len(train_data["classes"]), multi_label=multi_label)
     model = prepare_model(model, freeze_vision=FREEZE_VISION, use_lora=USE_LORA, lora_vision=LORA_VISION,
                           lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                           lora_target_modules=LORA_TARGET_MODULES, freeze_backbone=FREEZE_BACKBONE,
@@ -179,7 +188,13 @@ def main():
               f"{trainer.state.best_metric:.4f}), the model saved")
     calibration = fit_calibration(trainer.validation_results(), val_data, [s["label"] for s in trained["samples"]],
                                   metric=METRIC_FOR_BEST_MODEL, class_bias=FIT_CLASS_BIAS,
-                                  temperature=FIT_TEMPERATURE) if val_data else None
+                                  temperature=FIT_TEMPERATURE) if val_data and not multi_label else None
+    if multi_label:  # decisions by per-class thresholds, chosen on the validation images where there are some
+        print("note: multi-label runs fit no class bias and no temperature (fit_class_bias, fit_temperature: issue 44)")
+        validated = trainer.validation_results() if val_data else None
+        thresholds = chosen_thresholds([r["probs"] for r in validated] if val_data else None,
+                                       [s["labels"] for s in val_data["samples"]] if val_data else None,
+                                       train_data["classes"])
     if test_rows:
         trainer.remove_callback(EarlyStoppingCallback)  # the test loss is no validation score to stop on
         test_set = objective.test_set(test_data, classes=train_data["classes"], question=train_data["question"],
@@ -189,6 +204,7 @@ def main():
             print(f"test loss ({objective.TEST_LOSS}): {metrics['test_loss']:.4f}")
     save_fine_tuned(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
                     calibration=calibration, objective=OBJECTIVE, training_images=training_images,
+                    multi_label=thresholds if multi_label else None,
                     run_config={"settings": settings_of(globals()), "device": device,
                                 "gradient_checkpointing": args.activation_checkpointing,
                                 "dtype": str(dtype).replace("torch.", ""), "versions": library_versions()})

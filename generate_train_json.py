@@ -7,8 +7,8 @@ training, and fine_tune.py never refuses the splits written here. Validation ima
 default), which fine_tune.py measures while it trains, are taken from the training side by the same rules; the test
 split does not depend on them. With LABELS_CSV the images and their labels come from a CSV (several labels per
 image, soft weights: docs/training.md): one unweighted label per image writes what the class folders would, with
-their questions and answers; any other CSV is a multi-label data set, split stratified per label, which nothing
-trains yet (issue 44).
+their questions and answers; any other CSV is a multi-label data set (each image's labels and weights, the
+multi-label question), split stratified per label, which fine_tune.py trains with objective=head.
 """
 import os
 from pathlib import Path
@@ -17,7 +17,7 @@ from vlmcls.cli import UserError, configure, run_main
 from vlmcls.files import write_json
 from vlmcls.images import class_folders, group_duplicates, list_files, print_skipped, scan_images, split_groups
 from vlmcls.labels import label_text, read_labels_csv, single_labels, split_multilabel
-from vlmcls.prompt import classification_question
+from vlmcls.prompt import classification_question, multi_label_question
 
 DATASET_DIR = "./Faulty_solar_panel"  # image folder: one sub-folder per class (not read with labels_csv)
 LABELS_CSV = ""  # a CSV of columns image,labels ("Dusty:0.7;Clean:0.3") instead of class folders ("" = folders)
@@ -79,7 +79,7 @@ def labelled_images():
 
 def write_split(json_path, paths, weights_of, label_of, classes, counts):
     """One JSON file: with one label per image (label_of), the question and each image's Q&A pairs; multi-label,
-    each image's labels and weights (no question yet: multi-label training is issue 44's next step)."""
+    the multi-label question and each image's labels and weights."""
     folder = Path(json_path).resolve().parent
     where = {p: os.path.relpath(p.resolve(), folder) for p in paths}
     if label_of is not None:
@@ -89,7 +89,8 @@ def write_split(json_path, paths, weights_of, label_of, classes, counts):
                                                               "qa": qa_pairs(label_of[p], question)} for p in paths]})
         return
     soft = any(w < 1 for weights in weights_of.values() for w in weights.values())
-    write_json(json_path, {"classes": classes, "max_image_pixels": MAX_IMAGE_PIXELS, "multi_label": True,
+    write_json(json_path, {"classes": classes, "question": multi_label_question(classes),
+                           "max_image_pixels": MAX_IMAGE_PIXELS, "multi_label": True,
                            "soft_labels": soft, "counts": counts,
                            "samples": [{"image": where[p], "labels": weights_of[p]} for p in paths]})
 

@@ -35,7 +35,9 @@ CONFIDENCE_LEVEL = 0.9  # how sure TARGET_ACCURACY's certificate is: the target 
 
 
 def main():
-    predictor = load_predictor(open_classifier(MODEL_PATH), device=DEVICE, dtype=DTYPE, quantize=QUANTIZE,
+    saved = open_classifier(MODEL_PATH)
+    saved.refuse_multi_label("the page (vlm_app.py) and /predict")
+    predictor = load_predictor(saved, device=DEVICE, dtype=DTYPE, quantize=QUANTIZE,
                                runtime=RUNTIME, image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING)
     examples = example_images(MODEL_PATH, TEST_JSON, EXAMPLES)
     page = build_page(predictor, classes=CLASSES, examples=examples,

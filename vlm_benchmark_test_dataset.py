@@ -1,12 +1,15 @@
 """Step 4: accuracy of a model on the held-out test images of TEST_JSON.
 
 Prints the original's per-category lines and closing 'Total Correct' line, and writes report.json,
-predictions.csv and confusion_matrix.png next to the model (or to REPORT_DIR).
+predictions.csv and confusion_matrix.png next to the model (or to REPORT_DIR). A multi-label TEST_JSON (a multi-label
+model's) gets per-class precision, recall, F1 and AP, mAP, micro and macro F1, exact-set accuracy and Hamming loss,
+and pr_curves.png instead of the confusion matrix (docs/evaluation.md).
 """
 from vlmcls.cli import configure, run_main, settings_of
 from vlmcls.evaluation import evaluate_models
 from vlmcls.explain import EXPLAIN_METHODS
 from vlmcls.images import read_dataset_json
+from vlmcls.labels import label_text
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
 from vlmcls.prediction import PREDICTIONS
 from vlmcls.prediction_files import RESUMES
@@ -40,14 +43,17 @@ def main():
     data = read_dataset_json(TEST_JSON)
     samples = data["samples"]
     models = [open_classifier(path) for path in [MODEL_PATH] + ([COMPARE_WITH] if COMPARE_WITH else [])]
-    evaluate_models(models, [s["image"] for s in samples], [s["label"] for s in samples], data["classes"],
+    multi_label = bool(data.get("multi_label"))  # each image's labels as a labels CSV writes them
+    true = [label_text(s["labels"]) for s in samples] if multi_label else [s["label"] for s in samples]
+    evaluate_models(models, [s["image"] for s in samples], true, data["classes"],
                     data["question"], mode=PREDICTION, batch_size=BATCH_SIZE, device=DEVICE, dtype=DTYPE,
                     image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                     enlarge_images=ENLARGE_IMAGES, num_workers=NUM_WORKERS,
                     max_pixels=data["max_image_pixels"], report_dir=REPORT_DIR, report_name="test_set",
                     quantize=QUANTIZE, runtime=RUNTIME, class_bias=CLASS_BIAS, resume=RESUME,
                     min_confidence=MIN_CONFIDENCE, target_accuracy=TARGET_ACCURACY, confidence_level=CONFIDENCE_LEVEL,
-                    explain=EXPLAIN, explain_method=EXPLAIN_METHOD, record=settings_of(globals()))
+                    explain=EXPLAIN, explain_method=EXPLAIN_METHOD, record=settings_of(globals()),
+                    multi_label=multi_label)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vlmcls"
 LAYERS = [
     ("base", ["cli", "files", "compat"]),
     ("data", ["images", "labels", "prompt", "pixels", "augment", "inputs", "report", "confidence",
-              "label_issues"]),
+              "multi_label", "label_issues"]),
     ("models", ["models", "vision_cache"]),
     ("objectives", ["objectives.base", "objectives.answer", "objectives.head", "objectives", "saved"]),
     ("training and prediction", ["prediction", "calibration", "validation", "training", "onnx_runtime", "explain",

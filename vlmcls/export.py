@@ -276,6 +276,7 @@ def export_model(saved, out, *, classes=(), mode="score", quantize="none", image
     export.json's record."""
     import torch
     model_path, out = Path(saved.path), Path(out)
+    saved.refuse_multi_label("export_model.py")
     if not (model_path / "config.json").is_file():
         raise UserError(f"{model_path}: not a saved model folder (no config.json); export a folder that "
                         "fine_tune.py wrote")

@@ -11,6 +11,8 @@ from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 
 from .cli import UserError
 from .files import write_csv
+from .labels import label_text, parse_labels
+from .prompt import multi_label_question
 
 def load_image(path, max_pixels):
     """Open and fully decode an image as RGB with its EXIF rotation applied, or raise UserError saying why not.
@@ -358,7 +360,9 @@ def refuse_overlap(train_data, held_out, progress=True):
 
 
 def read_dataset_json(path):
-    """A data set written by generate_train_json.py, with image paths made absolute; a multi-label one refused."""
+    """A data set written by generate_train_json.py, with image paths made absolute. A multi-label one
+    ("multi_label": true) has each sample's {label: weight} under "labels", checked as a labels CSV's are, and its
+    question (prompt.multi_label_question where the file predates it)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file (run generate_train_json.py first, or set the path)")
@@ -367,8 +371,15 @@ def read_dataset_json(path):
         classes, samples = data["classes"], data["samples"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a data set written by generate_train_json.py ({e!r})") from None
-    if data.get("multi_label"):  # never read as single-label data: nothing trains or scores it yet
-        raise UserError(f"{path}: multi-label data sets are not trained yet (issue 44)")
+    if data.get("multi_label"):
+        data.setdefault("question", multi_label_question(classes))
+        for i, sample in enumerate(samples):
+            labels = sample.get("labels")
+            if not isinstance(labels, dict):
+                raise UserError(f"{path}: sample {i} ({sample.get('image')}) has no \"labels\" {{label: weight}}")
+            sample["labels"] = parse_labels(label_text(labels), classes, f"{path}: sample {i} ({sample['image']})")
+            sample["image"] = str((path.parent / sample["image"]).resolve())
+        return data
     for i, sample in enumerate(samples):
         if sample.get("label") not in classes:
             raise UserError(f"{path}: sample {i} ({sample.get('image')}) has label {sample.get('label')!r}, "

@@ -10,9 +10,10 @@ import numpy as np
 from .cli import UserError
 
 COLUMNS = ("image", "labels")  # the CSV's required columns; others are ignored
+PRESENT = 0.5  # the measures and the thresholds' choice count a label present where its weight is at least this
 
 
-def _parse_labels(text, classes, where):
+def parse_labels(text, classes, where):
     """{label: weight} of one row's `labels` field ("Dusty:0.7;Clean:0.3"; no weight = 1)."""
     if not text or not text.strip():
         raise UserError(f"{where}: empty label list (give one or more labels joined by ';')")
@@ -70,7 +71,7 @@ def read_labels_csv(csv_path, classes=()):
             raise UserError(f"{where}: {image} is listed again (first on line {first_line[key]}); give each image "
                             "one row")
         first_line[key] = line_of[path] = reader.line_num
-        weights_of[path] = _parse_labels(row["labels"], classes, where)
+        weights_of[path] = parse_labels(row["labels"], classes, where)
     if not weights_of:
         raise UserError(f"{csv_path}: no rows under the header {','.join(COLUMNS)}")
     classes = list(classes) or sorted({name for weights in weights_of.values() for name in weights})
@@ -84,6 +85,12 @@ def single_labels(weights_of):
     if all(len(w) == 1 and next(iter(w.values())) == 1 for w in weights_of.values()):
         return {p: next(iter(w)) for p, w in weights_of.items()}
     return None
+
+
+def present(weights, classes):
+    """Whether each of `classes` is present in one image's labels ({label: weight}): a weight of at least PRESENT
+    (a soft label most annotators gave)."""
+    return [weights.get(name, 0.0) >= PRESENT for name in classes]
 
 
 def label_text(weights):

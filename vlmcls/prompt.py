@@ -14,12 +14,20 @@ def classification_question(classes):
             "Output only the category name.")
 
 
+def multi_label_question(classes):
+    """The question of a multi-label data set (each of its classes may be present or not), from the class names."""
+    return f"Which of these are present in this image: {', '.join(classes)}?"
+
+
 def chat_rows(data, train_questions="all", multi_turn=True):
     """Chats of a data set [(image path, [(question, answer), ...])]: each image's chosen Q&A pairs as one
     multi-turn chat, so the image is encoded once for all of them, or (multi_turn=False, the original) one chat
-    per pair."""
+    per pair. A multi-label sample has no Q&A pairs: its image alone, with none."""
     out = []
     for sample in data["samples"]:
+        if "qa" not in sample:
+            out.append((sample["image"], []))
+            continue
         pairs = [(qa["question"], qa["answer"]) for qa in sample["qa"]
                  if train_questions == "all" or qa["question"] == data["question"]]
         out += [(sample["image"], pairs)] if multi_turn else [(sample["image"], [pair]) for pair in pairs]

@@ -15,6 +15,12 @@ PREDICTION_HEADER = ["path", "true_class", "predicted_class", "probability", "to
                      "top2_probabilities", "probabilities"]
 
 
+def multi_label_columns(classes):
+    """predictions.csv's further columns with a multi-label model: the labels predicted (joined by ';'; also its
+    predicted_class, true_class being the true labels as a labels CSV writes them) and each class's probability."""
+    return ["predicted_labels"] + [f"probability_{name}" for name in classes]
+
+
 def metrics(true, pred, classes):
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix (rows: true class).
 
@@ -71,7 +77,8 @@ def best_guess(result):
 
 
 def prediction_rows(paths, results, true=None):
-    """predictions.csv's rows (PREDICTION_HEADER), and where a result was explained its point (explain.COLUMNS)."""
+    """predictions.csv's rows (PREDICTION_HEADER; a multi-label result's multi_label_columns too), and where a
+    result was explained its point (explain.COLUMNS)."""
     rows = []
     for i, (path, r) in enumerate(zip(paths, results)):
         probs = r["probs"]
@@ -79,6 +86,7 @@ def prediction_rows(paths, results, true=None):
                      " | ".join(r["top2"]), r["answer"], best_guess(r),
                      " | ".join(f"{probs[c]:.6f}" for c in r["top2"]) if probs else "",
                      json.dumps({c: float(f"{p:.6g}") for c, p in probs.items()}) if probs else ""]
+                    + ([";".join(r["labels"])] + [f"{p:.6f}" for p in probs.values()] if "labels" in r else [])
                     + [f"{v:.1f}" for v in r.get("explanation", ())])
     return rows
 

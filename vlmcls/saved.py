@@ -74,6 +74,21 @@ class SavedClassifier:
     def validation_confidences(self):
         return self.classes_json.get("validation_confidences")
 
+    @property
+    def multi_label(self):
+        """Whether it was trained on multi-label data: one independent probability per class."""
+        return bool(self.classes_json.get("multi_label"))
+
+    @property
+    def thresholds(self):
+        """A multi-label model's {class: threshold} (a label is predicted at or above it); None for another."""
+        return self.classes_json.get("thresholds") if self.multi_label else None
+
+    def refuse_multi_label(self, what):
+        """UserError naming the model folder where it is multi-label and `what` (words) does not take one yet."""
+        if self.multi_label:
+            raise UserError(f"{self.path}: a multi-label model, which {what} does not take yet (issue 44)")
+
     def classes_and_question(self, classes):
         """`classes` with the classification question, else the classes saved with the model and the question it
         was trained on (asked word for word, it answers as it learned to); None when there are neither."""
@@ -140,6 +155,19 @@ def check_training_images(found, file):
                         "fine_tune.py writes it; remove the entry to audit every image")
 
 
+def check_multi_label(found, classes, file):
+    """UserError naming the file where its multi-label record is not "multi_label": true with a threshold in [0, 1]
+    for each of its classes, as fine_tune.py writes it."""
+    if "multi_label" not in found:
+        return
+    thresholds = found.get("thresholds")
+    if found["multi_label"] is not True or not isinstance(thresholds, dict) or set(thresholds) != set(classes or ()) \
+            or not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds.values()):
+        raise UserError(f"{file}: \"multi_label\" must be true with \"thresholds\" {{class: a number in [0, 1]}} "
+                        f"for each of its classes, as fine_tune.py writes them, not {found['multi_label']!r} and "
+                        f"{thresholds!r}")
+
+
 def open_model_folder(model_path):
     folder = Path(model_path)
     file = folder / CLASSES_FILE
@@ -154,6 +182,7 @@ def open_model_folder(model_path):
     objective = registered(name, file)
     classes, question = checked_classes(found, file) if found else (None, None)
     check_training_images(found, file)
+    check_multi_label(found, classes, file)
     return SavedClassifier(str(model_path), objective, classes, question, found)
 
 

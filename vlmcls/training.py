@@ -157,10 +157,11 @@ def save_merged_lora(trainer, out, base_model_path, objective, n_classes):
 
 
 def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, merge_lora, run_config, calibration=None,
-                    objective="answer", training_images=None):
+                    objective="answer", training_images=None, multi_label=None):
     """Model (LoRA merged in; what the objective added, a head, as its own file), processor with its resolution, class
-    list (with the objective, what calibration.fit_calibration fitted on the validation images, where it did, and under
-    TRAINING_IMAGES what identifies the training images, `training_images`: label_issues.hash_training_images),
+    list (with the objective, what calibration.fit_calibration fitted on the validation images, where it did, under
+    TRAINING_IMAGES what identifies the training images, `training_images`: label_issues.hash_training_images, and
+    for multi-label data "multi_label": true with `multi_label`, multi_label.chosen_thresholds' record),
     run_config.json and training log."""
     out = Path(output_dir)
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model is gathered into one file
@@ -178,11 +179,15 @@ def save_fine_tuned(trainer, processor, data, output_dir, *, base_model_path, me
                                       "max_image_pixels": data["max_image_pixels"],
                                       "class_bias": calibration.get("class_bias"), "objective": objective,
                                       **{k: v for k, v in calibration.items() if k != "class_bias"},
-                                      TRAINING_IMAGES: training_images})
+                                      TRAINING_IMAGES: training_images,
+                                      **({"multi_label": True, **multi_label} if multi_label else {})})
     if calibration.get("class_bias"):
         print(describe(calibration["class_bias"]))
     fitted = calibration.get("temperature")
-    if fitted and fitted["value"]:
+    if multi_label:
+        print(f"per-class thresholds ({multi_label['thresholds_chosen']}): " +
+              ", ".join(f"{name} {t:.4f}" for name, t in multi_label["thresholds"].items()))
+    elif fitted and fitted["value"]:
         print(describe_calibration({"temperature_fit": fitted, "threshold": 0})[0])
     else:
         print(f"note: no temperature fitted ({fitted['reason'] if fitted else unfitted}), so "

@@ -6,6 +6,7 @@ from pathlib import Path
 from .cli import OneOf, UserError
 from .compat import sft_trainer_class
 from .images import read_dataset_json
+from .multi_label import measures
 from .prediction import evaluate
 from .report import metrics
 
@@ -75,7 +76,12 @@ def predict_all(model, processor, data, batch_size, rank=0, world=1, encoder=Non
 
 
 def scored(data, results):
-    """The metrics (vlmcls.report.metrics) of one result per image of `data`."""
+    """The metrics (vlmcls.report.metrics) of one result per image of `data`; of multi-label data its measures
+    (vlmcls.multi_label.measures) with the exact-set accuracy as "accuracy"."""
+    if data.get("multi_label"):
+        found = measures([s["labels"] for s in data["samples"]], [r["probs"] for r in results],
+                         [r["labels"] for r in results], data["classes"])
+        return {**found, "accuracy": found["exact_set_accuracy"]}
     return metrics([s["label"] for s in data["samples"]], [r["pred"] for r in results], data["classes"])
 
 

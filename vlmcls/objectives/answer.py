@@ -18,8 +18,12 @@ SCORED_BY = "the likelihood of its answer (score mode)"
 TEST_LOSS = "classification answers"
 
 
-def check_settings(*, freeze_backbone, use_lora, class_balance, augment, cached):
-    """Refuse the head objective's settings."""
+def check_settings(*, freeze_backbone, use_lora, class_balance, augment, cached, label_smoothing=0.0,
+                   multi_label=False):
+    """Refuse the head objective's settings, and multi-label data (never trained as single-label)."""
+    if multi_label:
+        raise UserError("objective=answer does not train multi-label data yet (issue 44: its yes/no questions per "
+                        "class are a later step): use objective=head")
     if freeze_backbone or class_balance == "weighted":
         raise UserError("freeze_backbone and class_balance=weighted apply to objective=head only (the answer "
                         "objective trains the model itself; class_balance=oversample balances it)")
@@ -30,7 +34,7 @@ def carries(model):
     return False
 
 
-def attach(model, n_classes):
+def attach(model, n_classes, multi_label=False):
     return model
 
 

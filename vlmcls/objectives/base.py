@@ -8,11 +8,13 @@ An objective is one module of this package (answer.py, head.py) defining, at mod
     SCORE_MODE            the mode that score mode (the default) means for a model trained with it
     SCORED_BY             how its class scores come about, in words (the app's page says it)
     TEST_LOSS             what its test loss measures, in words (fine_tune.py prints it)
-    check_settings(*, freeze_backbone, use_lora, class_balance, augment, cached)
-                          refuse settings that mean nothing together, before anything loads
+    check_settings(*, freeze_backbone, use_lora, class_balance, augment, cached, label_smoothing, multi_label)
+                          refuse settings that mean nothing together (multi_label: the training data is
+                          multi-label), before the model loads
     carries(model)        whether a model carries what the objective adds to it
-    attach(model, n_classes)
-                          add what it needs to a model before training (freshly initialised); returns the model
+    attach(model, n_classes, multi_label=False)
+                          add what it needs to a model before training (freshly initialised; multi_label: one
+                          independent probability per class); returns the model
     prepare(model, freeze_backbone)
                           set what trains; returns peft's modules_to_save (what it added, trained whole) or None
     features(model, processor, encoder, paths, question, batch_size, autocast)
@@ -90,3 +92,23 @@ def scored_results(rows, classes, order=None):
     for `classes`: each class takes the output class_order found for it (`order`; None: the outputs are in the
     order of `classes`). Every predictor, PyTorch's and ONNX Runtime's, turns scores into results here."""
     return [ranked(classes, softmax([row[i] for i in order] if order else list(row))) for row in rows]
+
+
+def sigmoid(x):
+    """1 / (1 + e^-x), computed stably."""
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def multi_label_results(rows, classes, order=None, thresholds=None):
+    """Multi-label results of rows of scores (one per output; each its class's logit): every class's sigmoid
+    probability, and the labels predicted, those whose probability is at least their threshold (`thresholds`:
+    {class: threshold}; None: 0.5 each), in class order, joined by ';' as "pred" and "answer" ("top2": the two most
+    probable classes). `order` as scored_results takes it."""
+    results = []
+    for row in rows:
+        probs = dict(zip(classes, (sigmoid(row[i]) for i in order) if order else map(sigmoid, row)))
+        labels = [name for name in classes if probs[name] >= (thresholds[name] if thresholds else 0.5)]
+        top = sorted(classes, key=lambda name: -probs[name])
+        results.append({"answer": ";".join(labels), "pred": ";".join(labels), "labels": labels, "probs": probs,
+                        "top2": top[:2]})
+    return results

@@ -12,7 +12,7 @@ from ..files import atomic_write
 from ..inputs import PromptBatches, collate
 from ..models import base_of
 from ..prompt import render_segments
-from .base import class_order, scored_results
+from .base import class_order, multi_label_results, scored_results
 
 NAME = "head"
 SCORE_MODE = "head"
@@ -23,8 +23,15 @@ HEAD_FILE = "classifier.safetensors"  # the head's weights in a saved model fold
 FILES = (HEAD_FILE,)
 
 
-def check_settings(*, freeze_backbone, use_lora, class_balance, augment, cached):
-    """Refuse settings that mean nothing together, before anything loads."""
+def check_settings(*, freeze_backbone, use_lora, class_balance, augment, cached, label_smoothing=0.0,
+                   multi_label=False):
+    """Refuse settings that mean nothing together, before the model loads."""
+    if multi_label and class_balance == "oversample":
+        raise UserError("class_balance=oversample repeats each class's images, which multi-label images (several "
+                        "classes each) cannot be: use class_balance=weighted (per-class positive weights)")
+    if multi_label and label_smoothing:
+        raise UserError(f"label_smoothing={label_smoothing} is for single-label data: multi-label targets are the "
+                        "label weights (give soft weights in the labels CSV instead)")
     if freeze_backbone and use_lora:
         raise UserError("freeze_backbone trains the head alone: LoRA adapters would stay untrained; use one of them")
     if freeze_backbone and cached and augment != "none":
@@ -80,21 +87,23 @@ def _head_forward(self, pooled=None, **batch):
     return SequenceClassifierOutput(logits=head(state.to(weight.device, weight.dtype)))
 
 
-def attach_head(model, n_classes, state=None):
+def attach_head(model, n_classes, state=None, multi_label=False):
     """Give the model a head over n_classes (weights `state`, or freshly initialised from the current seed) and
-    make its forward return the head's logits. Returns the model."""
+    make its forward return the head's logits. A multi-label head's logits are each their class's sigmoid
+    (head_ranked). Returns the model."""
     import torch
     head = torch.nn.Linear(model.config.get_text_config().hidden_size, n_classes, device=model.device)
     if state is not None:
         head.load_state_dict(state)
+    head.multi_label = multi_label
     setattr(model, HEAD_NAME, head)
     set_forward(model, _head_forward)
     return model
 
 
-def attach(model, n_classes):
+def attach(model, n_classes, multi_label=False):
     """A freshly initialised head over n_classes (from the current seed)."""
-    return attach_head(model, n_classes)
+    return attach_head(model, n_classes, multi_label=multi_label)
 
 
 def prepare(model, freeze_backbone):
@@ -146,24 +155,27 @@ def save(model, out, save_model, main=True):
 
 
 def load(model_path, model, saved):
-    """A loaded model with the head saved beside it (`saved`: its record, which records the head objective)."""
+    """A loaded model with the head saved beside it (`saved`: its record, which records the head objective, and
+    for a multi-label model its per-class thresholds)."""
     file = Path(model_path) / HEAD_FILE
     if not file.is_file():
         raise UserError(f"{model_path}: classes.json records objective=head, but {HEAD_FILE} is missing")
     from safetensors.torch import load_file
     state = load_file(str(file))
-    model = attach_head(model, state["weight"].shape[0], state)
+    model = attach_head(model, state["weight"].shape[0], state, saved.multi_label)
     head_of(model).classes = list(saved.classes)  # the class of each logit, in its order
+    head_of(model).thresholds = saved.thresholds
     return model
 
 
 def head_example(encoder, image, segments, label):
-    """One training example of the head: the prompt's inputs (InputEncoder.example) and the class index."""
+    """One training example of the head: the prompt's inputs (InputEncoder.example) and its target (head_target)."""
     return {**encoder.example(image, segments), "class": label}
 
 
 def head_collator(pad_id):
-    """Batches of head examples: right-padded prompts (or their pooled states), and the class indices as labels."""
+    """Batches of head examples: right-padded prompts (or their pooled states), and their targets as labels (class
+    indices, or multi-label rows of label weights)."""
     import torch
 
     def to_batch(examples):
@@ -176,12 +188,20 @@ def head_collator(pad_id):
     return to_batch
 
 
+def head_target(sample, classes):
+    """A sample's target: its class's index, or for a multi-label sample each class's label weight (0: absent)."""
+    if "labels" in sample:
+        return [float(sample["labels"].get(name, 0.0)) for name in classes]
+    return classes.index(sample["label"])
+
+
 def head_dataset(samples, classes, encoder, processor, question, how_augment="none", seed=0, states=None):
     """Head training examples of `samples` as a datasets.Dataset: each image's prompt inputs (augmented as
-    the answer objective's chat_dataset does), or with `states` ({image path: pooled state}) its state computed before."""
+    the answer objective's chat_dataset does), or with `states` ({image path: pooled state}) its state computed before,
+    and its target (head_target)."""
     from datasets import Dataset
     segments = render_segments(processor, [(question, None)])
-    items = [(s["image"], classes.index(s["label"])) for s in samples]
+    items = [(s["image"], head_target(s, classes)) for s in samples]
     rng = random.Random(seed)
 
     def to_inputs(batch):
@@ -227,25 +247,43 @@ def class_weights(train_labels, classes, how):
     return [len(train_labels) / (len(classes) * max(counts[name], 1)) for name in classes]
 
 
-def head_loss(model, inputs, weights, label_smoothing):
-    """(mean cross-entropy of the head's logits against the class labels, the model's outputs)."""
+def positive_weights(samples, classes, how):
+    """Multi-label binary cross-entropy's per-class positive weights: with class_balance=weighted each class's
+    negatives over its positives in the training images (soft labels count their weights), so that each class's
+    positives weigh as much as its negatives; else None (all 1)."""
+    if how != "weighted":
+        return None
+    positives = [sum(s["labels"].get(name, 0.0) for s in samples) for name in classes]
+    return [(len(samples) - p) / p if p else 1.0 for p in positives]
+
+
+def head_loss(model, inputs, weights, label_smoothing, multi_label=False):
+    """(the head's loss, the model's outputs): the mean cross-entropy of its logits against the class labels
+    (`weights`: per class), or for multi-label data the mean binary cross-entropy of each class's logit against its
+    label weight, a soft target where below 1 (`weights`: per-class positive weights)."""
     import torch
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     outputs = model(**inputs)
     weight = torch.tensor(weights, device=outputs.logits.device) if weights else None
-    loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels.to(outputs.logits.device), weight=weight,
-                                             label_smoothing=label_smoothing)
+    if multi_label:
+        loss = torch.nn.BCEWithLogitsLoss(pos_weight=weight)(outputs.logits.float(),
+                                                             labels.to(outputs.logits.device).float())
+    else:
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels.to(outputs.logits.device),
+                                                 weight=weight, label_smoothing=label_smoothing)
     return loss, outputs
 
 
 def training_set(data, *, encoder, processor, end_ids=None, train_questions=None, multi_turn=None,
                  class_balance="none", label_smoothing=0.0, how_augment="none", seed=0, features=None):
-    """The head's loss (class weights, label smoothing), the training examples of data's samples (from `features`,
-    the pooled states, where they were computed) and their collator."""
-    samples, classes = data["samples"], data["classes"]
-    weights = class_weights([s["label"] for s in samples], classes, class_balance)
-    return dict(loss=partial(head_loss, weights=weights, label_smoothing=label_smoothing),
+    """The head's loss (class weights, label smoothing; multi-label data: binary cross-entropy with per-class
+    positive weights), the training examples of data's samples (from `features`, the pooled states, where they were
+    computed) and their collator."""
+    samples, classes, multi_label = data["samples"], data["classes"], bool(data.get("multi_label"))
+    weights = positive_weights(samples, classes, class_balance) if multi_label else \
+        class_weights([s["label"] for s in samples], classes, class_balance)
+    return dict(loss=partial(head_loss, weights=weights, label_smoothing=label_smoothing, multi_label=multi_label),
                 train_dataset=head_dataset(samples, classes, encoder, processor, data["question"], how_augment, seed,
                                            features),
                 data_collator=head_collator(processor.tokenizer.pad_token_id or 0))
@@ -266,7 +304,12 @@ def output_order(model, classes):
 
 def head_ranked(model, logits, classes):
     """Score-mode results from the head's logits (a tensor), each named by the class it was trained for
-    (output_order)."""
+    (output_order); a multi-label head's each its class's sigmoid, the labels above the thresholds it was saved with
+    (0.5 each while it trains) predicted."""
+    head = head_of(model)
+    if getattr(head, "multi_label", False):
+        return multi_label_results(logits.float().tolist(), classes, output_order(model, classes),
+                                   getattr(head, "thresholds", None))
     return scored_results(logits.float().tolist(), classes, output_order(model, classes))
 
 
