@@ -32,7 +32,7 @@ TRAIN_IMAGES = 300  # planted images a model trains on
 TEST_IMAGES = 60  # held-out planted images it explains
 STEPS = 150  # training steps of 16 images
 REPLICA_RUNS = 5  # runs on the SmolVLM-256M replica (one image each)
-METHODS = ["gradcam", "gradcam_connector", "occlusion"]  # vlmcls.explain.METHODS compared
+METHODS = ["gradcam", "gradcam_connector", "occlusion", "guided_gradcam"]  # vlmcls.explain.METHODS compared
 MAX_COST = 3.0  # the default is the best method costing about this many forward passes or fewer
 THREADS = 1  # torch threads
 PICTURE = ""  # planted examples with their overlays; "": docs/explain-planted.png
@@ -64,6 +64,24 @@ def in_box(point, box, grow):
     return left - grow <= x <= right + grow and top - grow <= y <= bottom + grow
 
 
+def box_area(box, grow, side=64):
+    left, top, right, bottom = box
+    return (min(side, right + grow) - max(0, left - grow)) * (min(side, bottom + grow) - max(0, top - grow))
+
+
+def mass_in_box(heat, box, grow, side=64):
+    """The share of a map's evidence inside the box grown by `grow` (the energy-based pointing game of Score-CAM,
+    Wang et al. 2020): how sharply the map picks out the marker, not only its strongest point. `heat` covers the
+    side x side image."""
+    import numpy as np
+    scale = heat.shape[1] / side
+    left, top, right, bottom = (int(round(v * scale)) for v in (box[0] - grow, box[1] - grow, box[2] + grow,
+                                                                box[3] + grow))
+    total = float(np.clip(heat, 0, None).sum())
+    inside = float(np.clip(heat[max(0, top):bottom, max(0, left):right], 0, None).sum())
+    return inside / total if total > 0 else 0.0
+
+
 def planted_run(seed, work):
     """One planted-evidence run: {method: (hits, explained, chance, explain CPU s, forward CPU s)}, accuracy, and
     the first images with their points (for the picture)."""
@@ -90,8 +108,10 @@ def planted_run(seed, work):
         seconds, found = cpu_seconds(lambda: [explainer(image, name) for image, name, _ in right])
         every = sum(forward_seconds(model, processor, QUESTION, CLASSES, image)[0] for image, _, _ in right)
         hit = [in_box(f["point"], box, grow) for f, (_, _, box) in zip(found, right)]
+        mass = [mass_in_box(f["map"], box, grow) for f, (_, _, box) in zip(found, right)]
         by_class = {c: [h for h, (_, name, _) in zip(hit, right) if name == c] for c in MARKERS}
-        out["methods"][method] = {"hits": sum(hit), "explained": len(right), "chance": chance,
+        out["methods"][method] = {"hits": sum(hit), "explained": len(right), "chance": chance, "mass": mass,
+                                  "box_share": float(np.mean([box_area(box, grow) / 64 ** 2 for _, _, box in right])),
                                   "cost": seconds / every, "by_class": {c: (sum(h), len(h)) for c, h in
                                                                           by_class.items()}}
         out["examples"][method] = list(zip(right[:8], found[:8]))
@@ -138,6 +158,11 @@ def picture(examples, path):
     sheet.save(path)
 
 
+def mean_mass(planted, method):
+    """A method's evidence in the box, mean over every explained image of every run."""
+    return statistics.mean(m for r in planted for m in r["methods"][method]["mass"])
+
+
 def report(planted, replica, started, elapsed, default):
     lines = [
         "# Explanation methods: pointing game on planted evidence, cost per image", "",
@@ -150,8 +175,11 @@ def report(planted, replica, started, elapsed, default):
         "Stand-ins: the numbers compare methods, not what a fine-tuned SmolVLM-256M does.",
         "- Pointing game: correctly classified images with a marker whose strongest point is in its box grown by one "
         "patch (4 px); chance: a uniformly random point, same boxes. Cost: explaining an image / one forward pass "
-        "of it (the head's scoring module, batch of one), CPU seconds.", "",
-        "| method | pointing game (runs) | by class | chance | cost, forward passes (runs) |", "|---|---|---|---|---|"]
+        "of it (the head's scoring module, batch of one), CPU seconds. Evidence in the box: the share of the map's "
+        "evidence inside the same box (the energy-based pointing game; a map spread evenly gets the box's share of "
+        "the image), mean over the same images: how sharply the map picks out the marker.", "",
+        "| method | pointing game (runs) | by class | chance | evidence in the box (runs) | box's share of the image "
+        "| cost, forward passes (runs) |", "|---|---|---|---|---|---|---|"]
     for method in METHODS:
         cells = [r["methods"][method] for r in planted]
         hits = sum(c["hits"] for c in cells) / sum(c["explained"] for c in cells)
@@ -160,14 +188,18 @@ def report(planted, replica, started, elapsed, default):
         classes = cells[0]["by_class"]
         by_class = ", ".join(f"{name} {sum(c['by_class'][name][0] for c in cells)}/"
                              f"{sum(c['by_class'][name][1] for c in cells)}" for name in classes)
+        mass = mean_mass(planted, method)
+        masses = ", ".join(f"{statistics.mean(c['mass']):.2f}" for c in cells)
         lines.append(f"| {method} | {hits:.2f} ({each}) | {by_class} | "
-                     f"{statistics.mean(c['chance'] for c in cells):.2f} | "
+                     f"{statistics.mean(c['chance'] for c in cells):.2f} | {mass:.2f} ({masses}) | "
+                     f"{statistics.mean(c['box_share'] for c in cells):.2f} | "
                      f"{statistics.median(c['cost'] for c in cells):.1f} ({costs}) |")
     lines += ["", f"Accuracy of the tiny models on their held-out images: "
               f"{', '.join(format(r['accuracy'], '.2f') for r in planted)}. Default by this run: **{default}** "
               f"(the best pointing game among the methods costing {MAX_COST:g} forward passes or fewer, on the "
               "replica where it ran: on the tiny model a forward pass is so short that the fixed costs of an "
-              "explanation, encoding the image and mapping the tiles back, dominate)."]
+              "explanation, encoding the image and mapping the tiles back, dominate). The sharpest maps (the most "
+              f"evidence in the box): **{max(METHODS, key=lambda m: mean_mass(planted, m))}**."]
     if replica:
         lines += ["", f"SmolVLM-256M replica (random weights, a random head over six classes), one 640x480 image at "
                   f"one 512-px tile, {len(replica)} runs fixed in advance: CPU seconds of one forward pass, and of "

@@ -91,10 +91,23 @@ def occlusion(forward, pixel_values, target, model):
     return squares.reshape(squares.shape[0], -1).clamp(min=0)
 
 
+def guided_gradcam(forward, pixel_values, target, model):
+    """Guided Grad-CAM (Selvaraju et al. 2017) at the pixels: gradcam's patch map, upsampled to the tile's pixels
+    (captum's LayerAttribution.interpolate), times the magnitude of the class score's gradient at each pixel
+    (captum's Saliency, summed over colours). captum's GuidedGradCam class assumes a convolution's 2-D map; the
+    vision encoder's is a sequence of patch tokens. (tiles, pixels)."""
+    from captum.attr import LayerAttribution, Saliency
+    patches = gradcam(forward, pixel_values, target, model, where="patches")
+    tiles, side = patches.shape[0], int(round(patches.shape[1] ** 0.5))
+    cam = LayerAttribution.interpolate(patches.reshape(tiles, 1, side, side), pixel_values.shape[-2:], "bilinear")
+    gradient = Saliency(forward).attribute(pixel_values, target=target, abs=True)[0].sum(1)
+    return (cam[:, 0] * gradient).reshape(tiles, -1)
+
+
 # The methods by name: each (forward, pixel_values, the target class's output, model) -> (tiles, cells) maps, a
 # tile's cells a square grid.
 METHODS = {"gradcam": partial(gradcam, where="patches"), "gradcam_connector": partial(gradcam, where="connector"),
-           "occlusion": occlusion}
+           "occlusion": occlusion, "guided_gradcam": guided_gradcam}
 EXPLAIN_METHODS = OneOf(*METHODS)  # the values of the evaluation scripts' EXPLAIN_METHOD
 
 

@@ -17,7 +17,7 @@ from .base import class_order, multi_label_results, scored_results
 NAME = "head"
 SCORE_MODE = "head"
 SCORED_BY = "its classification head"
-TEST_LOSS = "head cross-entropy"
+TEST_LOSS = "head cross-entropy; binary, a sigmoid a class, for multi-label data"
 HEAD_NAME = "classifier_head"  # the head's attribute on the model (and its key prefix in checkpoints)
 HEAD_FILE = "classifier.safetensors"  # the head's weights in a saved model folder
 FILES = (HEAD_FILE,)
