@@ -85,7 +85,7 @@ def curve(confidences, correct):
     return points
 
 
-def _axes(draw, box, x_label, y_label, title, y_low=0.0):
+def axes(draw, box, x_label, y_label, title, y_low=0.0):
     """Axes in `box` (left, top, right, bottom): x from 0 to 1, y from y_low to 1, five ticks each; returns a
     function from (x, y) to pixels."""
     left, top, right, bottom = box
@@ -111,7 +111,7 @@ def draw_reliability(panels):
     draw = ImageDraw.Draw(image)
     for i, (title, bins, error) in enumerate(panels):
         left = i * (size + 2 * margin) + margin
-        at = _axes(draw, (left, margin, left + size, margin + size), "confidence (top probability)", "accuracy",
+        at = axes(draw, (left, margin, left + size, margin + size), "confidence (top probability)", "accuracy",
                    f"{title}: ECE {error:.4f}")
         for b in bins:
             if not b["count"]:
@@ -135,7 +135,7 @@ def draw_coverage(points, threshold_point=None):
     draw = ImageDraw.Draw(image)
     low = min(a for _, a in points)
     floor = math.floor(low * 10) / 10 if low < 1 else 0.9  # the accuracy axis from the tenth below the lowest
-    scale = _axes(draw, (margin, margin, margin + size, margin + size), "share of images kept (coverage)",
+    scale = axes(draw, (margin, margin, margin + size, margin + size), "share of images kept (coverage)",
                   "accuracy on them", "Accuracy on the images kept", y_low=floor)
     draw.line([scale(x, y) for x, y in points] if len(points) > 1 else [*scale(*points[0])] * 2, fill=(40, 90, 200),
               width=2)

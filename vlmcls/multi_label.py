@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .confidence import _axes  # the reliability diagram's axes
+from .confidence import axes
 from .files import atomic_write, write_json
 from .labels import present
 from .report import font
@@ -104,7 +104,7 @@ def draw_pr_curves(labels, probs, classes):
     legend = 18 * len(classes) + 10
     image = Image.new("RGB", (size + 2 * margin, size + 2 * margin + 20 + legend), "white")
     draw = ImageDraw.Draw(image)
-    at = _axes(draw, (margin, margin, margin + size, margin + size), "recall", "precision",
+    at = axes(draw, (margin, margin, margin + size, margin + size), "recall", "precision",
                "Precision-recall per class")
     for j, name in enumerate(classes):
         colour = COLOURS[j % len(COLOURS)]
