@@ -3,12 +3,15 @@
 Starts a Gradio page at http://HOST:PORT: drop, paste or pick images and see every class with its
 probability (score mode, as vlm_test.py computes it), the top class first, and each image as the model
 sees it after resizing; the switch "Show where it looked" (off at first) adds beside each image the evidence for
-its best guess (docs/explain.md). The test images are examples one click away. Programs call the endpoints, e.g.
-with gradio_client: /predict (one image in, the top class and every class's confidence out, in Gradio's label
-format), /classify (the page's: several images and other class names) or /explain (one image's evidence).
+its best guess (docs/explain.md). A multi-label model's page shows each class's own probability (sigmoid) with its
+threshold, the labels at or above theirs marked present. The test images are examples one click away. Programs call
+the endpoints, e.g. with gradio_client: /predict (one image in, the top class and every class's confidence out, in
+Gradio's label format; multi-label: the labels predicted and the thresholds too), /classify (the page's: several
+images and other class names) or /explain (one image's evidence).
 """
 from vlmcls.app import build_page, example_images, serve
 from vlmcls.cli import configure, run_main
+from vlmcls.evaluation import check_multi_label
 from vlmcls.models import DEVICES, DTYPES, QUANTIZATIONS
 from vlmcls.runtime import RUNTIME_CHOICES, load_predictor
 from vlmcls.saved import open_classifier
@@ -36,7 +39,7 @@ CONFIDENCE_LEVEL = 0.9  # how sure TARGET_ACCURACY's certificate is: the target 
 
 def main():
     saved = open_classifier(MODEL_PATH)
-    saved.refuse_multi_label("the page (vlm_app.py) and /predict")
+    check_multi_label([saved], None, False, MIN_CONFIDENCE, TARGET_ACCURACY, False)  # settings it takes
     predictor = load_predictor(saved, device=DEVICE, dtype=DTYPE, quantize=QUANTIZE,
                                runtime=RUNTIME, image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING)
     examples = example_images(MODEL_PATH, TEST_JSON, EXAMPLES)

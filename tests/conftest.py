@@ -134,3 +134,17 @@ def fine_tuned_head(tmp_path_factory, tiny_smolvlm):
                "--gradient_accumulation_steps=1", "--warmup_steps=3", "--logging_steps=10", "--num_workers=0",
                "--min_validation_images=1", cwd=work)
     return work
+
+
+def as_multi_label(folder, out, thresholds):
+    """A copy at `out` of the head model `folder`, recorded as multi-label with these {class: threshold}: its head's
+    logits then each give their class's own probability (sigmoid). What fine_tune.py fits only for single-label
+    models (class bias, temperature, confidences) is left out, as it leaves them out of a multi-label model."""
+    import shutil
+    shutil.copytree(folder, out)
+    record = json.loads((Path(out) / "classes.json").read_text())
+    for key in ("class_bias", "temperature", "without_class_bias", "validation_confidences"):
+        record.pop(key, None)
+    record.update(multi_label=True, thresholds=thresholds, thresholds_chosen="set by the test")
+    (Path(out) / "classes.json").write_text(json.dumps(record))
+    return Path(out)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLOURS, ROOT, load_tiny, run_script
+from conftest import COLOURS, ROOT, as_multi_label, load_tiny, run_script
 from vlmcls.app import build_page, example_images, model_view
 from vlmcls.inputs import InputEncoder
 from vlmcls.prediction import TorchPredictor
@@ -405,3 +405,60 @@ def test_the_page_adds_the_class_bias_saved_with_the_model(fine_tuned_smolvlm, t
         finally:
             page.close()
     assert top == {True: ("green", "green"), False: ("red", "red")}
+
+
+MULTI_THRESHOLDS = {"red": 0.4, "green": 0.1, "blue": 0.6}  # set so that an image has labels present and absent
+
+
+@pytest.fixture(scope="module")
+def multi_label_app(fine_tuned_head):
+    """vlm_app.py serving the fine-tuned head recorded as multi-label (work/multi); yields (work folder, URL) and,
+    as vlm_test.py predicts it, the probabilities and labels of one image."""
+    as_multi_label(fine_tuned_head / "head", fine_tuned_head / "multi", MULTI_THRESHOLDS)
+    image = fine_tuned_head / "data" / "green" / "green_05.png"
+    run_script("vlm_test.py", "--model_path=multi", f"--dataset_dir={image}", "--report_dir=reports/multi",
+               "--num_workers=0", cwd=fine_tuned_head)
+    row = next(csv.DictReader(open(fine_tuned_head / "reports" / "multi" / "predictions.csv")))
+    expected = {"probs": {c: float(row[f"probability_{c}"]) for c in MULTI_THRESHOLDS},
+                "labels": row["predicted_labels"].split(";") if row["predicted_labels"] else []}
+    with serving(fine_tuned_head, "multi") as url:
+        yield image, url, expected
+
+
+def test_a_multi_label_models_page_marks_the_labels_at_or_above_their_thresholds(multi_label_app, browser):
+    """Each class with its own probability (vlm_test.py's, a sigmoid each) and threshold, the most probable first,
+    "yes" under "present" for exactly the labels at or above their thresholds; the switch says why it is off."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    image, url, expected = multi_label_app
+    wait = WebDriverWait(browser, 60)
+    browser.get(url)
+    upload(wait, image)
+
+    def rows(b):
+        found = [[cell.text.strip() for cell in row.find_elements(By.CSS_SELECTOR, "[role=gridcell]")]
+                 for row in b.find_elements(By.CSS_SELECTOR, "#results [role=row]")]
+        return [r for r in found if len(r) == 5 and r[0] == image.name]
+    shown = wait.until(lambda b: len(rows(b)) == len(MULTI_THRESHOLDS) and rows(b))
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "app-page-multi-label.png"))
+    assert {r[1]: float(r[2]) for r in shown} == pytest.approx(expected["probs"], abs=0.0005)
+    assert [float(r[2]) for r in shown] == sorted((float(r[2]) for r in shown), reverse=True)
+    assert {r[1]: float(r[3]) for r in shown} == MULTI_THRESHOLDS
+    assert sorted(r[1] for r in shown if r[4] == "yes") == sorted(expected["labels"])
+    assert 0 < len(expected["labels"]) < len(MULTI_THRESHOLDS)  # marks that differ between classes
+    assert f"{image.name}: {', '.join(expected['labels'])}" in browser.find_element(By.ID, "seen").text
+    switch = browser.find_element(By.CSS_SELECTOR, "#explain input[type=checkbox]")
+    assert not switch.is_enabled() and "multi-label models are not built" in browser.find_element(By.ID, "explain").text
+
+
+def test_predict_gives_a_multi_label_models_labels_every_probability_and_the_thresholds(multi_label_app):
+    from gradio_client import Client, handle_file
+    image, url, expected = multi_label_app
+    result = Client(url, verbose=False).predict(handle_file(str(image)), api_name="/predict")
+    assert result["labels"] == expected["labels"] and result["label"] == ";".join(expected["labels"])
+    assert {c["label"]: c["confidence"] for c in result["confidences"]} == pytest.approx(expected["probs"], abs=1e-6)
+    confidences = [c["confidence"] for c in result["confidences"]]
+    assert confidences == sorted(confidences, reverse=True)
+    assert abs(sum(confidences) - 1) > 0.01  # each class's own probability, not a softmax over them
+    assert result["thresholds"] == MULTI_THRESHOLDS

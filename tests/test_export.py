@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import tiny_models
-from conftest import COLOURS, ROOT, report_in, run_script
+from conftest import COLOURS, ROOT, as_multi_label, report_in, run_script
 from vlmcls.app import classify_files
 from vlmcls.cli import UserError
 from vlmcls.export import export_model
@@ -100,6 +100,36 @@ def test_exported_probabilities_equal_pytorchs_on_every_tile_count(objective, sa
     reordered = evaluate_with(onnx_side, paths[:2], QUESTION, CLASSES[::-1], "score", 2, 10**8)
     for r, g in zip(reordered, got[False]):
         assert r["probs"] == pytest.approx(g["probs"], abs=1e-9)
+
+
+def test_a_multi_label_export_gives_pytorchs_probabilities_and_label_sets(saved_models, tmp_path):
+    """A multi-label head exported: the graph gives the logits, the folder's record carries multi_label and the
+    thresholds, and ONNX Runtime (and OpenVINO, through the same predictor) gives PyTorch's per-class sigmoid
+    probabilities within 1e-4 and the same labels, those at or above their thresholds; int8 is refused, leaving
+    nothing."""
+    thresholds = {"red": 0.5, "green": 0.3, "blue": 0.7, "Bird-drop": 0.5}
+    folder = as_multi_label(saved_models["head"], tmp_path / "multi", thresholds)
+    record = export_model(open_classifier(folder), tmp_path / "exported")
+    assert record["check"]["largest_score_difference"] <= record["check"]["tolerance"]
+    assert "sigmoid" in record["scores"]
+    copied = json.loads((tmp_path / "exported" / "classes.json").read_text())
+    assert copied["multi_label"] is True and copied["thresholds"] == thresholds
+    paths = noisy_images(tmp_path / "images", SIZES)
+    settings = dict(device="cpu", dtype=torch.float32, image_longest_edge=None, image_splitting=None,
+                    quantize="none")
+    wanted = evaluate_with(load_predictor(open_classifier(folder), **settings), paths, QUESTION, CLASSES, "score", 3,
+                           10**8)
+    assert len({tuple(w["labels"]) for w in wanted}) > 1  # label sets that differ between images
+    assert any(abs(sum(w["probs"].values()) - 1) > 0.1 for w in wanted)  # one probability a class, not a softmax
+    for runtime in ("onnxruntime", "openvino"):
+        got = evaluate_with(load_predictor(open_classifier(tmp_path / "exported"), runtime=runtime, **settings),
+                            paths, QUESTION, CLASSES, "score", 3, 10**8)
+        for w, g in zip(wanted, got):
+            assert g["probs"] == pytest.approx(w["probs"], abs=1e-4)
+            assert g["labels"] == w["labels"] == [c for c in CLASSES if g["probs"][c] >= thresholds[c]]
+    with pytest.raises(UserError, match=f"^{folder}: a multi-label model, which export_model.py --quantize=int8"):
+        export_model(open_classifier(folder), tmp_path / "int8", quantize="int8")
+    assert not (tmp_path / "int8").exists()
 
 
 def test_the_folder_holds_what_prediction_needs_and_records_what_was_exported(saved_models, exported):

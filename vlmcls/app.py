@@ -9,6 +9,7 @@ from .images import images_in_turn, load_image, read_dataset_json, recorded_json
 from .prediction import evaluate_with
 
 RESULT_HEADERS = ["image", "class", "probability"]
+MULTI_LABEL_HEADERS = [*RESULT_HEADERS, "threshold", "present"]  # a multi-label model's: each class on its own
 # System fonts: the default theme's web fonts would be fetched from the internet by every browser opening the page.
 FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "monospace"]
@@ -33,8 +34,9 @@ def model_view(image_processor, pixel_values):
 def classify_files(predictor, paths, classes, question, *, batch_size, max_pixels, calibration=None):
     """Score mode over the files with a predictor (vlmcls/runtime.py), as the evaluation scripts run it
     (`calibration`: calibration.load_calibration's). Returns ([(file name, every class with its probability, the top
-    class first, whether it is uncertain, the file)] for each usable file; [(image as the model sees it, caption)];
-    one message per file that cannot be used, naming it and saying why).
+    class first, whether it is uncertain, the file, the labels predicted: a multi-label model's, at or above their
+    thresholds, else None)] for each usable file; [(image as the model sees it, caption)]; one message per file that
+    cannot be used, naming it and saying why).
 
     Each file is decoded and run through the processor once: the encoder keeps the result, which the
     prediction takes and the model's view is drawn from."""
@@ -51,21 +53,29 @@ def classify_files(predictor, paths, classes, question, *, batch_size, max_pixel
                             calibration=calibration, desc="page") if usable else []
     ranked, views = [], []
     for path, result in zip(usable, results):
-        unsure = bool(result.get("uncertain"))
-        ranked.append((Path(path).name, sorted(result["probs"].items(), key=lambda item: -item[1]), unsure, path))
+        unsure, labels = bool(result.get("uncertain")), result.get("labels")
+        ranked.append((Path(path).name, sorted(result["probs"].items(), key=lambda item: -item[1]), unsure, path,
+                       labels))
         top, probability = ranked[-1][1][0]
-        said = f"{UNCERTAIN} (best guesses: {best_guesses(result)})" if unsure else f"{top} ({probability:.3f})"
+        said = f"{UNCERTAIN} (best guesses: {best_guesses(result)})" if unsure else \
+            (", ".join(labels) or "no label") if labels is not None else f"{top} ({probability:.3f})"
         views.append((model_view(predictor.processor.image_processor, encoder.image_part(path)[1]["pixel_values"]),
                       f"{Path(path).name}: {said}"))
     return ranked, views, problems
 
 
-def results_table(ranked):
+def results_table(ranked, thresholds=None):
     """Every class of each image with its probability, as a table styled to show 3 decimals: the page shows the
-    rounded numbers, the API still returns the probabilities themselves."""
+    rounded numbers, the API still returns the probabilities themselves. A multi-label model's (`thresholds`: its
+    {class: threshold}) also has each class's threshold, and "yes" under "present" where the label is predicted."""
     import pandas as pd
-    rows = [[name, label, probability] for name, classes, *_ in ranked for label, probability in classes]
-    return pd.DataFrame(rows, columns=RESULT_HEADERS).style.format({"probability": "{:.3f}"})
+    if thresholds is None:
+        rows = [[name, label, probability] for name, classes, *_ in ranked for label, probability in classes]
+        return pd.DataFrame(rows, columns=RESULT_HEADERS).style.format({"probability": "{:.3f}"})
+    rows = [[name, label, probability, thresholds[label], "yes" if label in labels else ""]
+            for name, classes, _, _, labels in ranked for label, probability in classes]
+    return pd.DataFrame(rows, columns=MULTI_LABEL_HEADERS).style.format({"probability": "{:.3f}",
+                                                                         "threshold": "{:.3f}"})
 
 
 def example_images(model_path, test_json, count):
@@ -100,7 +110,9 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
     settings = {"class_bias": class_bias, "min_confidence": min_confidence, "target_accuracy": target_accuracy,
                 "confidence_level": confidence_level}
     # a threshold that cannot be chosen stops the page before it starts
-    calibrated = load_calibration(saved, default[0], **settings) if default else None
+    # a multi-label model is decided by its per-class thresholds: no class bias, temperature or "uncertain" yet
+    multi, thresholds = saved.multi_label, saved.thresholds
+    calibrated = load_calibration(saved, default[0], **settings) if default and not multi else None
     refusal = unexplainable(saved, quantize)
 
     def scoring(class_names):
@@ -109,7 +121,7 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
         found = saved.classes_and_question(parse_class_names(class_names) or classes)
         if not found or len(found[0]) < 2:
             return None
-        return (*found, load_calibration(saved, found[0], **settings))
+        return (*found, None if multi else load_calibration(saved, found[0], **settings))
 
     def run(paths, found):
         return classify_files(predictor, paths, *found[:2], batch_size=batch_size, max_pixels=max_pixels,
@@ -139,15 +151,15 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
             ranked, views, problems = run([path for path, _ in images], found)
         except UserError as e:  # classes an exported model was not exported with
             return [], [], f"**Not classified:** {e}", None
-        threshold = found[2]["threshold"]
+        threshold = found[2]["threshold"] if found[2] else 0
         below = f"top probability below {threshold:.3f}" if math.isfinite(threshold) else \
             "no threshold is certified for the target accuracy"
         unsure = [f"**Not sure:** {name}: {below}; best guesses: "
                   + ", ".join(f"{label} {p:.3f}" for label, p in probabilities[:2])
-                  for name, probabilities, uncertain, _ in ranked if uncertain]
-        return results_table(ranked), views, "\n\n".join(
+                  for name, probabilities, uncertain, *_ in ranked if uncertain]
+        return results_table(ranked, thresholds), views, "\n\n".join(
             unsure + [f"**Not classified:** {p}" for p in problems]), \
-            {"found": found, "tops": [(path, probabilities[0][0]) for _, probabilities, _, path in ranked]}
+            {"found": found, "tops": [(path, probabilities[0][0]) for _, probabilities, _, path, _ in ranked]}
 
     def looked(classified, show):
         """With the switch on, each classified image's overlay, captioned with its best guess and strongest point;
@@ -160,7 +172,9 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
                           visible=True)
 
     def predict(image):
-        """One image in, Gradio's label format out: the top class, or "uncertain", and every class's confidence."""
+        """One image in, Gradio's label format out: the top class, or "uncertain", and every class's confidence; of
+        a multi-label model, the labels predicted (joined by ';' as "label", and as a list) and the thresholds
+        too."""
         found = scoring("")
         if not found:
             raise gr.Error("This model has no class names saved: give them with --classes, or call /classify.")
@@ -169,9 +183,11 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
         ranked, _, problems = run([image], found)
         if problems:
             raise gr.Error(problems[0])
-        _, probabilities, unsure, _ = ranked[0]
-        return {"label": UNCERTAIN if unsure else probabilities[0][0],
-                "confidences": [{"label": label, "confidence": p} for label, p in probabilities]}
+        _, probabilities, unsure, _, labels = ranked[0]
+        confidences = [{"label": label, "confidence": p} for label, p in probabilities]
+        if multi:
+            return {"label": ";".join(labels), "labels": labels, "confidences": confidences, "thresholds": thresholds}
+        return {"label": UNCERTAIN if unsure else probabilities[0][0], "confidences": confidences}
 
     def explain(image):
         """One image in: its top class, the point of strongest evidence for it in the image's pixels, and the
@@ -199,8 +215,11 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
                        if calibrated["temperature"] else " Probabilities uncalibrated (no temperature saved).")
         rule = uncertain_rule(calibrated) if calibrated and calibrated["threshold"] else ""
         unsure = f" {rule[:1].upper()}{rule[1:]}." if rule else ""
+        decided = (f" Multi-label: each class has its own probability (a sigmoid), and is present at or above its "
+                   f"threshold ({saved.classes_json.get('thresholds_chosen', 'as saved with the model')})."
+                   if multi else "")
         gr.Markdown(f"## {name}\n{known}. Every class is scored by {scored}"
-                    f"{' (int8 weights)' if quantize == 'int8' else ''}.{calibration}{unsure}")
+                    f"{' (int8 weights)' if quantize == 'int8' else ''}.{calibration}{unsure}{decided}")
         with gr.Row():
             with gr.Column():
                 images = gr.Gallery(label="Images: drop, paste or pick one or several", type="filepath",
@@ -216,8 +235,9 @@ def build_page(predictor, *, classes, examples, batch_size, max_pixels, quantize
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
             with gr.Column():
                 messages = gr.Markdown(label="Messages", elem_id="messages")
-                table = gr.Dataframe(headers=RESULT_HEADERS, datatype=["str", "str", "number"], interactive=False,
-                                     label="Every class, most likely first", elem_id="results")
+                table = gr.Dataframe(headers=MULTI_LABEL_HEADERS if multi else RESULT_HEADERS,
+                                     datatype=["str", "str", "number"] + (["number", "str"] if multi else []),
+                                     interactive=False, label="Every class, most likely first", elem_id="results")
                 with gr.Row():
                     seen = gr.Gallery(label="As the model sees it (after resizing)", columns=3, height=320,
                                       interactive=False, format="png", elem_id="seen")

@@ -113,8 +113,10 @@ EXPLAIN_METHODS = OneOf(*METHODS)  # the values of the evaluation scripts' EXPLA
 
 def unexplainable(saved, quantize):
     """Why the model (its record) with `quantize` weights cannot be explained, in one line, or None: an exported
-    model (no PyTorch), int8 weights (no gradients: captum's backward pass fails through them). The scripts' refusal
-    and the page's switch say it alike."""
+    model (no PyTorch), int8 weights (no gradients: captum's backward pass fails through them), a multi-label model
+    (not built yet). The scripts' refusal and the page's switch say it alike."""
+    if saved.multi_label:
+        return f"{saved.path} is a multi-label model: explanations of multi-label models are not built yet (issue 44)"
     if saved.export is not None:
         return (f"{saved.path} is an exported model: explanations need PyTorch, in the model folder it was exported "
                 "from")

@@ -269,14 +269,17 @@ def export_model(saved, out, *, classes=(), mode="score", quantize="none", image
     """Export a saved model folder (`saved`: its record, vlmcls.saved.open_classifier) to `out`: model.onnx
     (float32), with quantize=int8 also model.int8.onnx, each recording its objective and classes, the processor's
     files at the resolution given (None: as saved), the model's classes.json whole (class bias, temperature and the
-    rest travel with it; for the answer objective `classes`, when given, replace its class list), and export.json
+    rest travel with it, a multi-label model's thresholds too; for the answer objective `classes`, when given, replace
+    its class list), and export.json
     recording what was exported, with the SHA-256 of every other file (its manifest). With quantize=int8 and
-`calibration` (calibration_images'), also OpenVINO's int8 graph where it passes its check (openvino_int8). Everything is written to a
+`calibration` (calibration_images'), also OpenVINO's int8 graph where it passes its check (openvino_int8); a
+    multi-label model is exported in float32 only (int8's check compares top classes). Everything is written to a
     temporary folder beside `out` and renamed into place at the end: a failed export leaves nothing. Returns
     export.json's record."""
     import torch
     model_path, out = Path(saved.path), Path(out)
-    saved.refuse_multi_label("export_model.py")
+    if quantize != "none":  # int8's check against the float graph compares top classes, not label sets
+        saved.refuse_multi_label(f"export_model.py --quantize={quantize} (export with --quantize=none)")
     if not (model_path / "config.json").is_file():
         raise UserError(f"{model_path}: not a saved model folder (no config.json); export a folder that "
                         "fine_tune.py wrote")
@@ -318,7 +321,9 @@ def export_model(saved, out, *, classes=(), mode="score", quantize="none", image
                                             "objective": objective.NAME})
         image_processor = processor.image_processor
         record_ = {"format": EXPORT_FORMAT, "objective": objective.NAME,
-                   "scores": "head logits" if objective.NAME == "head" else
+                   "scores": ("head logits, one a class: its sigmoid is the class's probability, a label predicted at "
+                              "or above its threshold (classes.json's multi_label and thresholds)"
+                              if saved.multi_label else "head logits") if objective.NAME == "head" else
                    "log-likelihood of each class's answer tokens (score mode)",
                    "classes": classes, "question": question, "answer_ids": answers, "opset": opset,
                    "inputs": {"input_ids": "(1, tokens) int64", "pixel_values": "(1, tiles, 3, tile, tile) float32"},

@@ -6,7 +6,7 @@ from .calibration import calibrate
 from .cli import UserError
 from .inputs import TOKEN_KEYS, InputEncoder
 from .models import load_processor, set_resolution
-from .objectives.base import class_order, scored_results
+from .objectives.base import class_order, results_of
 from .pixels import pixel_array
 from .prompt import render_segments
 from .saved import INT8_FILE, MODEL_FILE
@@ -95,6 +95,7 @@ class OnnxPredictor:
                 except UserError as e:
                     problems.append((i, str(e)))
                     continue
-                results += scored_results([self.scores(*inputs).tolist()], classes, order)
+                results += results_of([self.scores(*inputs).tolist()], classes, order,
+                                      multi_label=self.saved.multi_label, thresholds=self.saved.thresholds)
                 kept.append(i)
             yield kept, calibrate(results, classes, calibration), problems

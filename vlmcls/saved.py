@@ -202,6 +202,7 @@ def open_exported(model_path):
     classes, question = checked_classes(record, folder / EXPORT_FILE)
     found = read_json(folder / CLASSES_FILE) if (folder / CLASSES_FILE).is_file() else {}
     check_training_images(found, folder / CLASSES_FILE)
+    check_multi_label(found, classes, folder / CLASSES_FILE)
     return SavedClassifier(str(model_path), objective, classes, question, found, record)
 
 

@@ -112,3 +112,11 @@ def multi_label_results(rows, classes, order=None, thresholds=None):
         results.append({"answer": ";".join(labels), "pred": ";".join(labels), "labels": labels, "probs": probs,
                         "top2": top[:2]})
     return results
+
+
+def results_of(rows, classes, order=None, *, multi_label=False, thresholds=None):
+    """Results of rows of scores: multi_label_results' for a multi-label model (`thresholds` as it takes them), else
+    scored_results'. Every predictor of a head, PyTorch's and ONNX Runtime's, turns its scores into results here."""
+    if multi_label:
+        return multi_label_results(rows, classes, order, thresholds)
+    return scored_results(rows, classes, order)

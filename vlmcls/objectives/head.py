@@ -12,7 +12,7 @@ from ..files import atomic_write
 from ..inputs import PromptBatches, collate
 from ..models import base_of
 from ..prompt import render_segments
-from .base import class_order, multi_label_results, scored_results
+from .base import class_order, results_of
 
 NAME = "head"
 SCORE_MODE = "head"
@@ -307,10 +307,8 @@ def head_ranked(model, logits, classes):
     (output_order); a multi-label head's each its class's sigmoid, the labels above the thresholds it was saved with
     (0.5 each while it trains) predicted."""
     head = head_of(model)
-    if getattr(head, "multi_label", False):
-        return multi_label_results(logits.float().tolist(), classes, output_order(model, classes),
-                                   getattr(head, "thresholds", None))
-    return scored_results(logits.float().tolist(), classes, output_order(model, classes))
+    return results_of(logits.float().tolist(), classes, output_order(model, classes),
+                      multi_label=getattr(head, "multi_label", False), thresholds=getattr(head, "thresholds", None))
 
 
 def results_from_features(model, states, paths, classes):
