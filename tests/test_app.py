@@ -407,22 +407,34 @@ def test_the_page_adds_the_class_bias_saved_with_the_model(fine_tuned_smolvlm, t
     assert top == {True: ("green", "green"), False: ("red", "red")}
 
 
-MULTI_THRESHOLDS = {"red": 0.4, "green": 0.1, "blue": 0.6}  # set so that an image has labels present and absent
-
-
 @pytest.fixture(scope="module")
 def multi_label_app(fine_tuned_head):
-    """vlm_app.py serving the fine-tuned head recorded as multi-label (work/multi); yields (work folder, URL) and,
-    as vlm_test.py predicts it, the probabilities and labels of one image."""
-    as_multi_label(fine_tuned_head / "head", fine_tuned_head / "multi", MULTI_THRESHOLDS)
+    """vlm_app.py serving the fine-tuned head recorded as multi-label (work/multi); yields the image, the URL and,
+    as vlm_test.py predicts it, the image's probabilities, labels and the thresholds. The thresholds are set from
+    the image's probabilities: its two most probable classes present, the second below 0.5 (so that neither a
+    fixed 0.5 nor the top label alone gives the labels), the third absent."""
+    import json
+
+    def predicted():
+        run_script("vlm_test.py", "--model_path=multi", f"--dataset_dir={image}", "--report_dir=reports/multi",
+                   "--num_workers=0", "--resume=overwrite", cwd=fine_tuned_head)
+        row = next(csv.DictReader(open(fine_tuned_head / "reports" / "multi" / "predictions.csv")))
+        return ({c: float(row[f"probability_{c}"]) for c in classes},
+                row["predicted_labels"].split(";") if row["predicted_labels"] else [])
+    classes = ["blue", "green", "red"]
+    model = as_multi_label(fine_tuned_head / "head", fine_tuned_head / "multi", dict.fromkeys(classes, 0.5))
     image = fine_tuned_head / "data" / "green" / "green_05.png"
-    run_script("vlm_test.py", "--model_path=multi", f"--dataset_dir={image}", "--report_dir=reports/multi",
-               "--num_workers=0", cwd=fine_tuned_head)
-    row = next(csv.DictReader(open(fine_tuned_head / "reports" / "multi" / "predictions.csv")))
-    expected = {"probs": {c: float(row[f"probability_{c}"]) for c in MULTI_THRESHOLDS},
-                "labels": row["predicted_labels"].split(";") if row["predicted_labels"] else []}
+    probs, _ = predicted()
+    first, second, third = sorted(classes, key=probs.get, reverse=True)
+    assert probs[second] < 0.5 - 1e-3 and probs[second] > 2e-3, probs  # room for a threshold under it
+    thresholds = {first: round(probs[first] / 2, 3), second: round(probs[second] / 2, 3),
+                  third: round(min(1.0, probs[third] * 2 + 1e-3), 3)}  # the page shows 3 decimals
+    record = json.loads((model / "classes.json").read_text())
+    (model / "classes.json").write_text(json.dumps({**record, "thresholds": thresholds}))
+    probs, labels = predicted()
+    assert sorted(labels) == sorted([first, second]), (probs, labels, thresholds)
     with serving(fine_tuned_head, "multi") as url:
-        yield image, url, expected
+        yield image, url, {"probs": probs, "labels": labels, "thresholds": thresholds}
 
 
 def test_a_multi_label_models_page_marks_the_labels_at_or_above_their_thresholds(multi_label_app, browser):
@@ -439,14 +451,13 @@ def test_a_multi_label_models_page_marks_the_labels_at_or_above_their_thresholds
         found = [[cell.text.strip() for cell in row.find_elements(By.CSS_SELECTOR, "[role=gridcell]")]
                  for row in b.find_elements(By.CSS_SELECTOR, "#results [role=row]")]
         return [r for r in found if len(r) == 5 and r[0] == image.name]
-    shown = wait.until(lambda b: len(rows(b)) == len(MULTI_THRESHOLDS) and rows(b))
+    shown = wait.until(lambda b: len(rows(b)) == len(expected["thresholds"]) and rows(b))
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "app-page-multi-label.png"))
     assert {r[1]: float(r[2]) for r in shown} == pytest.approx(expected["probs"], abs=0.0005)
     assert [float(r[2]) for r in shown] == sorted((float(r[2]) for r in shown), reverse=True)
-    assert {r[1]: float(r[3]) for r in shown} == MULTI_THRESHOLDS
+    assert {r[1]: float(r[3]) for r in shown} == expected["thresholds"]
     assert sorted(r[1] for r in shown if r[4] == "yes") == sorted(expected["labels"])
-    assert 0 < len(expected["labels"]) < len(MULTI_THRESHOLDS)  # marks that differ between classes
     assert f"{image.name}: {', '.join(expected['labels'])}" in browser.find_element(By.ID, "seen").text
     switch = browser.find_element(By.CSS_SELECTOR, "#explain input[type=checkbox]")
     assert not switch.is_enabled() and "multi-label models are not built" in browser.find_element(By.ID, "explain").text
@@ -461,4 +472,4 @@ def test_predict_gives_a_multi_label_models_labels_every_probability_and_the_thr
     confidences = [c["confidence"] for c in result["confidences"]]
     assert confidences == sorted(confidences, reverse=True)
     assert abs(sum(confidences) - 1) > 0.01  # each class's own probability, not a softmax over them
-    assert result["thresholds"] == MULTI_THRESHOLDS
+    assert result["thresholds"] == expected["thresholds"]
