@@ -112,3 +112,14 @@ def multi_label_results(rows, classes, order=None, thresholds=None):
         results.append({"answer": ";".join(labels), "pred": ";".join(labels), "labels": labels, "probs": probs,
                         "top2": top[:2]})
     return results
+
+
+def positive_weights(samples, classes, how):
+    """Multi-label per-class positive weights (the head's binary cross-entropy's pos_weight; the answer objective's
+    weights of the yes answers): with class_balance=weighted each class's negatives over its positives in the
+    training images (soft labels count their weights), so that each class's positives weigh as much as its
+    negatives; else None (all 1)."""
+    if how != "weighted":
+        return None
+    positives = [sum(s["labels"].get(name, 0.0) for s in samples) for name in classes]
+    return [(len(samples) - p) / p if p else 1.0 for p in positives]
