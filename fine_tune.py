@@ -53,7 +53,7 @@ OBJECTIVE = "head"  # "head": a linear classifier on the prompt's last state; "a
 FREEZE_BACKBONE = False  # objective=head: train the head alone, on each image's state computed once (docs/head.md)
 CACHE_FROZEN_STATES = True  # with freeze_backbone: compute each image's state once (False: at every step, as a check)
 LABEL_SMOOTHING = 0.0  # objective=head: label smoothing of the cross-entropy (0: none)
-CLASS_BALANCE = "none"  # "none": as is; "oversample": rarer classes repeated; "weighted" (head): loss weights
+CLASS_BALANCE = "none"  # "none"; "oversample": repeat rarer classes; "weighted": loss weights (head, multi-label answer)
 FIT_CLASS_BIAS = True  # after training, weigh the class scores against the class frequencies as validation says best
 FIT_TEMPERATURE = True  # after the class bias, fit a temperature calibrating the probabilities on the validation images
 LABEL_ISSUE_FOLDS = 0  # k >= 2: before training, list training images whose label a k-fold doubts (label-issues.md)

@@ -8,7 +8,7 @@ default), which fine_tune.py measures while it trains, are taken from the traini
 split does not depend on them. With LABELS_CSV the images and their labels come from a CSV (several labels per
 image, soft weights: docs/training.md): one unweighted label per image writes what the class folders would, with
 their questions and answers; any other CSV is a multi-label data set (each image's labels and weights, the
-multi-label question), split stratified per label, which fine_tune.py trains with objective=head.
+multi-label question), split stratified per label, which fine_tune.py trains with either objective.
 """
 import os
 from pathlib import Path

@@ -1,5 +1,5 @@
-"""The prompt: the classification question, a data set's Q&A pairs as chats, the one conversation shape, its
-rendering, and answer matching."""
+"""The prompt: the classification question, a data set's Q&A pairs as chats (a multi-label one's as a yes/no
+question per class), the one conversation shape, its rendering, and answer matching."""
 import re
 import string
 
@@ -17,6 +17,27 @@ def classification_question(classes):
 def multi_label_question(classes):
     """The question of a multi-label data set (each of its classes may be present or not), from the class names."""
     return f"Which of these are present in this image: {', '.join(classes)}?"
+
+
+def presence_question(name):
+    """The answer objective's question of one class of a multi-label data set, answered YES or NO."""
+    return f"Is there {name} in this image? Answer yes or no."
+
+
+YES, NO = "yes", "no"  # the answers to presence_question
+
+
+def presence_rows(data):
+    """The answer objective's training rows of a multi-label data set [(image path, [(presence_question, answer)],
+    weight)]: for each image and class, "yes" weighing the class's label weight w where w > 0 and "no" weighing
+    1 - w where w < 1 (a soft label gives both; the loss weighs each row's tokens by its weight)."""
+    rows = []
+    for sample in data["samples"]:
+        for name in data["classes"]:
+            w = sample["labels"].get(name, 0.0)
+            rows += [(sample["image"], [(presence_question(name), answer)], weight)
+                     for answer, weight in ((YES, w), (NO, 1 - w)) if weight > 0]
+    return rows
 
 
 def chat_rows(data, train_questions="all", multi_turn=True):

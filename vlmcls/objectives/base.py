@@ -120,3 +120,14 @@ def results_of(rows, classes, order=None, *, multi_label=False, thresholds=None)
     if multi_label:
         return multi_label_results(rows, classes, order, thresholds)
     return scored_results(rows, classes, order)
+
+
+def positive_weights(samples, classes, how):
+    """Multi-label per-class positive weights (the head's binary cross-entropy's pos_weight; the answer objective's
+    weights of the yes answers): with class_balance=weighted each class's negatives over its positives in the
+    training images (soft labels count their weights), so that each class's positives weigh as much as its
+    negatives; else None (all 1)."""
+    if how != "weighted":
+        return None
+    positives = [sum(s["labels"].get(name, 0.0) for s in samples) for name in classes]
+    return [(len(samples) - p) / p if p else 1.0 for p in positives]

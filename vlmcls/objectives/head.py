@@ -12,7 +12,7 @@ from ..files import atomic_write
 from ..inputs import PromptBatches, collate
 from ..models import base_of
 from ..prompt import render_segments
-from .base import class_order, results_of
+from .base import class_order, positive_weights, results_of
 
 NAME = "head"
 SCORE_MODE = "head"
@@ -245,16 +245,6 @@ def class_weights(train_labels, classes, how):
         return None
     counts = Counter(train_labels)
     return [len(train_labels) / (len(classes) * max(counts[name], 1)) for name in classes]
-
-
-def positive_weights(samples, classes, how):
-    """Multi-label binary cross-entropy's per-class positive weights: with class_balance=weighted each class's
-    negatives over its positives in the training images (soft labels count their weights), so that each class's
-    positives weigh as much as its negatives; else None (all 1)."""
-    if how != "weighted":
-        return None
-    positives = [sum(s["labels"].get(name, 0.0) for s in samples) for name in classes]
-    return [(len(samples) - p) / p if p else 1.0 for p in positives]
 
 
 def head_loss(model, inputs, weights, label_smoothing, multi_label=False):
