@@ -51,6 +51,7 @@ WEIGHTS_ONLY = "openvino int8 weights"  # OpenVINO int8 on a folder without its 
 # check images), so that its speed is measured where the export's check refuses it
 UNCHECKED = "openvino int8 unchecked"
 CALIBRATION_IMAGES = 16  # random-pixel images (IMAGE_SIZE) that calibrate the export's OpenVINO int8 graph
+CHECK_IMAGES = 8  # other random-pixel images on which the export checks that graph against float
 IMAGE_SIZE = "1024x512"  # WIDTHxHEIGHT of the random-pixel images
 WARMUP = 1  # untimed images before timing, in each process
 RUNS = 5  # timed images, one run each, in each process, fixed before the first (at least 5; fewer only with TINY)
@@ -227,11 +228,12 @@ def variants(out):
 
 
 def calibration_json(work):
-    """A data set JSON of CALIBRATION_IMAGES random-pixel images (other seeds than the timed ones)."""
+    """A data set JSON of CALIBRATION_IMAGES + CHECK_IMAGES random-pixel images (other seeds than the timed ones):
+    the export calibrates on the first, checks on the others."""
     folder = Path(work) / "calibration"
     folder.mkdir()
     samples = []
-    for i, image in enumerate(make_images(IMAGE_SIZE, CALIBRATION_IMAGES, SEED + 1)):
+    for i, image in enumerate(make_images(IMAGE_SIZE, CALIBRATION_IMAGES + CHECK_IMAGES, SEED + 1)):
         image.save(folder / f"{i}.png")
         samples.append({"image": f"calibration/{i}.png", "label": CLASSES[i % len(CLASSES)]})
     (Path(work) / "calibration.json").write_text(json.dumps({"classes": CLASSES, "max_image_pixels": 10**9,
@@ -370,6 +372,7 @@ def main():
         head_model(model)
         # calibrated at one tile: the saved processor's 2048 px would make every calibration image 9+ tiles
         exported = export(model, out, work, "256M", f"--calibration_json={calibration_json(work)}",
+                          f"--calibration_images={CALIBRATION_IMAGES}", f"--check_images={CHECK_IMAGES}",
                           "--image_longest_edge=512", "--image_splitting=false")
         exported["openvino_int8"] = json.loads((out / "export.json").read_text())["openvino_int8"]
         variants(out)
