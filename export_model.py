@@ -17,6 +17,9 @@ QUANTIZE = "none"  # "int8": also model.int8.onnx, int8 weights (onnxruntime's d
 # weights and activations (--runtime=openvino --quantize=int8); "" = the training JSON fine_tune.py recorded
 CALIBRATION_JSON = ""
 CALIBRATION_IMAGES = 16  # images of CALIBRATION_JSON that calibrate it, taken from each class in turn
+# images of CALIBRATION_JSON after the calibration images (taken the same way, never calibrating) on which the
+# OpenVINO int8 graph must keep the float graph's top class, beside the synthetic 1- and 3-tile check images
+CHECK_IMAGES = 8
 CLASSES = []  # objective=answer: the classes the graph scores, fixed at export; [] = those saved with the model
 IMAGE_LONGEST_EDGE = None  # None = the resolution saved with the model (the graph takes any; this sets the processor)
 IMAGE_SPLITTING = None  # None = as saved with the model
@@ -28,7 +31,7 @@ def main():
     record = export_model(saved, OUTPUT_DIR, classes=CLASSES, quantize=QUANTIZE,
                           image_longest_edge=IMAGE_LONGEST_EDGE, image_splitting=IMAGE_SPLITTING,
                           opset=OPSET_VERSION, record=settings_of(globals()),
-                          calibration=calibration_images(saved, CALIBRATION_JSON, CALIBRATION_IMAGES)
+                          calibration=calibration_images(saved, CALIBRATION_JSON, CALIBRATION_IMAGES, CHECK_IMAGES)
                           if QUANTIZE == "int8" else None)
     print(describe(record, OUTPUT_DIR))
 

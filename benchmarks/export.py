@@ -9,8 +9,8 @@ tiles and the global view; SETTINGS chooses), THREADS threads: PyTorch fp32 and 
 --quantize=int8), ONNX Runtime fp32 and int8 (vlmcls.onnx_runtime: the export's int8 graph, per-channel with the
 head in float; beside it the int8 graph as export_model.py wrote it before, per-tensor with the head quantised,
 and per-tensor with the head in float), OpenVINO fp32 and int8 (vlmcls.openvino_runtime, --runtime=openvino: the
-export's int8 graph of int8 weights and activations, calibrated on CALIBRATION_IMAGES random-pixel images; beside
-it int8 weights alone, compressed as it loads). The
+export's int8 graph of int8 weights and activations, calibrated on CALIBRATION_IMAGES random-pixel images and
+checked on CHECK_IMAGES others; beside it int8 weights alone, compressed as it loads). The
 floor is one pass of the vision encoder and connector (Idefics3's get_image_features) over the same pixels in
 PyTorch fp32; every time is also given as a multiple of it. Each setting runs in one fresh process holding every
 runtime, which times RUNS images (fixed before the first, at least 5) after WARMUP untimed ones, each image by every
@@ -51,6 +51,7 @@ WEIGHTS_ONLY = "openvino int8 weights"  # OpenVINO int8 on a folder without its 
 # check images), so that its speed is measured where the export's check refuses it
 UNCHECKED = "openvino int8 unchecked"
 CALIBRATION_IMAGES = 16  # random-pixel images (IMAGE_SIZE) that calibrate the export's OpenVINO int8 graph
+CHECK_IMAGES = 8  # other random-pixel images on which the export checks that graph against float
 IMAGE_SIZE = "1024x512"  # WIDTHxHEIGHT of the random-pixel images
 WARMUP = 1  # untimed images before timing, in each process
 RUNS = 5  # timed images, one run each, in each process, fixed before the first (at least 5; fewer only with TINY)
@@ -227,11 +228,12 @@ def variants(out):
 
 
 def calibration_json(work):
-    """A data set JSON of CALIBRATION_IMAGES random-pixel images (other seeds than the timed ones)."""
+    """A data set JSON of CALIBRATION_IMAGES + CHECK_IMAGES random-pixel images (other seeds than the timed ones):
+    the export calibrates on the first, checks on the others."""
     folder = Path(work) / "calibration"
     folder.mkdir()
     samples = []
-    for i, image in enumerate(make_images(IMAGE_SIZE, CALIBRATION_IMAGES, SEED + 1)):
+    for i, image in enumerate(make_images(IMAGE_SIZE, CALIBRATION_IMAGES + CHECK_IMAGES, SEED + 1)):
         image.save(folder / f"{i}.png")
         samples.append({"image": f"calibration/{i}.png", "label": CLASSES[i % len(CLASSES)]})
     (Path(work) / "calibration.json").write_text(json.dumps({"classes": CLASSES, "max_image_pixels": 10**9,
@@ -252,7 +254,8 @@ def elpv_models(work):
 def static_line(exported):
     """What the export did with its OpenVINO int8 graph, and so what the openvino int8 row ran."""
     static = exported["openvino_int8"]
-    checks = "; ".join(f"{c['tiles']} tile(s): largest probability difference {c['largest_probability_difference']:.2g}"
+    checks = "; ".join(f"{Path(c['image']).name if 'image' in c else 'synthetic'}, {c['tiles']} tile(s): largest "
+                       f"probability difference {c['largest_probability_difference']:.2g}"
                        f"{'' if c['same_top_class'] else ', another top class'}" for c in static.get("against_float", []))
     if static.get("file"):
         return f"In this run the export wrote its OpenVINO int8 graph (against float: {checks})."
@@ -323,7 +326,8 @@ def report(results, exported, sizes, agreement, started, elapsed):
   quantised too); "per-tensor": per-tensor with the head in float. PyTorch int8: the scripts' --quantize=int8
   (torch's dynamic quantisation). OpenVINO (--runtime=openvino): model.onnx in f32; int8: the export's OpenVINO
   int8 graph (NNCF's post-training quantisation, int8 weights and activations, the head in float, calibrated on
-  {CALIBRATION_IMAGES} other random-pixel images at one tile); int8 weights: model.onnx's weights compressed by NNCF
+  {CALIBRATION_IMAGES} other random-pixel images at one tile, checked on {CHECK_IMAGES} more beside the export's
+  synthetic images); int8 weights: model.onnx's weights compressed by NNCF
   (int8, per channel, the head in float) as it loads, what a folder exported without calibration images runs;
   int8 unchecked: the export's int8 graph made again without its check against float (its speed only: it is not
   what the export gives where the check refuses it). {static_line(exported)}
@@ -370,6 +374,7 @@ def main():
         head_model(model)
         # calibrated at one tile: the saved processor's 2048 px would make every calibration image 9+ tiles
         exported = export(model, out, work, "256M", f"--calibration_json={calibration_json(work)}",
+                          f"--calibration_images={CALIBRATION_IMAGES}", f"--check_images={CHECK_IMAGES}",
                           "--image_longest_edge=512", "--image_splitting=false")
         exported["openvino_int8"] = json.loads((out / "export.json").read_text())["openvino_int8"]
         variants(out)

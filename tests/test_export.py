@@ -21,6 +21,7 @@ from conftest import COLOURS, ROOT, as_multi_label, report_in, run_script
 from vlmcls.app import classify_files
 from vlmcls.cli import UserError
 from vlmcls.export import export_model
+from vlmcls.images import images_in_turn
 from vlmcls.onnx_runtime import OnnxPredictor
 from vlmcls.prediction import evaluate_with
 from vlmcls.prompt import classification_question
@@ -321,11 +322,15 @@ def test_export_writes_a_checked_openvino_int8_graph_calibrated_on_the_images_gi
                                 "samples": [{"image": str(p), "label": p.name.split("_")[0]} for p in paths]}))
     out = tmp_path / "onnx"
     run_script("export_model.py", f"--model_path={saved_models['head']}", f"--output_dir={out}", "--quantize=int8",
-               f"--calibration_json={data}", "--calibration_images=5", cwd=tmp_path)
+               f"--calibration_json={data}", "--calibration_images=4", "--check_images=2", cwd=tmp_path)
     record = json.loads((out / EXPORT_FILE).read_text())
     static = record["openvino_int8"]
-    assert static["file"] == OPENVINO_INT8_FILE and static["calibration"] == {"json": str(data), "images": 5}
-    assert static["precision"] == "f32" and [c["tiles"] for c in static["against_float"]] == [1, 3]
+    assert static["file"] == OPENVINO_INT8_FILE
+    assert static["calibration"] == {"json": str(data), "images": 4, "check_images": 2}
+    # the synthetic images at 1 and 3 tiles, then the data set's 2 images after the 4 that calibrated it
+    assert static["precision"] == "f32" and [c["tiles"] for c in static["against_float"][:2]] == [1, 3]
+    in_turn = images_in_turn(json.loads(data.read_text()), 6)
+    assert [c.get("image") for c in static["against_float"][2:]] == in_turn[4:] and len(in_turn) == 6
     assert all(c["same_top_class"] for c in static["against_float"])
     assert {OPENVINO_INT8_FILE, OPENVINO_INT8_FILE.replace(".xml", ".bin")} <= set(record["manifest"])
     images = noisy_images(tmp_path / "unseen", SIZES[:2], seed=1)
@@ -340,29 +345,32 @@ def test_export_writes_a_checked_openvino_int8_graph_calibrated_on_the_images_gi
 
 
 def test_an_openvino_int8_graph_that_changes_a_top_class_is_not_written(exported, tmp_path, monkeypatch):
-    """The OpenVINO int8 graph is written only where its top class is the float graph's on every check image; one
-    that changes it on a check (here 3 tiles) is left out and export.json says why, as it does without calibration
-    images. The calibration inputs are the images given, encoded as the runtime encodes them."""
+    """The OpenVINO int8 graph is written only where its top class is the float graph's on every check: the
+    synthetic images and the calibration JSON's check images; one that changes it on a check (3 tiles, or a check
+    image) is left out and export.json says why, as it does without calibration images. The calibration inputs are
+    the calibration images alone, encoded as the runtime encodes them; the check images are checked, named."""
     from vlmcls import openvino_runtime
     from vlmcls.export import example_inputs, openvino_int8
     from vlmcls.models import load_processor
     processor = load_processor(exported["head"])
     examples = [example_inputs(processor, QUESTION, 1), example_inputs(processor, QUESTION)]
-    images = noisy_images(tmp_path, SIZES[:3])[:3]  # one colour at 1, 3 and 5 tiles
+    images = noisy_images(tmp_path, SIZES)[:4]  # one colour at 1, 3, 5 and 3 tiles
     calls = {}
     monkeypatch.setattr(openvino_runtime, "quantize_static", lambda file, nodes, feeds: calls.update(feeds=feeds))
     monkeypatch.setattr(openvino_runtime, "compile_model", lambda model: None)
     monkeypatch.setattr(openvino_runtime, "save", lambda model, file: calls.update(saved=file))
-    for same in (True, False):
+    for changed in (None, 1, 3):  # the check whose top class changes: none, the 3 tiles, the second check image
         calls.clear()
         monkeypatch.setattr("vlmcls.export.check_against_float", lambda fp32, scores, found: [
-            {"tiles": int(e[1].shape[1]), "largest_probability_difference": 0.1, "same_top_class": same or i == 0}
+            {"tiles": int(e[1].shape[1]), "largest_probability_difference": 0.1, "same_top_class": i != changed}
             for i, e in enumerate(found)])
-        record = openvino_int8(tmp_path, processor, QUESTION, ["node"], ("data.json", images, 10**8), examples)
-        assert [c["tiles"] for c in record["against_float"]] == [1, 3]
-        assert record["calibration"] == {"json": "data.json", "images": 3}
+        record = openvino_int8(tmp_path, processor, QUESTION, ["node"], ("data.json", images[:3], images[3:] * 2,
+                                                                         10**8), examples)
+        assert [c["tiles"] for c in record["against_float"]] == [1, 3, 3, 3]
+        assert [c.get("image") for c in record["against_float"]] == [None, None, str(images[3]), str(images[3])]
+        assert record["calibration"] == {"json": "data.json", "images": 3, "check_images": 2}
         assert [f["pixel_values"].shape[1] for f in calls["feeds"]] == [1, 3, 5]
-        if same:
+        if changed is None:
             assert record["file"] == OPENVINO_INT8_FILE and calls["saved"] == tmp_path / OPENVINO_INT8_FILE
         else:
             assert record["file"] is None and "saved" not in calls and "top class" in record["reason"]

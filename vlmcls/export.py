@@ -169,14 +169,15 @@ def onnx_scores(file):
 
 def check_against_float(fp32_file, scores, examples):
     """Quantised scores (`scores`: a function of a feed, as onnx_scores gives) against the float graph's: their
-    probabilities (softmax) on each example's inputs: [{tiles, largest probability difference, same top class}]."""
+    probabilities (softmax) on each example's inputs ((input_ids, pixel_values), torch or numpy): [{tiles, largest
+    probability difference, same top class}]."""
     import numpy as np
 
     from .calibration import softmax
     float_scores = onnx_scores(fp32_file)
     checks = []
     for input_ids, pixel_values in examples:
-        feed = {"input_ids": input_ids.numpy(), "pixel_values": pixel_values.numpy()}
+        feed = {"input_ids": np.asarray(input_ids), "pixel_values": np.asarray(pixel_values)}
         fp32, int8 = (np.asarray(softmax(run(feed).tolist())) for run in (float_scores, scores))
         checks.append({"tiles": int(pixel_values.shape[1]),
                        "largest_probability_difference": float(np.abs(fp32 - int8).max()),
@@ -184,40 +185,47 @@ def check_against_float(fp32_file, scores, examples):
     return checks
 
 
-def calibration_images(saved, json_path, count):
-    """(the data set JSON, up to `count` of its images from each class in turn, its max_image_pixels) that calibrate
-    OpenVINO's int8 graph: `json_path`, else the training JSON fine_tune.py recorded for the model when it is still
-    there; None when there is neither."""
+def calibration_images(saved, json_path, count, check=0):
+    """(the data set JSON, up to `count` of its images from each class in turn, the next `check` images taken the
+    same way, its max_image_pixels): the images that calibrate OpenVINO's int8 graph and those that check it beside
+    the synthetic ones (never among the calibration images), of `json_path`, else of the training JSON fine_tune.py
+    recorded for the model when it is still there; None when there is neither."""
     from .images import images_in_turn, read_dataset_json, recorded_json
     json_path = json_path or recorded_json(saved.path, "train_json")
     if not json_path:
         return None
     data = read_dataset_json(json_path)
-    return str(json_path), images_in_turn(data, count), data["max_image_pixels"]
+    taken = images_in_turn(data, count + check)
+    return str(json_path), taken[:count], taken[count:], data["max_image_pixels"]
 
 
 def openvino_int8(folder, processor, question, float_nodes, calibration, examples):
-    """OpenVINO's graph of int8 weights and activations, calibrated on the images of `calibration`
+    """OpenVINO's graph of int8 weights and activations, calibrated on the calibration images of `calibration`
     (calibration_images'), written to `folder` as OPENVINO_INT8_FILE only when its top class is the float graph's
-    on every example (one tile and several). Returns export.json's openvino_int8: the file (None when not written)
-    and why, the calibration, the precision it runs at and its check against the float graph."""
+    on every example (one tile and several) and on each of the calibration JSON's check images. Returns
+    export.json's openvino_int8: the file (None when not written) and why, the calibration, the precision it runs
+    at and its check against the float graph (a check image's entry names it)."""
     from .onnx_runtime import ArrayEncoder
     from .openvino_runtime import FEED, PRECISION, compile_model, quantize_static, save
     from .prompt import render_segments
     if calibration is None:
         return {"file": None, "reason": "no calibration images: give export_model.py --calibration_json"}
-    json_path, images, max_pixels = calibration
+    json_path, images, check_images, max_pixels = calibration
     encoder, segments = ArrayEncoder(processor, max_pixels), render_segments(processor, [(question, None)])
     feeds = [dict(zip(FEED, encoder.example(image, segments))) for image in images]
     model = quantize_static(folder / MODEL_FILE, float_nodes, feeds)
     compiled = compile_model(model)
-    checks = check_against_float(folder / MODEL_FILE, lambda feed: compiled(feed)[0][0], examples)
+    checks = check_against_float(folder / MODEL_FILE, lambda feed: compiled(feed)[0][0],
+                                 [*examples, *(encoder.example(image, segments) for image in check_images)])
+    for check, image in zip(checks[len(examples):], check_images):
+        check["image"] = str(image)
     kept = all(c["same_top_class"] for c in checks)
     if kept:
         save(model, folder / OPENVINO_INT8_FILE)
     return {"file": OPENVINO_INT8_FILE if kept else None,
             **({} if kept else {"reason": "its top class was not the float graph's on a check image"}),
-            "calibration": {"json": json_path, "images": len(feeds)}, "precision": PRECISION,
+            "calibration": {"json": json_path, "images": len(feeds), "check_images": len(check_images)},
+            "precision": PRECISION,
             "against_float": checks}
 
 
@@ -348,10 +356,14 @@ def describe(record, out):
     """The console lines of a finished export."""
     sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in record["files"].items())
     def checks(name, found):
+        synthetic = [c for c in found.get("against_float", []) if "image" not in c]
+        images = [c for c in found.get("against_float", []) if "image" in c]
         return "".join(f"; {name} against float at {c['tiles']} tile{'s' if c['tiles'] > 1 else ''}: largest "
                        f"probability difference {c['largest_probability_difference']:.2g}, "
-                       f"{'same top class' if c['same_top_class'] else 'ANOTHER TOP CLASS'}"
-                       for c in found.get("against_float", []))
+                       f"{'same top class' if c['same_top_class'] else 'ANOTHER TOP CLASS'}" for c in synthetic) + (
+            f"; {name} against float on {len(images)} check images of the calibration JSON: largest probability "
+            f"difference {max(c['largest_probability_difference'] for c in images):.2g}, same top class on "
+            f"{sum(c['same_top_class'] for c in images)}" if images else "")
     static = record.get("openvino_int8", {})
     int8 = checks("int8", record.get("int8_check", {})) + checks("OpenVINO int8", static) + (
         "" if not static or static["file"] else f"; no OpenVINO int8 graph written: {static['reason']}")
