@@ -163,11 +163,11 @@ def mean_mass(planted, method):
     return statistics.mean(m for r in planted for m in r["methods"][method]["mass"])
 
 
-def report(planted, replica, started, elapsed, default):
+def report(planted, replica, started, elapsed, default, code):
     lines = [
         "# Explanation methods: pointing game on planted evidence, cost per image", "",
         command("explain.py"), "",
-        f"- Commit {commit()}; started {started}, {elapsed / 60:.1f} min, {THREADS} torch thread(s), CPU time.",
+        f"- Commit {code}; started {started}, {elapsed / 60:.1f} min, {THREADS} torch thread(s), CPU time.",
         f"- Planted evidence: {RUNS} runs (seeds 0-{RUNS - 1}), each a tiny SmolVLM-architecture model (128-px "
         f"tile, 8-px patches) with a head, trained from scratch {STEPS} steps of 16 on {TRAIN_IMAGES} images and "
         f"explaining {TEST_IMAGES} held-out ones (64x64 grey noise with a 12-px red or blue marker, or none: three "
@@ -215,6 +215,7 @@ def main():
     import torch
     torch.set_num_threads(THREADS)
     started, start = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.perf_counter()
+    code = commit()  # before the run writes its picture, a tracked file
     with tempfile.TemporaryDirectory(prefix="explain-benchmark-") as temporary:
         work = Path(temporary)
         planted = []
@@ -237,7 +238,7 @@ def main():
     affordable = [m for m in METHODS if cost[m] <= MAX_COST]
     default = max(affordable, key=pooled.get) if affordable else "none"
     picture({m: planted[0]["examples"][m] for m in METHODS}, PICTURE or ROOT / "docs" / "explain-planted.png")
-    write_report(report(planted, replica, started, time.perf_counter() - start, default),
+    write_report(report(planted, replica, started, time.perf_counter() - start, default, code),
                  OUTPUT or ROOT / "benchmarks" / "results-explain.md")
 
 
