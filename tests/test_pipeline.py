@@ -66,6 +66,20 @@ def test_fine_tune_saves_model_processor_logs_and_classes(pipeline):
     assert json.loads((model / "classes.json").read_text())["classes"] == ["blue", "green", "red"]
 
 
+def test_a_single_label_run_writes_nothing_of_multi_label_runs(pipeline):
+    """Issue 44 left single-label runs as they were: no multi-label record in classes.json, none of the multi-label
+    columns in predictions.csv or measures in report.json, the confusion matrix and not precision-recall curves."""
+    model = pipeline["model"]
+    record = json.loads((model / "classes.json").read_text())
+    assert not {"multi_label", "thresholds", "thresholds_chosen"} & record.keys()
+    report_dir = model / "reports" / "test_set"
+    header = next(csv.reader(open(report_dir / "predictions.csv")))
+    assert "predicted_labels" not in header and not [c for c in header if c.startswith("probability_")]
+    report = json.loads((report_dir / "report.json").read_text())
+    assert not {"mean_average_precision", "micro_f1", "exact_set_accuracy", "hamming_loss"} & report.keys()
+    assert (report_dir / "confusion_matrix.png").is_file() and not (report_dir / "pr_curves.png").exists()
+
+
 def test_saved_processor_carries_the_training_resolution(pipeline, tiny_smolvlm):
     from transformers import AutoProcessor
     assert AutoProcessor.from_pretrained(tiny_smolvlm).image_processor.size["longest_edge"] == 2048
