@@ -43,16 +43,21 @@ def paired_interval(runs, baseline, metric, resamples, seed=0):
 
     def score(true, pred):
         return float(np.mean(true == pred)) if metric == "accuracy" else macro_f1(true, pred, n)
+    return bootstrap(units, lambda true, row, base: score(true, row) - score(true, base), resamples, seed)
 
-    def difference(picks):
-        return statistics.mean(score(true[p], row[p]) - score(true[p], base[p])
-                               for (true, row, base), p in picks)
+
+def bootstrap(units, difference, resamples, seed=0):
+    """The mean over splits of difference(*unit) (row - baseline), each unit a split's arrays over the same
+    images (first axis), and its 95% bootstrap interval: each resample draws splits with replacement, then the
+    images of each drawn split with replacement, and scores both rows on the same drawn images."""
+    import numpy as np
     rng = np.random.default_rng(seed)
-    observed = difference([(u, slice(None)) for u in units])
+    observed = statistics.mean(difference(*u) for u in units)
     draws = []
     for _ in range(resamples):
         chosen = [units[i] for i in rng.integers(len(units), size=len(units))]
-        draws.append(difference([(u, rng.integers(len(u[0]), size=len(u[0]))) for u in chosen]))
+        picks = [(u, rng.integers(len(u[0]), size=len(u[0]))) for u in chosen]
+        draws.append(statistics.mean(difference(*(a[p] for a in u)) for u, p in picks))
     low, high = np.percentile(draws, [2.5, 97.5])
     tail = min(sum(d <= 0 for d in draws), sum(d >= 0 for d in draws))
     return Interval(observed, float(low), float(high), min(1.0, 2 * (tail + 1) / (resamples + 1)))

@@ -57,25 +57,37 @@ def chosen_thresholds(probs, labels, classes):
             "thresholds_chosen": f"F1-optimal per class on {len(labels)} validation images (ties: the largest)"}
 
 
+def average_precisions(truth, scores):
+    """Each class's average precision (scikit-learn's) from (images, classes) truth and scores, None for a class
+    that no image carries (AP means nothing without one)."""
+    from sklearn.metrics import average_precision_score
+    return [float(average_precision_score(truth[:, j], scores[:, j])) if truth[:, j].any() else None
+            for j in range(truth.shape[1])]
+
+
+def mean_average_precision(ap):
+    """report.json's mAP: the macro mean of average_precisions' values over the classes some image carries (None
+    where none does)."""
+    carried = [a for a in ap if a is not None]
+    return float(np.mean(carried)) if carried else None
+
+
 def measures(labels, probs, predicted, classes):
     """report.json's multi-label measures of images with true `labels` ({label: weight} each), `probs` ({class:
     probability} each) and `predicted` (the labels predicted, a list each), by scikit-learn: per class precision,
     recall, F1, average precision (AP) and support; mean_average_precision (the macro mean of AP over the classes
     some image carries: AP means nothing without one), micro and macro F1, exact-set accuracy (every label right)
     and Hamming loss (the share of wrong image-class decisions)."""
-    from sklearn.metrics import accuracy_score, average_precision_score, f1_score, hamming_loss, \
-        precision_recall_fscore_support
+    from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support
     truth, scores = truth_matrix(labels, classes), probability_matrix(probs, classes)
     decided = np.array([[name in chosen for name in classes] for chosen in predicted], dtype=bool)
     decided = decided.reshape(len(predicted), len(classes))
     precision, recall, f1, support = precision_recall_fscore_support(truth, decided, average=None, zero_division=0)
-    carried = truth.any(0)
-    ap = [float(average_precision_score(truth[:, j], scores[:, j])) if carried[j] else None
-          for j in range(len(classes))]
+    ap = average_precisions(truth, scores)
     per_class = {name: {"precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j]),
                         "average_precision": ap[j], "support": int(support[j])} for j, name in enumerate(classes)}
     return {"total": len(labels),
-            "mean_average_precision": float(np.mean([a for a in ap if a is not None])) if carried.any() else None,
+            "mean_average_precision": mean_average_precision(ap),
             "micro_f1": float(f1_score(truth, decided, average="micro", zero_division=0)),
             "macro_f1": float(f1_score(truth, decided, average="macro", zero_division=0)),
             "exact_set_accuracy": float(accuracy_score(truth, decided)),
