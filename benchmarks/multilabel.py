@@ -48,6 +48,9 @@ VAL_RATIO = 0.15  # its share taken from the training side to choose each class'
 LEARNING_RATES = {"head": 2e-3, "answer": 2e-3}
 ROWS = {"head": {"objective": "head"}, "answer": {"objective": "answer"}}  # fine_tune.py settings of each row
 AA_SEED_OFFSET = accuracy.AA_SEED_OFFSET  # the A/A rows' model and data-order seed: the split's seed plus this
+# validation once, at the end (it chooses the thresholds): the answer's (a question a class) takes seconds, and
+# fine_tune.py's time limit, checked when a step ends, let the first run's mid-run validations overrun it by up to 17 s
+EVAL_STEPS = 1_000_000_000
 BOOTSTRAP = 1000  # bootstrap resamples of each mAP interval (each recomputes every class's AP)
 THREADS = 1  # torch threads per script (OMP_NUM_THREADS)
 WORK_DIR = ""  # pictures, models and runs; "": a temporary folder, removed at the end
@@ -106,7 +109,8 @@ def one_run(row, seed, files, model, model_seed, work):
     out = work / "runs" / f"{row}-split{seed}"
     unit = accuracy.Unit("smolvlm", accuracy.SHORT_SECONDS, "multilabel-digits", row, LEARNING_RATES[recipe], seed)
     given = {"train": files["train"], "validated_train": files["train"], "validated_val": files["val"]}
-    args = accuracy.fine_tune_args(unit, {**ROWS[recipe], "validate": True}, given, model_seed, model, out / "model")
+    args = [f"--eval_steps={EVAL_STEPS}" if a.startswith("--eval_steps=") else a for a in accuracy.fine_tune_args(
+        unit, {**ROWS[recipe], "validate": True}, given, model_seed, model, out / "model")]
     key = {"code": code_hash(), "args": args, "test": str(files["test"])}
     if (out / "result.json").is_file() and (stored := json.loads((out / "result.json").read_text()))["key"] == key:
         return stored
