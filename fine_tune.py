@@ -201,7 +201,8 @@ def main():
                                       encoder=encoder, processor=processor, end_ids=end_ids, features=states)
         metrics = trainer.evaluate(test_set, metric_key_prefix="test")
         if trainer.is_world_process_zero():
-            print(f"test loss ({objective.TEST_LOSS}): {metrics['test_loss']:.4f}")
+            print(f"test loss ({objective.MULTI_LABEL_LOSS if multi_label else objective.TEST_LOSS}): "
+                  f"{metrics['test_loss']:.4f}")
     save_fine_tuned(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
                     calibration=calibration, objective=OBJECTIVE, training_images=training_images,
                     multi_label=thresholds if multi_label else None,

@@ -18,7 +18,8 @@ NAME = "answer"
 FILES = ()  # it adds nothing to the model
 SCORE_MODE = "score"
 SCORED_BY = "the likelihood of its answer (score mode)"
-TEST_LOSS = "classification answers; yes/no answers, weighted by the label weights, for multi-label data"
+TEST_LOSS = "classification answers"
+MULTI_LABEL_LOSS = "yes/no answers, weighted by the label weights"
 MULTI_LABEL = "yes_no_thresholds"  # a multi-label model's attribute: its {class: threshold} (None: 0.5 each)
 
 

@@ -8,6 +8,7 @@ An objective is one module of this package (answer.py, head.py) defining, at mod
     SCORE_MODE            the mode that score mode (the default) means for a model trained with it
     SCORED_BY             how its class scores come about, in words (the app's page says it)
     TEST_LOSS             what its test loss measures, in words (fine_tune.py prints it)
+    MULTI_LABEL_LOSS      the same, on multi-label data
     check_settings(*, freeze_backbone, use_lora, class_balance, augment, cached, label_smoothing, multi_label)
                           refuse settings that mean nothing together (multi_label: the training data is
                           multi-label), before the model loads
@@ -55,7 +56,7 @@ import math
 
 from ..cli import UserError
 
-OPERATIONS = ("NAME", "FILES", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "check_settings", "carries", "attach",
+OPERATIONS = ("NAME", "FILES", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "MULTI_LABEL_LOSS", "check_settings", "carries", "attach",
               "prepare", "features", "training_set", "test_set", "save", "load", "prediction_mode",
               "results_from_features", "scoring_module", "scoring_layer", "output_order")
 

@@ -17,7 +17,8 @@ from .base import class_order, positive_weights, results_of
 NAME = "head"
 SCORE_MODE = "head"
 SCORED_BY = "its classification head"
-TEST_LOSS = "head cross-entropy; binary, a sigmoid a class, for multi-label data"
+TEST_LOSS = "head cross-entropy"
+MULTI_LABEL_LOSS = "head binary cross-entropy, a sigmoid a class"
 HEAD_NAME = "classifier_head"  # the head's attribute on the model (and its key prefix in checkpoints)
 HEAD_FILE = "classifier.safetensors"  # the head's weights in a saved model folder
 FILES = (HEAD_FILE,)
