@@ -107,12 +107,14 @@ def test_either_objective_any_tile_layout(planted):
     assert found["map"].shape == (128, 256) and 0 <= found["point"][0] < 300 and 0 <= found["point"][1] < 150
 
 
-def test_an_exported_model_and_int8_weights_are_refused_saying_why():
-    exported = SimpleNamespace(path="model-onnx", export={"runtime": "onnx"})
+def test_an_exported_model_int8_weights_and_a_multi_label_model_are_refused_saying_why():
+    exported = SimpleNamespace(path="model-onnx", export={"runtime": "onnx"}, multi_label=False)
     with pytest.raises(UserError, match="model-onnx is an exported model: explanations need PyTorch"):
         check_explainable([exported], "score", "none")
     with pytest.raises(UserError, match="int8 weights have no gradients: explanations need --quantize=none"):
-        check_explainable([SimpleNamespace(path="model", export=None)], "score", "int8")
+        check_explainable([SimpleNamespace(path="model", export=None, multi_label=False)], "score", "int8")
+    with pytest.raises(UserError, match="model is a multi-label model: explanations of multi-label models are not"):
+        check_explainable([SimpleNamespace(path="model", export=None, multi_label=True)], "score", "none")
 
 
 def test_the_contact_sheet_takes_the_most_confident_errors_and_the_uncertain_images():
