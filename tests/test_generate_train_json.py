@@ -248,7 +248,7 @@ def test_a_csv_of_one_label_per_image_writes_what_the_folders_write(tmp_path):
     assert "multi_label" not in json.loads(written[0]) and json.loads(written[2])["samples"][0]["label"] == "blue"
 
 
-def test_a_multi_label_csv_is_split_with_its_weights_and_refused_by_the_answer_objective_and_single_label_models(
+def test_a_multi_label_csv_is_split_with_its_weights_and_refused_where_it_cannot_be_trained_or_scored(
         tmp_path):
     make_colour_images(tmp_path / "images", per_class=8)
     images = tmp_path / "images"
@@ -279,10 +279,11 @@ def test_a_multi_label_csv_is_split_with_its_weights_and_refused_by_the_answer_o
             assert (f"images/{name}.png" in held) == (f"images/{name}_again.bmp" in held), name
         assert all(any(c in s["labels"] for s in data["samples"]) for c in data["classes"])  # every label in each
     # never trained or scored as single-label data
-    refused = run_script("fine_tune.py", "--objective=answer", cwd=tmp_path, check=False)
+    refused = run_script("fine_tune.py", "--objective=answer", "--class_balance=oversample", cwd=tmp_path,
+                         check=False)
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
-        "error: objective=answer does not train multi-label data yet (issue 44: its yes/no questions per class are a "
-        "later step): use objective=head")
+        "error: class_balance=oversample repeats each class's images, which multi-label images (several classes each) "
+        "cannot be: use class_balance=weighted (per-class weights of the yes answers)")
     refused = run_script("vlm_benchmark_test_dataset.py", "--model_path=nowhere", cwd=tmp_path, check=False)
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
         "error: nowhere: a single-label model, and these labels are multi-label: evaluate it on a single-label test "
