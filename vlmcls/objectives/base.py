@@ -55,9 +55,10 @@ vlmcls/objectives/__init__.py registers each module; everything above this layer
 import math
 
 from ..cli import UserError
+from ..multi_label import DEFAULT_THRESHOLD
 
-OPERATIONS = ("NAME", "FILES", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "MULTI_LABEL_LOSS", "check_settings", "carries", "attach",
-              "prepare", "features", "training_set", "test_set", "save", "load", "prediction_mode",
+OPERATIONS = ("NAME", "FILES", "MODES", "SCORE_MODE", "SCORED_BY", "TEST_LOSS", "MULTI_LABEL_LOSS", "check_settings",
+              "carries", "attach", "prepare", "features", "training_set", "test_set", "save", "load", "prediction_mode",
               "results_from_features", "scoring_module", "scoring_layer", "output_order")
 
 
@@ -108,7 +109,7 @@ def multi_label_results(rows, classes, order=None, thresholds=None):
     results = []
     for row in rows:
         probs = dict(zip(classes, (sigmoid(row[i]) for i in order) if order else map(sigmoid, row)))
-        labels = [name for name in classes if probs[name] >= (thresholds[name] if thresholds else 0.5)]
+        labels = [name for name in classes if probs[name] >= (thresholds[name] if thresholds else DEFAULT_THRESHOLD)]
         top = sorted(classes, key=lambda name: -probs[name])
         results.append({"answer": ";".join(labels), "pred": ";".join(labels), "labels": labels, "probs": probs,
                         "top2": top[:2]})
