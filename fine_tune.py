@@ -186,15 +186,14 @@ def main():
     if trainer.is_world_process_zero() and trainer.state.best_model_checkpoint:
         print(f"best checkpoint: {trainer.state.best_model_checkpoint} (validation {METRIC_FOR_BEST_MODEL} "
               f"{trainer.state.best_metric:.4f}), the model saved")
-    calibration = fit_calibration(trainer.validation_results(), val_data, [s["label"] for s in trained["samples"]],
+    validated = trainer.validation_results() if val_data else None
+    calibration = fit_calibration(validated, val_data, [s["label"] for s in trained["samples"]],
                                   metric=METRIC_FOR_BEST_MODEL, class_bias=FIT_CLASS_BIAS,
                                   temperature=FIT_TEMPERATURE) if val_data and not multi_label else None
-    if multi_label:  # decisions by per-class thresholds, chosen on the validation images where there are some
+    # multi-label decisions: per-class thresholds, chosen on the validation images where there are some
+    thresholds = chosen_thresholds(validated, val_data, train_data["classes"]) if multi_label else None
+    if multi_label:
         print("note: multi-label runs fit no class bias and no temperature (fit_class_bias, fit_temperature: issue 44)")
-        validated = trainer.validation_results() if val_data else None
-        thresholds = chosen_thresholds([r["probs"] for r in validated] if val_data else None,
-                                       [s["labels"] for s in val_data["samples"]] if val_data else None,
-                                       train_data["classes"])
     if test_rows:
         trainer.remove_callback(EarlyStoppingCallback)  # the test loss is no validation score to stop on
         test_set = objective.test_set(test_data, classes=train_data["classes"], question=train_data["question"],
@@ -205,7 +204,7 @@ def main():
                   f"{metrics['test_loss']:.4f}")
     save_fine_tuned(trainer, processor, train_data, OUTPUT_DIR, base_model_path=MODEL_PATH, merge_lora=USE_LORA,
                     calibration=calibration, objective=OBJECTIVE, training_images=training_images,
-                    multi_label=thresholds if multi_label else None,
+                    multi_label=thresholds,
                     run_config={"settings": settings_of(globals()), "device": device,
                                 "gradient_checkpointing": args.activation_checkpointing,
                                 "dtype": str(dtype).replace("torch.", ""), "versions": library_versions()})

@@ -144,6 +144,9 @@ def test_thresholds_are_each_classes_best_f1_ties_to_the_largest():
     # c: no image carries it (its weight 0.3 is under labels.PRESENT)
     assert fit_thresholds(probs, labels, ["a", "b", "c"]) == {"a": 0.4, "b": 0.9, "c": 0.5}
     assert chosen_thresholds(None, None, ["a", "b"])["thresholds"] == {"a": 0.5, "b": 0.5}
+    chosen = chosen_thresholds([{"probs": p} for p in probs], {"samples": [{"labels": x} for x in labels]},
+                               ["a", "b", "c"])  # fine_tune.py's call: validation results and the validation data
+    assert chosen["thresholds"] == {"a": 0.4, "b": 0.9, "c": 0.5} and "5 validation images" in chosen["thresholds_chosen"]
 
 
 def test_measures_equal_hand_computed_values():

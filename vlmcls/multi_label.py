@@ -46,14 +46,15 @@ def fit_thresholds(probs, labels, classes):
     return chosen
 
 
-def chosen_thresholds(probs, labels, classes):
-    """classes.json's record of a multi-label model's thresholds: fit_thresholds' on the validation images' `probs`
-    and `labels`, or DEFAULT_THRESHOLD each where `labels` is None (no validation images), and how they were
-    chosen."""
-    if labels is None:
+def chosen_thresholds(results, data, classes):
+    """classes.json's record of a multi-label model's thresholds: fit_thresholds' on the validation results (one
+    per image of the validation `data`), or DEFAULT_THRESHOLD each where there are none (`data` None), and how they
+    were chosen."""
+    if data is None:
         return {"thresholds": dict.fromkeys(classes, DEFAULT_THRESHOLD),
                 "thresholds_chosen": f"{DEFAULT_THRESHOLD} each: no validation images"}
-    return {"thresholds": fit_thresholds(probs, labels, classes),
+    labels = [s["labels"] for s in data["samples"]]
+    return {"thresholds": fit_thresholds([r["probs"] for r in results], labels, classes),
             "thresholds_chosen": f"F1-optimal per class on {len(labels)} validation images (ties: the largest)"}
 
 

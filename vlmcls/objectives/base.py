@@ -54,6 +54,8 @@ vlmcls/objectives/__init__.py registers each module; everything above this layer
 
 import math
 
+from scipy.special import expit
+
 from ..cli import UserError
 from ..multi_label import DEFAULT_THRESHOLD
 
@@ -96,11 +98,6 @@ def scored_results(rows, classes, order=None):
     return [ranked(classes, softmax([row[i] for i in order] if order else list(row))) for row in rows]
 
 
-def sigmoid(x):
-    """1 / (1 + e^-x), computed stably."""
-    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
-
-
 def multi_label_results(rows, classes, order=None, thresholds=None):
     """Multi-label results of rows of scores (one per output; each its class's logit): every class's sigmoid
     probability, and the labels predicted, those whose probability is at least their threshold (`thresholds`:
@@ -108,7 +105,7 @@ def multi_label_results(rows, classes, order=None, thresholds=None):
     probable classes). `order` as scored_results takes it."""
     results = []
     for row in rows:
-        probs = dict(zip(classes, (sigmoid(row[i]) for i in order) if order else map(sigmoid, row)))
+        probs = dict(zip(classes, map(float, expit([row[i] for i in order] if order else list(row)))))
         labels = [name for name in classes if probs[name] >= (thresholds[name] if thresholds else DEFAULT_THRESHOLD)]
         top = sorted(classes, key=lambda name: -probs[name])
         results.append({"answer": ";".join(labels), "pred": ";".join(labels), "labels": labels, "probs": probs,
