@@ -298,6 +298,19 @@ def test_openvino_gives_onnx_runtimes_probabilities_and_its_int8_keeps_the_scori
     assert found["int8_weights"] >= 20
 
 
+def test_the_float_scope_takes_the_named_nodes_and_their_parts_not_longer_numbers():
+    """NNCF matches each pattern at the start of a node's name: the scope keeps the scoring layer's nodes float, and
+    no other node whose name only begins with one of theirs."""
+    import re
+    from vlmcls.openvino_runtime import kept_float
+    patterns = kept_float(["node_linear_3", "/classifier_head/MatMul"]).patterns
+    names = ["node_linear_3", "node_linear_3/fq_weights_1", "node_linear_30", "node_linear_31/fq_weights_1",
+             "/classifier_head/MatMul", "/classifier_head/MatMul_1", "/classifier_head/MatMul2"]
+    taken = [n for n in names if any(re.match(p, n) for p in patterns)]
+    assert taken == ["node_linear_3", "node_linear_3/fq_weights_1", "/classifier_head/MatMul",
+                     "/classifier_head/MatMul_1"]
+
+
 # The export's OpenVINO int8 graph (int8 weights and activations), run in OpenVINO as in OPENVINO_CHECK
 STATIC_CHECK = """
 import json, sys

@@ -69,9 +69,11 @@ class OpenVinoPredictor(OnnxPredictor):
 
 
 def kept_float(float_nodes):
-    """NNCF's scope of the nodes of the layer that makes the scores (export.json's int8_check.float_nodes)."""
+    """NNCF's scope of the nodes of the layer that makes the scores (export.json's int8_check.float_nodes): each
+    name, and the nodes OpenVINO names after it (a suffix that does not go on with a digit: NNCF matches a pattern
+    at the start of a name, and node_linear_3 must not take node_linear_30 with it)."""
     import re
-    return nncf().IgnoredScope(patterns=[re.escape(n) + ".*" for n in float_nodes], validate=False)
+    return nncf().IgnoredScope(patterns=[re.escape(n) + r"(?![0-9])" for n in float_nodes], validate=False)
 
 
 def compress_int8(model, record):
