@@ -516,17 +516,8 @@ def check(overrides):
                  f"{DEFAULT_ROW!r} not among the rows, the default row's settings {differs} are not fine_tune.py's "
                  f"defaults, or split seeds {splits} are not whole blocks of {folds} folds (seeds b*{folds} to "
                  f"b*{folds}+{folds - 1}: each image scored once)")
-    if not (CONFIRM or PLAN):
-        if refusal := ledger.refuse_development(DEVELOPMENT_SPLITS):
-            sys.exit(f"error: {refusal}")
-        return
-    if refusal := ledger.refuse_confirmation(splits=CONFIRMATION_SPLITS, development=DEVELOPMENT_SPLITS,
-                                             overrides=overrides, ledger=ledger.read(LEDGER),
-                                             changed=ledger.uncommitted(),
-                                             resumed=ledger.stamp_of(WORK_DIR) if CONFIRM else None):
-        sys.exit(f"error: {refusal}")
-    if not Path(CHOICES).is_file():
-        sys.exit(f"error: {CHOICES} is missing: a development run makes the choices a confirmation runs with")
+    ledger.check_run(confirm=CONFIRM, plan=PLAN, splits=CONFIRMATION_SPLITS, development=DEVELOPMENT_SPLITS,
+                     overrides=overrides, path=LEDGER, folder=WORK_DIR, choices=CHOICES)
 
 
 def machine():
@@ -543,22 +534,12 @@ def main(overrides=()):
     splits = CONFIRMATION_SPLITS if CONFIRM or PLAN else DEVELOPMENT_SPLITS
     started, start = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.perf_counter()
     if PLAN:
-        if ledger.planned(ledger.read(LEDGER), splits):
-            sys.exit(f"error: split seeds {splits} are planned already: commit {ledger.LEDGER_PATH} and confirm")
-        entry = {"commit": ledger.git("rev-parse", "--short", "HEAD").strip(), "fingerprint": bound,
-                 "protocol": PROTOCOL, "splits": splits, "architectures": ARCHITECTURES, "rows": list(ROWS),
-                 "machine": machine(), "planned": started}
-        ledger.plan(LEDGER, entry)
-        print(f"planned: split seeds {splits}, fingerprint {bound['digest']}. Commit {ledger.LEDGER_PATH}, then run "
-              "--confirm=true")
+        ledger.plan(LEDGER, {"commit": ledger.git("rev-parse", "--short", "HEAD").strip(), "fingerprint": bound,
+                             "protocol": PROTOCOL, "splits": splits, "architectures": ARCHITECTURES,
+                             "rows": list(ROWS), "machine": machine(), "planned": started})
         return
     if CONFIRM:
-        for refusal in (ledger.refuse_unplanned(splits, bound["digest"], ledger.committed(),
-                                                ledger.stamp_of(WORK_DIR)),
-                        ledger.refuse_work_dir(WORK_DIR, bound["digest"], splits)):
-            if refusal:
-                sys.exit(f"error: {refusal}")
-        ledger.start(LEDGER, WORK_DIR, splits, bound["digest"], started, machine())
+        ledger.begin(LEDGER, ledger.committed(), WORK_DIR, splits, bound["digest"], started, machine())
     with tempfile.TemporaryDirectory(prefix="accuracy-benchmark-") as temporary:
         work = Path(WORK_DIR or temporary).resolve()
         work.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@ from common import ROOT
 # every tracked file that can change a number (git pathspecs): the code in every folder, the pins and the fixtures
 # (the stand-ins' tokenizer and processor)
 HASHED = [":(glob)**/*.py", ":(glob)**/requirements*.txt", "tests/fixtures"]
-# the development run's choices: in a confirmation's settings (so outside the code hash, which keys cached runs),
-# and committed like the code
-CHOSEN = ["benchmarks/accuracy-choices.json"]
+# the development runs' choices (accuracy.py's, multilabel.py's): in a confirmation's settings (so outside the code
+# hash, which keys cached runs), and committed like the code
+CHOSEN = ["benchmarks/accuracy-choices.json", "benchmarks/multilabel-choices.json"]
 PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers", "pillow", "numpy",
             "scikit-learn", "scipy", "elpv-dataset"]
 # settings a confirmation may be given on the command line: where files go, and its two steps, change no number
@@ -75,9 +75,9 @@ def read(path):
     return json.loads(Path(path).read_text()) if Path(path).is_file() else []
 
 
-def committed():
-    """The ledger as the checkout's HEAD holds it."""
-    return json.loads(git("show", f"HEAD:{LEDGER_PATH}"))
+def committed(path=LEDGER_PATH):
+    """The ledger at `path` (relative to the checkout) as the checkout's HEAD holds it."""
+    return json.loads(git("show", f"HEAD:{path}"))
 
 
 def uncommitted():
@@ -109,19 +109,34 @@ def refuse_confirmation(*, splits, development, overrides, ledger, changed, resu
     spent = {s for entry in ledger if entry is not own for s in entry["splits"]}
     if used := sorted(set(splits) & spent):
         block = max(spent) // 100 * 100 + 100
-        return (f"split seeds {used} are spent (benchmarks/confirmations.json): a seed confirms once, whatever the "
+        return (f"split seeds {used} are spent (the ledger holds them): a seed confirms once, whatever the "
                 f"code. Commit fresh ones, e.g. CONFIRMATION_SPLITS = {list(range(block, block + len(splits)))}")
     return None
 
 
-def refuse_unplanned(splits, digest, head, resumed=None):
-    """The reason a confirmation may not start, or None: its entry (--plan=true) must be in the ledger of HEAD,
-    planned for these seeds with this fingerprint (or, resumed, started), so that no one can run it and then delete
-    the record."""
+def check_run(*, confirm, plan, splits, development, overrides, path, folder, choices):
+    """Stop a development run on confirmation seeds (refuse_development), and a --plan or --confirm run that
+    refuse_confirmation refuses (`splits`, its ledger at `path`; a confirmation may resume in `folder`, its own) or
+    whose development run's `choices` file is missing."""
+    if not (confirm or plan):
+        if refusal := refuse_development(development):
+            sys.exit(f"error: {refusal}")
+        return
+    if refusal := refuse_confirmation(splits=splits, development=development, overrides=overrides, ledger=read(path),
+                                      changed=uncommitted(), resumed=stamp_of(folder) if confirm else None):
+        sys.exit(f"error: {refusal}")
+    if not Path(choices).is_file():
+        sys.exit(f"error: {choices} is missing: a development run makes the choices a confirmation runs with")
+
+
+def refuse_unplanned(splits, digest, head, resumed=None, path=LEDGER_PATH):
+    """The reason a confirmation may not start, or None: its entry (--plan=true) must be in the ledger of HEAD
+    (`head`, the ledger at `path`), planned for these seeds with this fingerprint (or, resumed, started), so that no
+    one can run it and then delete the record."""
     entry = planned(head, splits, resumed)
     if entry is None:
-        return (f"no entry planned for split seeds {splits} in HEAD's {LEDGER_PATH}: run with --plan=true, commit "
-                f"{LEDGER_PATH}, then --confirm=true")
+        return (f"no entry planned for split seeds {splits} in HEAD's {path}: run with --plan=true, commit "
+                f"{path}, then --confirm=true")
     if entry["fingerprint"]["digest"] != digest:
         return (f"the planned entry's fingerprint {entry['fingerprint']['digest']} is not this run's {digest}: code, "
                 "settings or packages changed since --plan=true")
@@ -173,6 +188,16 @@ def start(path, folder, splits, digest, started, machine):
     with_status(path, splits, status="started", resumed=entry.get("resumed", []) + [started], machine=machine)
 
 
+def begin(path, head, folder, splits, digest, started, machine):
+    """Start a confirmation (start), or stop with the reason it may not: HEAD's ledger (`head`, the one at `path`)
+    must hold its plan with this fingerprint, and its work folder must be empty or its own."""
+    for refusal in (refuse_unplanned(splits, digest, head, stamp_of(folder), path=path),
+                    refuse_work_dir(folder, digest, splits)):
+        if refusal:
+            sys.exit(f"error: {refusal}")
+    start(path, folder, splits, digest, started, machine)
+
+
 def with_status(path, splits, **changes):
     """The ledger with the changes applied to the latest entry of these split seeds, written whole."""
     from vlmcls.files import write_json
@@ -183,9 +208,13 @@ def with_status(path, splits, **changes):
 
 
 def plan(path, entry):
-    """Record a confirmation before it runs: its seeds are spent from now on, whether or not it ever finishes."""
+    """Record a confirmation before it runs: its seeds are spent from now on, whether or not it ever finishes. Seeds
+    planned already stop it: that plan is to be committed and confirmed."""
     from vlmcls.files import write_json
+    if planned(read(path), entry["splits"]):
+        sys.exit(f"error: split seeds {entry['splits']} are planned already: commit {Path(path).name} and confirm")
     write_json(path, read(path) + [{**entry, "status": "planned"}])
+    print(f"planned: split seeds {entry['splits']}. Commit {path}, then run --confirm=true")
 
 
 def finish(path, splits, output, decision, table):

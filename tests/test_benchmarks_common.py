@@ -9,7 +9,8 @@ import common  # noqa: E402
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # the benchmarks whose runs of different standing each keep a results file: accuracy.py's development (choices) and
 # confirmation (claims); export.py's --tiny=true run (the elpv agreement); copy_guard.py's run copying every image
-TWO_FILES = {"accuracy": ("development", "confirmation"), "export": ("tiny",), "copy-guard": ("all-copies",)}
+TWO_FILES = {"accuracy": ("development", "confirmation"), "export": ("tiny",), "copy-guard": ("all-copies",),
+             "multilabel": ("development",)}
 
 
 def test_a_recorded_command_names_path_settings_instead_of_this_machines_paths():
