@@ -240,7 +240,7 @@ def chance(results):
         f"; their mean (chance's mAP, about) **{shares.mean():.3f}**"
 
 
-def report(results, compared, choices, bound, splits, started, elapsed, counts):
+def report(results, compared, choices, bound, splits, started, elapsed, counts, code):
     kind = "confirmation" if CONFIRM else "development"
     rows = "\n".join(f"- {name}: " + " ".join(flag(k, v) for k, v in spec.items()) for name, spec in ROWS.items())
     rates = "; ".join(f"{row} **{c['chosen']:g}** (" + ", ".join(f"{float(lr):g}: {v:.3f}" for lr, v in
@@ -259,7 +259,7 @@ def report(results, compared, choices, bound, splits, started, elapsed, counts):
 
 {command("multilabel.py")}
 
-- {kind.capitalize()} run of commit {commit()}, split seeds {splits}; started {started}, {elapsed / 60:.1f} min, on
+- {kind.capitalize()} run of commit {code}, split seeds {splits}; started {started}, {elapsed / 60:.1f} min, on
   {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), one run at a time, {THREADS} thread(s) a script.
 - **Tiny stand-ins trained from scratch: they compare the objectives, nothing absolute.** accuracy.py's SmolVLM
   stand-in (Idefics3, vision {accuracy.VISION[1]} layers x {accuracy.VISION[0]}, language {accuracy.TEXT[1]} layers x
@@ -315,7 +315,7 @@ def main(overrides=()):
     bound = ledger.fingerprint({k: v for k, v in settings_of(globals()).items() if k not in ledger.HARMLESS |
                                 {"root", "ledger", "ledger_path", "choices"}} | {"choices": choices})
     machine = f"{accuracy.DEVICE}, {THREADS} thread(s) a script, {platform.machine()}, {os.cpu_count()} CPUs"
-    started, start = now(), time.perf_counter()
+    started, start, code = now(), time.perf_counter(), commit()  # before the ledger records the start
     if PLAN:
         ledger.plan(LEDGER, {"commit": ledger.git("rev-parse", "--short", "HEAD").strip(), "fingerprint": bound,
                              "protocol": PROTOCOL, "splits": splits, "rows": list(ROWS), "machine": machine,
@@ -340,7 +340,7 @@ def main(overrides=()):
     by_row = {row: runs for (row, _), runs in results.items()}
     compared = {row: map_interval(by_row[row], by_row[base]) for row, base in COMPARE.items()} if CONFIRM else {}
     output = OUTPUT or ROOT / "benchmarks" / f"results-multilabel{'' if CONFIRM else '-development'}.md"
-    write_report(report(results, compared, choices, bound, splits, started, time.perf_counter() - start, counts),
+    write_report(report(results, compared, choices, bound, splits, started, time.perf_counter() - start, counts, code),
                  output)
     if CONFIRM:
         ledger.finish(LEDGER, splits, Path(output).name, None, table(results, compared, choices))
