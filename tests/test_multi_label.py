@@ -99,6 +99,31 @@ def test_vlm_test_predicts_unlabelled_images_and_refuses_single_label_folders(mu
         "test JSON (generate_train_json.py)")
 
 
+def test_an_interrupted_multi_label_campaign_continues_to_the_files_of_an_uninterrupted_one(multi_label_run, tmp_path):
+    """vlm_test.py's resumable prediction with a multi-label model: from the state a kill leaves after three batches
+    (progress.json counting 12 files, labels.csv skipped and 11 images predicted, and the files' lengths then; the
+    rest of the rows lost), it predicts the other images only and ends with the uninterrupted run's files, byte for
+    byte."""
+    work = multi_label_run["work"]
+
+    def predict(report):
+        return run_script("vlm_test.py", f"--model_path={work / 'ml'}", f"--dataset_dir={work / 'markers'}",
+                          f"--report_dir={report}", "--num_workers=0", "--batch_size=4", cwd=tmp_path).stdout
+    predict(tmp_path / "whole")
+    whole = {p.name: p.read_bytes() for p in (tmp_path / "whole").iterdir() if p.name != "progress.json"}
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    rows = whole["predictions.csv"].splitlines(keepends=True)
+    (cut / "predictions.csv").write_bytes(b"".join(rows[:12]) + rows[12][:20])  # and half a line being written
+    (cut / "skipped.csv").write_bytes(whole["skipped.csv"])
+    progress = json.loads((tmp_path / "whole" / "progress.json").read_text())
+    progress.update(done=12, lengths={"predictions": len(b"".join(rows[:12])), "skipped": len(whole["skipped.csv"])})
+    (cut / "progress.json").write_text(json.dumps(progress))
+    assert "continuing an interrupted run: 12 of 73 images" in predict(cut)
+    assert {p.name: p.read_bytes() for p in cut.iterdir() if p.name != "progress.json"} == whole
+    assert "predicted_labels" in rows[0].decode()
+
+
 @pytest.mark.slow
 def test_what_does_not_take_a_multi_label_model_refuses_it_naming_the_folder(multi_label_run, tmp_path):
     from vlmcls.cli import UserError
