@@ -32,8 +32,8 @@ from paired import bootstrap, holm, verdict  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
 
 # planted-evidence runs, each a model trained afresh from its seed: seeds 0-2 chose the methods and the measures,
-# so the default and the sharper option are claimed from these, which no choice looked at
-SEEDS = [100, 101, 102, 103, 104]
+# 100-104 showed the strongest point's edge bias (fixed since), so the claims come from these, which no choice saw
+SEEDS = [200, 201, 202, 203, 204]
 TRAIN_IMAGES = 300  # planted images a model trains on
 TEST_IMAGES = 60  # held-out planted images it explains
 STEPS = 150  # training steps of 16 images
@@ -184,7 +184,8 @@ def report(planted, replica, started, elapsed, default, sharper, code):
         command("explain.py"), "",
         f"- Commit {code}; started {started}, {elapsed / 60:.1f} min, {THREADS} torch thread(s), CPU time.",
         f"- Planted evidence: {len(planted)} runs (seeds {', '.join(map(str, SEEDS))}, fixed in advance; seeds 0-2 "
-        "chose the methods and the measures, these are no choice's), each a tiny SmolVLM-architecture model (128-px "
+        "chose the methods and the measures, 100-104 showed the strongest point's edge bias: these are no "
+        "choice's), each a tiny SmolVLM-architecture model (128-px "
         f"tile, 8-px patches) with a head, trained from scratch {STEPS} steps of 16 on {TRAIN_IMAGES} images and "
         f"explaining {TEST_IMAGES} held-out ones (64x64 grey noise with a 12-px red or blue marker, or none: three "
         "classes, so that neither colour can be told by the other's absence). "
@@ -216,7 +217,8 @@ def report(planted, replica, started, elapsed, default, sharper, code):
               f"{', '.join(format(r['accuracy'], '.2f') for r in planted)}. Default by this run: **{default}** "
               f"(the best pointing game among the methods costing {MAX_COST:g} forward passes or fewer, on the "
               "replica where it ran: on the tiny model a forward pass is so short that the fixed costs of an "
-              "explanation, encoding the image and mapping the tiles back, dominate). Sharper than the default (a costlier "
+              "explanation, encoding the image and mapping the tiles back, dominate). Sharper than the default "
+              "(a costlier "
               "method whose box AUC is above the default's, the interval excluding 0 after Holm's adjustment): "
               f"**{sharpest(sharper) or 'none shown'}**."]
     if replica:

@@ -142,27 +142,36 @@ def tile_layout(tokens):
     return (max(r for r, _ in found), max(c for _, c in found)) if found else (0, 0)
 
 
-def _resized(values, size):
+def _resized(values, size, resample):
     return np.asarray(Image.fromarray(np.ascontiguousarray(values, dtype=np.float32), mode="F")
-                      .resize(size, Image.BILINEAR))
+                      .resize(size, resample))
 
 
-def image_map(frames, rows, cols, size):
+def image_map(frames, rows, cols, size, resample=Image.BILINEAR):
     """One map over the image, `size` (width, height) cells, from each frame's map ((frames, g, g)): with tiles
     (rows x cols, row by row, then the whole image as the last frame, as Idefics3 splits), the tiles' mosaic
     stretched over the image plus the whole image's map; else the one frame's, stretched over the image (each frame
-    was the image resized, so stretching puts every cell back where it came from)."""
-    total = _resized(frames[-1], size)
+    was the image resized, so stretching puts every cell back where it came from). Bilinear for the eye; BOX keeps
+    each frame cell one flat block where frames are coarser than the map (and averages where they are finer), for
+    strongest_point."""
+    total = _resized(frames[-1], size, resample)
     if rows * cols:
         mosaic = np.block([[frames[r * cols + c] for c in range(cols)] for r in range(rows)])
-        total = total + _resized(mosaic, size)
+        total = total + _resized(mosaic, size, resample)
     return total
 
 
-def strongest_point(heat, width, height):
-    """The centre of the map's strongest cell, in the original image's pixel coordinates (x, y)."""
-    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return float((x + 0.5) * width / heat.shape[1]), float((y + 0.5) * height / heat.shape[0])
+def strongest_point(blocks, width, height):
+    """The centre of the strongest block of a map whose frame cells are flat blocks (image_map's BOX), in the
+    original image's pixel coordinates (x, y): the mean place of the connected cells at the maximum around the
+    first of them. (The first maximum of the bilinear map lay on the image's edge wherever an edge cell was the
+    strongest, its values flat from the cell's centre outwards: a coarse map, occlusion's 4 x 4, pointed at the
+    border.)"""
+    from scipy.ndimage import label
+    top = blocks.max()
+    regions, _ = label(blocks >= top - 1e-6 * max(abs(top), 1e-12))
+    y, x = np.nonzero(regions == regions.flat[int(np.argmax(blocks))])
+    return float((x.mean() + 0.5) * width / blocks.shape[1]), float((y.mean() + 0.5) * height / blocks.shape[0])
 
 
 class Explainer:
@@ -199,9 +208,10 @@ class Explainer:
         rows, cols = tile_layout(self.processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist()))
         width, height = picture.size
         scale = min(1.0, MAP_EDGE / max(width, height))
-        heat = image_map(maps.reshape(-1, side, side), rows, cols,
-                         (max(1, round(width * scale)), max(1, round(height * scale))))
-        return {"map": heat, "point": strongest_point(heat, width, height), "size": (width, height)}
+        frames, size = maps.reshape(-1, side, side), (max(1, round(width * scale)), max(1, round(height * scale)))
+        blocks = image_map(frames, rows, cols, size, Image.BOX)
+        return {"map": image_map(frames, rows, cols, size), "point": strongest_point(blocks, width, height),
+                "size": (width, height)}
 
 
 def overlay(picture, heat, point):
@@ -210,7 +220,7 @@ def overlay(picture, heat, point):
     from PIL import ImageDraw
     base = picture.convert("RGB")
     top = float(heat.max())
-    alpha = _resized(heat / top if top > 0 else heat * 0, base.size)
+    alpha = _resized(heat / top if top > 0 else heat * 0, base.size, Image.BILINEAR)
     red = Image.new("RGB", base.size, (255, 0, 0))
     shown = Image.composite(red, base, Image.fromarray((np.clip(alpha, 0, 1) * 160).astype(np.uint8), "L"))
     radius = max(3, min(base.size) // 30)
