@@ -37,7 +37,7 @@ TARGET_ACCURACY = 0.0  # instead: the threshold certified to keep this accuracy 
 CONFIDENCE_LEVEL = 0.9  # how sure TARGET_ACCURACY's certificate is: the target holds with this probability
 RESUME = "auto"  # "auto": continue an interrupted run in REPORT_DIR (same settings only); "overwrite": predict afresh
 EXPLAIN = False  # heatmaps of the evidence for each best guess: explanations/, 2 columns of predictions.csv (PyTorch)
-EXPLAIN_METHOD = "gradcam"  # gradcam (2.4 forward passes an image); occlusion (18, sharper); guided_gradcam (4.5)
+EXPLAIN_METHOD = "gradcam"  # gradcam (2.3 forward passes an image); occlusion (17, sharper); guided_gradcam (4.6)
 
 
 def labelled_images():
