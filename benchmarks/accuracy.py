@@ -64,7 +64,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in 
 import fine_tune  # noqa: E402
 import ledger  # noqa: E402
 from common import ROOT, command, flag, write_report  # noqa: E402
-from paired import aa_rate, excludes_zero, holm, mean_spread, paired_interval, verdict  # noqa: E402
+from paired import aa_rate, better, excludes_zero, holm, mean_spread, paired_interval, verdict  # noqa: E402
 from tasks import DATA_SET, FOLDS, TASK_DATA, build_model, prepare_split, run  # noqa: E402
 from vlmcls.cli import configure, run_main, settings_of  # noqa: E402
 from vlmcls.files import write_json  # noqa: E402
@@ -372,14 +372,13 @@ def decision(compared):
     every_cell = set(compared)
     for row in dict.fromkeys(r for _, r in tested):
         mine = {cell: tested[cell, row] for cell in every_cell if (cell, row) in tested}
-        better = sorted(cell for cell, i in mine.items()
-                        if cell in ok and i.observed > 0 and adjusted[cell, row] < 0.05)
+        shown = sorted(cell for cell, i in mine.items() if cell in ok and better(i, adjusted[cell, row]))
         worse = sorted(cell for cell, i in mine.items() if i.high < 0)
         missing = sorted(every_cell - set(mine))
-        if not worse and not missing and better:
+        if not worse and not missing and shown:
             good[row] = statistics.mean(i.observed for i in mine.values())
-        lines.append(f"- {row}: better in {', '.join(' '.join(c) for c in better) or 'no cell'} (data sets: "
-                     f"{', '.join(sorted({DATA_SET[c[2]] for c in better})) or 'none'}); worse in "
+        lines.append(f"- {row}: better in {', '.join(' '.join(c) for c in shown) or 'no cell'} (data sets: "
+                     f"{', '.join(sorted({DATA_SET[c[2]] for c in shown})) or 'none'}); worse in "
                      f"{', '.join(' '.join(c) for c in worse) or 'no cell'}"
                      + (f"; not run in {len(missing)} cell(s)" if missing else "")
                      + f": {'qualifies' if row in good else 'does not qualify'}")

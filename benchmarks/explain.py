@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("", "tests")]
 
 from common import CLASSES as SOLAR_CLASSES, ROOT, build_model, command, commit, make_images, write_report  # noqa: E402
-from paired import bootstrap, holm, verdict  # noqa: E402
+from paired import better, bootstrap, holm, verdict  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
 
 # planted-evidence runs, each a model trained afresh from its seed: seeds 0-2 chose the methods and the measures,
@@ -48,7 +48,7 @@ OUTPUT = ""  # where the table is also written; "": benchmarks/results-explain.m
 
 def sharpest(sharper):
     """The costlier method shown sharper than the default with the largest difference (None: none shown)."""
-    shown = {m: i.observed for m, (i, p) in sharper.items() if i.observed > 0 and p < 0.05}
+    shown = {m: i.observed for m, (i, p) in sharper.items() if better(i, p)}
     return max(shown, key=shown.get) if shown else None
 
 
@@ -218,8 +218,7 @@ def report(planted, replica, started, elapsed, default, sharper, code):
               f"(the best pointing game among the methods costing {MAX_COST:g} forward passes or fewer, on the "
               "replica where it ran: on the tiny model a forward pass is so short that the fixed costs of an "
               "explanation, encoding the image and mapping the tiles back, dominate). Sharper than the default "
-              "(a costlier "
-              "method whose box AUC is above the default's, the interval excluding 0 after Holm's adjustment): "
+              "(a costlier method whose box AUC is above the default's, the interval excluding 0 after Holm's adjustment): "
               f"**{sharpest(sharper) or 'none shown'}**."]
     if replica:
         lines += ["", f"SmolVLM-256M replica (random weights, a random head over six classes), one 640x480 image at "

@@ -77,11 +77,16 @@ def excludes_zero(interval):
     return interval.low > 0 or interval.high < 0
 
 
+def better(interval, adjusted_p=None, level=0.05):
+    """Whether a paired difference shows the row better: its interval above 0, or with a Holm-adjusted p-value, a
+    positive difference whose adjusted p is below the level."""
+    return interval.low > 0 if adjusted_p is None else interval.observed > 0 and adjusted_p < level
+
+
 def verdict(interval, adjusted_p=None, level=0.05):
     """The difference, its 95% interval and what it shows; with a Holm-adjusted p-value, "better" only where that
     is below the level (the adjusted p beside it)."""
-    better = interval.low > 0 if adjusted_p is None else interval.observed > 0 and adjusted_p < level
-    word = "**better**" if better else "**worse**" if interval.high < 0 else "no difference shown"
+    word = "**better**" if better(interval, adjusted_p, level) else "**worse**" if interval.high < 0 else "no difference shown"
     holm_p = "" if adjusted_p is None else f" (Holm p {adjusted_p:.3f})"
     return f"{interval.observed:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]{holm_p} {word}"
 
