@@ -37,6 +37,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in 
 from common import CLASSES, ROOT, build_model, check_runs, command, machine, make_images, memory_gb, model_name, \
     now, script_env, spread, verdict, write_report  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
+from vlmcls.openvino_runtime import DYNAMIC_GROUP  # noqa: E402
 from vlmcls.saved import open_classifier  # noqa: E402
 
 SETTING_VALUES = {"one tile": (512, False), "splitting": (1024, True)}  # (image_longest_edge, image_splitting)
@@ -58,6 +59,7 @@ RUNS = 5  # timed images, one run each, in each process, fixed before the first 
 THREADS = 2  # CPU threads of each runtime
 TINY = False  # the tests' tiny SmolVLM instead of the full-size one: a quick check that the benchmark runs
 AGREEMENT = True  # also the top-1 agreement on elpv of a tiny model fine-tuned there (False: speed only)
+REPLICA_IMAGES = 100  # elpv test images the replica classifies in PyTorch fp32 and each int8 runtime (0: none)
 OUTPUT = ""  # where the table is also written; "": benchmarks/results-export.md (results-export-tiny.md with --tiny)
 SEED = 0  # seed for the random weights and images
 TARGET = 2.5  # the speed-up over PyTorch fp32 an exported model must reach in its slowest run
@@ -122,27 +124,31 @@ def speed_job(job):
 
 
 AGREEMENT_RUNTIMES = [r for r in RUNTIMES if r != "pytorch int8"]
+# the replica's agreement: PyTorch fp32 against the exported int8 runtimes (the one tile of SETTING_VALUES)
+REPLICA_RUNTIMES = ["pytorch fp32", "onnxruntime int8", "openvino int8", "openvino int8 unchecked"]
 
 
 def agreement_job(job):
-    """The elpv test images classified by the fine-tuned tiny model in PyTorch fp32, and by its export in every
-    other runtime but PyTorch int8 (int8.py measures that one)."""
+    """The first job["images"] (0: all) test images of job["test_json"] classified by job["model"] in PyTorch fp32,
+    and by its export job["export"] in every other runtime of job["runtimes"], with the model's own question and
+    classes (accuracy only where the images' labels are among them)."""
     from vlmcls.images import read_dataset_json
     from vlmcls.prediction import evaluate_with
-    data = read_dataset_json(job["test_json"])
-    paths = [s["image"] for s in data["samples"]]
-    labels = [s["label"] for s in data["samples"]]
+    saved = open_classifier(job["export"])
+    samples = read_dataset_json(job["test_json"])["samples"][:job["images"] or None]
+    paths, labels = [s["image"] for s in samples], [s["label"] for s in samples]
     runs = {}
-    for name in AGREEMENT_RUNTIMES:
-        predictor = predictor_of(name, job["model"], job["export"], None, None, THREADS)
-        runs[name] = evaluate_with(predictor, paths, data["question"], data["classes"], "score", 8,
-                                   data["max_image_pixels"], desc=name)
+    for name in job["runtimes"]:
+        predictor = predictor_of(name, job["model"], job["export"], job["edge"], job["splitting"], THREADS)
+        runs[name] = evaluate_with(predictor, paths, saved.question, saved.classes, "score", 8, 10**9, desc=name)
     reference = runs["pytorch fp32"]
-    return {"images": len(paths), "classes": len(data["classes"]),
+    scored = set(labels) <= set(saved.classes)
+    return {"images": len(paths), "classes": len(saved.classes),
             **{name: {"identical": sum(a["pred"] == b["pred"] for a, b in zip(reference, results)),
                       "max_prob_diff": max(abs(a["probs"][c] - b["probs"][c]) for a, b in zip(reference, results)
-                                           for c in data["classes"]),
-                      "accuracy": sum(r["pred"] == label for r, label in zip(results, labels)) / len(paths)}
+                                           for c in saved.classes),
+                      "accuracy": sum(r["pred"] == label for r, label in zip(results, labels)) / len(paths)
+                      if scored else None}
                for name, results in runs.items()}}
 
 
@@ -263,7 +269,7 @@ def static_line(exported):
             f"{checks}), so the openvino int8 row ran what such a folder runs: int8 weights compressed at load.")
 
 
-def report(results, exported, sizes, agreement, started, elapsed):
+def report(results, exported, sizes, agreement, replica, started, elapsed):
     lines = ["| setting | runtime | s/image, wall (CPU) | x floor | PyTorch fp32 / this: median (slowest-fastest), "
              "CPU | top class as PyTorch fp32 | memory loaded, GB |", "|---|---|---|---|---|---|---|"]
     every = ["| setting | runtime | " + " | ".join(f"run {k + 1}" for k in range(RUNS)) + " |",
@@ -293,21 +299,25 @@ def report(results, exported, sizes, agreement, started, elapsed):
                                f"{setting}: {runtime} at least {TARGET}x faster per image than PyTorch fp32"))
     size_lines = [f"- {name}: {size / 1e6:.0f} MB" for name, size in sizes.items()]
     agree_lines = []
-    if agreement:
-        n = agreement["images"]
-        agree_lines = ["| runtime (tiny elpv model) | identical top-1 with PyTorch fp32 | largest probability "
-                       "difference | accuracy |", "|---|---|---|---|"]
-        for name in AGREEMENT_RUNTIMES:
-            a = agreement[name]
+    for measured, title, where in [(replica, "replica, one tile", "of the first elpv test images, for the replica"),
+                                   (agreement, "tiny elpv model", "of the elpv test images, for the tiny model")]:
+        if not measured:
+            continue
+        n = measured["images"]
+        agree_lines += ["", f"| runtime ({title}) | identical top-1 with PyTorch fp32 | largest probability "
+                        "difference | accuracy |", "|---|---|---|---|"]
+        for name in (n_ for n_ in measured if isinstance(measured[n_], dict)):
+            a = measured[name]
+            accuracy = "-" if a["accuracy"] is None else f"{a['accuracy']:.3f}"
             agree_lines.append(f"| {name} | {a['identical'] / n:.1%} ({a['identical']}/{n}) | "
-                               f"{a['max_prob_diff']:.2g} | {a['accuracy']:.3f} |")
+                               f"{a['max_prob_diff']:.2g} | {accuracy} |")
             if name != "pytorch fp32" and name not in (*VARIANTS, WEIGHTS_ONLY, UNCHECKED):
                 share = a["identical"] / n
                 checks.append(("met" if share >= 0.99 else "missed",
-                               f"{name} keeps PyTorch fp32's top class on at least 99% of the elpv test images "
-                               f"({share:.1%})"))
-    else:
-        agree_lines = ["Agreement on elpv: not measured in this run (--agreement=false)."]
+                               f"{name} keeps PyTorch fp32's top class on at least 99% {where} ({share:.1%}, "
+                               f"{a['identical']}/{n})"))
+    if not agreement:
+        agree_lines.append("\nAgreement of the tiny elpv model: not measured in this run (--agreement=false).")
     return f"""# The exported model (export_model.py) against PyTorch on the CPU
 
 {command("export.py")}
@@ -330,13 +340,17 @@ def report(results, exported, sizes, agreement, started, elapsed):
   synthetic images); int8 weights: model.onnx's weights compressed by NNCF
   (int8, per channel, the head in float) as it loads, what a folder exported without calibration images runs;
   int8 unchecked: the export's int8 graph made again without its check against float (its speed only: it is not
-  what the export gives where the check refuses it). {static_line(exported)}
+  what the export gives where the check refuses it). Int8 weights run with OpenVINO's dynamic quantisation of the
+  activations (groups of {DYNAMIC_GROUP}) and bf16 where the CPU has it (vlmcls.openvino_runtime); the other
+  OpenVINO rows at f32. {static_line(exported)}
 - Each image ({IMAGE_SIZE}, random pixels) classified alone as the scripts classify it, preparing its prompt and
   pixels included. One tile: 512 px without splitting; splitting: 1024 px, 2x1 tiles and the global view. The
   floor: one pass of the vision encoder and connector over the same pixels in PyTorch fp32 (no prompt, no
   language model).
 - Top class as PyTorch fp32: on the timed images, of the random-weight model (its random head's probabilities are
-  close together, so this is a hard case for rounding).
+  close together, so this is a hard case for rounding). Agreement of the replica: the same model on the first
+  {REPLICA_IMAGES} elpv test images (REPLICA_IMAGES, fixed before the first run; real solar cells, split as the
+  pipeline splits them), one tile, its own question and random head.
 - Memory loaded: what loading each runtime added to the process's resident memory (VmRSS after less before).
 - Agreement on elpv: benchmarks/int8.py's tiny SmolVLM fine-tuned on elpv by fine_tune.py, exported the same way,
   on all its elpv test images. A tiny stand-in trained from scratch: its accuracy says nothing about the real
@@ -383,12 +397,19 @@ def main():
                  "model.int8.onnx": (out / "model.int8.onnx").stat().st_size}
         results = {setting: worker({"phase": "speed", "setting": setting, "model": str(model), "export": str(out)},
                                    work, setting) for setting in SETTINGS}
-        agreement = None
+        agreement = replica = None
+        if REPLICA_IMAGES:
+            from int8 import elpv_split
+            edge, splitting = SETTING_VALUES["one tile"]
+            replica = worker({"phase": "agreement", "test_json": str(elpv_split(work)), "model": str(model),
+                              "export": str(out), "runtimes": REPLICA_RUNTIMES, "images": REPLICA_IMAGES,
+                              "edge": edge, "splitting": splitting}, work, "replica agreement")
         if AGREEMENT:
             test_json, tiny, tiny_export = elpv_models(work)
             agreement = worker({"phase": "agreement", "test_json": str(test_json), "model": str(tiny),
-                                "export": str(tiny_export)}, work, "agreement")
-        text = report(results, exported, sizes, agreement, started, time.perf_counter() - start)
+                                "export": str(tiny_export), "runtimes": AGREEMENT_RUNTIMES, "images": 0,
+                                "edge": None, "splitting": None}, work, "agreement")
+        text = report(results, exported, sizes, agreement, replica, started, time.perf_counter() - start)
     write_report(text, OUTPUT or ROOT / "benchmarks" / f"results-export{'-tiny' if TINY else ''}.md")
 
 

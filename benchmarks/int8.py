@@ -116,20 +116,32 @@ def worker(job, work, label):
     return run_worker(__file__, job, work, label)
 
 
-def elpv_test_json(work):
-    """elpv's solar-cell images split as the pipeline splits them, and a tiny SmolVLM fine-tuned on them with
-    fine_tune.py (a real fine-tune; the full-size model cannot be fine-tuned on 2 CPU cores in reasonable time).
-    Returns (test JSON, fine-tuned model folder)."""
-    from tiny_models import build_tiny_smolvlm
-    for script, *flags in [
-            ("download_dataset.py", "--source=elpv", "--dataset_dir=elpv"),
-            ("generate_train_json.py", "--dataset_dir=elpv", "--train_json=train.json", "--test_json=test.json"),
-            ("fine_tune.py", f"--model_path={build_tiny_smolvlm(Path(work) / 'tiny')}", "--output_dir=tiny-elpv",
-             "--train_json=train.json", "--test_json=", f"--max_steps={FINE_TUNE_STEPS}",
-             "--gradient_accumulation_steps=1", "--learning_rate=3e-3", "--warmup_steps=20", f"--seed={SEED}")]:
+def scripts(work, *steps):
+    """Each (script, *flags) of `steps` run in `work` as a user runs it."""
+    for script, *flags in steps:
         print(f"\n--- {script} {' '.join(flags)} ---", flush=True)
         subprocess.run([sys.executable, str(ROOT / script), *flags], cwd=work, env=script_env(), check=True)
-    return Path(work) / "test.json", Path(work) / "tiny-elpv"
+
+
+def elpv_split(work):
+    """elpv's solar-cell images downloaded and split as the pipeline splits them: train.json and test.json in
+    `work`. Returns the test JSON."""
+    if not (Path(work) / "test.json").is_file():
+        scripts(work, ("download_dataset.py", "--source=elpv", "--dataset_dir=elpv"),
+                ("generate_train_json.py", "--dataset_dir=elpv", "--train_json=train.json", "--test_json=test.json"))
+    return Path(work) / "test.json"
+
+
+def elpv_test_json(work):
+    """elpv_split's images, and a tiny SmolVLM fine-tuned on them with fine_tune.py (a real fine-tune; the
+    full-size model cannot be fine-tuned on 2 CPU cores in reasonable time). Returns (test JSON, fine-tuned model
+    folder)."""
+    from tiny_models import build_tiny_smolvlm
+    test_json = elpv_split(work)
+    scripts(work, ("fine_tune.py", f"--model_path={build_tiny_smolvlm(Path(work) / 'tiny')}", "--output_dir=tiny-elpv",
+                   "--train_json=train.json", "--test_json=", f"--max_steps={FINE_TUNE_STEPS}",
+                   "--gradient_accumulation_steps=1", "--learning_rate=3e-3", "--warmup_steps=20", f"--seed={SEED}"))
+    return test_json, Path(work) / "tiny-elpv"
 
 
 def resident(memory):

@@ -23,6 +23,7 @@ from vlmcls.cli import UserError
 from vlmcls.export import export_model
 from vlmcls.images import images_in_turn
 from vlmcls.onnx_runtime import OnnxPredictor
+from vlmcls.openvino_runtime import DYNAMIC_GROUP
 from vlmcls.prediction import evaluate_with
 from vlmcls.prompt import classification_question
 from vlmcls.runtime import load_predictor
@@ -258,11 +259,14 @@ from vlmcls.runtime import load_predictor
 from vlmcls.saved import open_classifier
 folder, paths, question, classes = json.loads(sys.argv[1])
 settings = dict(device="cpu", dtype="float32", image_longest_edge=None, image_splitting=None, runtime="openvino")
-found = {}
+found = {"config": {}}
 for quantize in ("none", "int8"):
     predictor = load_predictor(open_classifier(folder), quantize=quantize, **settings)
     assert isinstance(predictor, OpenVinoPredictor)
     found[quantize] = evaluate_with(predictor, paths, question, classes, "score", 2, 10**8)
+    found["config"][quantize] = [predictor.session.get_property("INFERENCE_PRECISION_HINT").to_string(),
+                                 predictor.session.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")]
+found["bf16"] = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 record = json.loads(open(folder + "/export.json").read())
 model = compress_int8(openvino.Core().read_model(folder + "/model.onnx"), record)
 weights = {op.get_friendly_name(): op.input_value(1).get_node().get_type_name() for op in model.get_ordered_ops()
@@ -276,8 +280,9 @@ print(json.dumps(found))
 @pytest.mark.parametrize("objective", ["head", "answer"])
 def test_openvino_gives_onnx_runtimes_probabilities_and_its_int8_keeps_the_scoring_layer_float(objective, exported,
                                                                                                tmp_path):
-    """--runtime=openvino: OpenVINO's probabilities are ONNX Runtime's within 1e-4 on 1 and 3 tiles; with int8 its
-    weights are int8 but for the scoring layer's (the nodes export.json names), and the top classes stay."""
+    """--runtime=openvino: OpenVINO's probabilities are ONNX Runtime's within 1e-4 on 1 and 3 tiles (at f32); with
+    int8 its weights are int8 but for the scoring layer's (the nodes export.json names), its activations quantised in
+    groups of DYNAMIC_GROUP as it runs, the rest in bf16 where the CPU has it, and the top classes stay."""
     paths = noisy_images(tmp_path, SIZES[:2])
     settings = dict(device="cpu", dtype=torch.float32, image_longest_edge=None, image_splitting=None)
     wanted = evaluate_with(load_predictor(open_classifier(exported[objective]), quantize="none", **settings), paths,
@@ -288,6 +293,8 @@ def test_openvino_gives_onnx_runtimes_probabilities_and_its_int8_keeps_the_scori
     assert out.returncode == 0, out.stderr[-3000:]
     assert "no OpenVINO int8 graph (no calibration images" in out.stdout  # exported without: weights compressed
     found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["config"]["none"][0] == "f32"
+    assert found["config"]["int8"] == ["bf16" if found["bf16"] else "f32", DYNAMIC_GROUP]
     for w, g in zip(wanted, found["none"]):
         assert g["pred"] == w["pred"] and g["probs"] == pytest.approx(w["probs"], abs=1e-4)
     got = found["int8"]
