@@ -44,10 +44,12 @@ SETTING_VALUES = {"one tile": (512, False), "splitting": (1024, True)}  # (image
 SETTINGS = ["one tile", "splitting"]  # which of SETTING_VALUES to measure
 RUNTIMES = ["pytorch fp32", "pytorch int8", "onnxruntime fp32", "onnxruntime int8", "onnxruntime int8 before",
             "onnxruntime int8 per-tensor", "openvino fp32", "openvino int8", "openvino int8 weights",
-            "openvino int8 unchecked"]
+            "openvino int8 weights before", "openvino int8 unchecked"]
 # The int8 graphs beside the export's own (per-channel, head in float): (per_channel, head in float)
 VARIANTS = {"onnxruntime int8 before": (False, False), "onnxruntime int8 per-tensor": (False, True)}
 WEIGHTS_ONLY = "openvino int8 weights"  # OpenVINO int8 on a folder without its int8 graph: weights compressed at load
+# the same as it ran before 1b97ed4: f32, and OpenVINO's own groups (32) for the activations it quantises as it runs
+WEIGHTS_BEFORE = "openvino int8 weights before"
 # OpenVINO's int8 graph of weights and activations written without its check against float (none of the export's
 # check images), so that its speed is measured where the export's check refuses it
 UNCHECKED = "openvino int8 unchecked"
@@ -79,6 +81,10 @@ def predictor_of(runtime, model, export, edge, splitting, threads):
         return load_predictor(open_classifier(model), device="cpu", dtype=torch.float32, image_longest_edge=edge,
                               image_splitting=splitting, quantize=quantize)
     from vlmcls.runtime import RUNTIMES as PREDICTORS
+    if runtime == WEIGHTS_BEFORE:
+        from unittest import mock
+        with mock.patch.multiple("vlmcls.openvino_runtime", DYNAMIC_GROUP=32, compressed_precision=lambda core: "f32"):
+            return predictor_of(WEIGHTS_ONLY, model, export, edge, splitting, threads)
     folder = row_folder(export, runtime) if runtime in (*VARIANTS, WEIGHTS_ONLY, UNCHECKED) else export
     return PREDICTORS[runtime.split()[0]](open_classifier(folder), quantize=quantize, image_longest_edge=edge,
                                           image_splitting=splitting, threads=threads)
@@ -125,7 +131,7 @@ def speed_job(job):
 
 AGREEMENT_RUNTIMES = [r for r in RUNTIMES if r != "pytorch int8"]
 # the replica's agreement: PyTorch fp32 against the exported int8 runtimes (the one tile of SETTING_VALUES)
-REPLICA_RUNTIMES = ["pytorch fp32", "onnxruntime int8", "openvino int8", "openvino int8 unchecked"]
+REPLICA_RUNTIMES = ["pytorch fp32", "onnxruntime int8", "openvino int8", WEIGHTS_BEFORE, "openvino int8 unchecked"]
 
 
 def agreement_job(job):
@@ -294,7 +300,7 @@ def report(results, exported, sizes, agreement, replica, started, elapsed):
                          f"{result['loaded_gb'][runtime]:.2f} |")
             every.append(f"| {setting} | {runtime} | " + " | ".join(f"{s:.2f} ({f:.2f}x)" for s, f in
                                                                      zip(seconds, faster)) + " |")
-            if not runtime.startswith("pytorch") and runtime not in (*VARIANTS, WEIGHTS_ONLY, UNCHECKED):
+            if not runtime.startswith("pytorch") and runtime not in (*VARIANTS, WEIGHTS_ONLY, WEIGHTS_BEFORE, UNCHECKED):
                 checks.append((verdict(faster, TARGET, at_most=False),
                                f"{setting}: {runtime} at least {TARGET}x faster per image than PyTorch fp32"))
     size_lines = [f"- {name}: {size / 1e6:.0f} MB" for name, size in sizes.items()]
@@ -311,7 +317,7 @@ def report(results, exported, sizes, agreement, replica, started, elapsed):
             accuracy = "-" if a["accuracy"] is None else f"{a['accuracy']:.3f}"
             agree_lines.append(f"| {name} | {a['identical'] / n:.1%} ({a['identical']}/{n}) | "
                                f"{a['max_prob_diff']:.2g} | {accuracy} |")
-            if name != "pytorch fp32" and name not in (*VARIANTS, WEIGHTS_ONLY, UNCHECKED):
+            if name != "pytorch fp32" and name not in (*VARIANTS, WEIGHTS_ONLY, WEIGHTS_BEFORE, UNCHECKED):
                 share = a["identical"] / n
                 checks.append(("met" if share >= 0.99 else "missed",
                                f"{name} keeps PyTorch fp32's top class on at least 99% {where} ({share:.1%}, "
@@ -341,8 +347,8 @@ def report(results, exported, sizes, agreement, replica, started, elapsed):
   (int8, per channel, the head in float) as it loads, what a folder exported without calibration images runs;
   int8 unchecked: the export's int8 graph made again without its check against float (its speed only: it is not
   what the export gives where the check refuses it). Int8 weights run with OpenVINO's dynamic quantisation of the
-  activations (groups of {DYNAMIC_GROUP}) and bf16 where the CPU has it (vlmcls.openvino_runtime); the other
-  OpenVINO rows at f32. {static_line(exported)}
+  activations (groups of {DYNAMIC_GROUP}) and bf16 where the CPU has it (vlmcls.openvino_runtime; "before": as
+  they ran before 1b97ed4, f32 and OpenVINO's default groups of 32); the other OpenVINO rows at f32. {static_line(exported)}
 - Each image ({IMAGE_SIZE}, random pixels) classified alone as the scripts classify it, preparing its prompt and
   pixels included. One tile: 512 px without splitting; splitting: 1024 px, 2x1 tiles and the global view. The
   floor: one pass of the vision encoder and connector over the same pixels in PyTorch fp32 (no prompt, no

@@ -39,9 +39,13 @@ def compile_model(model, threads=0, compressed=False):
     core = openvino().Core()
     config = {"INFERENCE_PRECISION_HINT": PRECISION, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
     if compressed:
-        bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        config.update(INFERENCE_PRECISION_HINT="bf16" if bf16 else "f32", DYNAMIC_QUANTIZATION_GROUP_SIZE=DYNAMIC_GROUP)
+        config.update(INFERENCE_PRECISION_HINT=compressed_precision(core), DYNAMIC_QUANTIZATION_GROUP_SIZE=DYNAMIC_GROUP)
     return core.compile_model(model, "CPU", config)
+
+
+def compressed_precision(core):
+    """The precision of a compressed-weights model's float parts: bf16 where the CPU has it, else f32."""
+    return "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
 
 
 class OpenVinoPredictor(OnnxPredictor):
