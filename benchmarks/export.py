@@ -16,11 +16,11 @@ PyTorch fp32; every time is also given as a multiple of it. Each setting runs in
 runtime, which times RUNS images (fixed before the first, at least 5) after WARMUP untimed ones, each image by every
 runtime in turn: run k is the k-th timed image everywhere, and the ratios compare times taken moments apart, which
 is what survives other jobs on the cores. Medians and ranges over the runs; a speed target is met only when the
-slowest run meets it. Agreement: the top class of every timed image against PyTorch fp32's (random weights), and a
-tiny SmolVLM fine-tuned by fine_tune.py on elpv (benchmarks/int8.py's), exported, its elpv test images predicted in
-every runtime.
+slowest run meets it. Agreement: the top class of every timed image against PyTorch fp32's (random weights), the
+same model's on REPLICA_IMAGES elpv test images in each int8 runtime (REPLICA_RUNTIMES), and a tiny SmolVLM
+fine-tuned by fine_tune.py on elpv (benchmarks/int8.py's), exported, its elpv test images predicted in every runtime.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/export.py                          # ~15 min on 2 idle CPU cores
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/export.py                          # ~25 min on 2 idle CPU cores
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/export.py --tiny=true --runs=1 --agreement=false  # smoke
 """
 import json
