@@ -53,6 +53,7 @@ WEIGHTS_BEFORE = "openvino int8 weights before"
 # OpenVINO's int8 graph of weights and activations written without its check against float (none of the export's
 # check images), so that its speed is measured where the export's check refuses it
 UNCHECKED = "openvino int8 unchecked"
+COMPANIONS = (*VARIANTS, WEIGHTS_ONLY, WEIGHTS_BEFORE, UNCHECKED)  # rows beside the export's own: no target for them
 CALIBRATION_IMAGES = 16  # random-pixel images (IMAGE_SIZE) that calibrate the export's OpenVINO int8 graph
 CHECK_IMAGES = 8  # other random-pixel images on which the export checks that graph against float
 IMAGE_SIZE = "1024x512"  # WIDTHxHEIGHT of the random-pixel images
@@ -140,22 +141,23 @@ def agreement_job(job):
     classes (accuracy only where the images' labels are among them)."""
     from vlmcls.images import read_dataset_json
     from vlmcls.prediction import evaluate_with
-    saved = open_classifier(job["export"])
-    samples = read_dataset_json(job["test_json"])["samples"][:job["images"] or None]
+    saved, data = open_classifier(job["export"]), read_dataset_json(job["test_json"])
+    samples = data["samples"][:job["images"] or None]
     paths, labels = [s["image"] for s in samples], [s["label"] for s in samples]
     runs = {}
     for name in job["runtimes"]:
         predictor = predictor_of(name, job["model"], job["export"], job["edge"], job["splitting"], THREADS)
-        runs[name] = evaluate_with(predictor, paths, saved.question, saved.classes, "score", 8, 10**9, desc=name)
+        runs[name] = evaluate_with(predictor, paths, saved.question, saved.classes, "score", 8,
+                                   data["max_image_pixels"], desc=name)
     reference = runs["pytorch fp32"]
     scored = set(labels) <= set(saved.classes)
-    return {"images": len(paths), "classes": len(saved.classes),
-            **{name: {"identical": sum(a["pred"] == b["pred"] for a, b in zip(reference, results)),
-                      "max_prob_diff": max(abs(a["probs"][c] - b["probs"][c]) for a, b in zip(reference, results)
-                                           for c in saved.classes),
-                      "accuracy": sum(r["pred"] == label for r, label in zip(results, labels)) / len(paths)
-                      if scored else None}
-               for name, results in runs.items()}}
+    return {"images": len(paths), "classes": len(saved.classes), "runtimes": {
+        name: {"identical": sum(a["pred"] == b["pred"] for a, b in zip(reference, results)),
+               "max_prob_diff": max(abs(a["probs"][c] - b["probs"][c]) for a, b in zip(reference, results)
+                                    for c in saved.classes),
+               "accuracy": sum(r["pred"] == label for r, label in zip(results, labels)) / len(paths)
+               if scored else None}
+        for name, results in runs.items()}}
 
 
 # ---------------------------------------------------------------- orchestrating, in the main process
@@ -300,7 +302,7 @@ def report(results, exported, sizes, agreement, replica, started, elapsed):
                          f"{result['loaded_gb'][runtime]:.2f} |")
             every.append(f"| {setting} | {runtime} | " + " | ".join(f"{s:.2f} ({f:.2f}x)" for s, f in
                                                                      zip(seconds, faster)) + " |")
-            if not runtime.startswith("pytorch") and runtime not in (*VARIANTS, WEIGHTS_ONLY, WEIGHTS_BEFORE, UNCHECKED):
+            if not runtime.startswith("pytorch") and runtime not in COMPANIONS:
                 checks.append((verdict(faster, TARGET, at_most=False),
                                f"{setting}: {runtime} at least {TARGET}x faster per image than PyTorch fp32"))
     size_lines = [f"- {name}: {size / 1e6:.0f} MB" for name, size in sizes.items()]
@@ -312,12 +314,11 @@ def report(results, exported, sizes, agreement, replica, started, elapsed):
         n = measured["images"]
         agree_lines += ["", f"| runtime ({title}) | identical top-1 with PyTorch fp32 | largest probability "
                         "difference | accuracy |", "|---|---|---|---|"]
-        for name in (n_ for n_ in measured if isinstance(measured[n_], dict)):
-            a = measured[name]
+        for name, a in measured["runtimes"].items():
             accuracy = "-" if a["accuracy"] is None else f"{a['accuracy']:.3f}"
             agree_lines.append(f"| {name} | {a['identical'] / n:.1%} ({a['identical']}/{n}) | "
                                f"{a['max_prob_diff']:.2g} | {accuracy} |")
-            if name != "pytorch fp32" and name not in (*VARIANTS, WEIGHTS_ONLY, WEIGHTS_BEFORE, UNCHECKED):
+            if name != "pytorch fp32" and name not in COMPANIONS:
                 share = a["identical"] / n
                 checks.append(("met" if share >= 0.99 else "missed",
                                f"{name} keeps PyTorch fp32's top class on at least 99% {where} ({share:.1%}, "
@@ -348,7 +349,8 @@ def report(results, exported, sizes, agreement, replica, started, elapsed):
   int8 unchecked: the export's int8 graph made again without its check against float (its speed only: it is not
   what the export gives where the check refuses it). Int8 weights run with OpenVINO's dynamic quantisation of the
   activations (groups of {DYNAMIC_GROUP}) and bf16 where the CPU has it (vlmcls.openvino_runtime; "before": as
-  they ran before 1b97ed4, f32 and OpenVINO's default groups of 32); the other OpenVINO rows at f32. {static_line(exported)}
+  they ran before 1b97ed4, f32 and OpenVINO's default groups of 32); the other OpenVINO rows at f32.
+  {static_line(exported)}
 - Each image ({IMAGE_SIZE}, random pixels) classified alone as the scripts classify it, preparing its prompt and
   pixels included. One tile: 512 px without splitting; splitting: 1024 px, 2x1 tiles and the global view. The
   floor: one pass of the vision encoder and connector over the same pixels in PyTorch fp32 (no prompt, no

@@ -39,7 +39,8 @@ def compile_model(model, threads=0, compressed=False):
     core = openvino().Core()
     config = {"INFERENCE_PRECISION_HINT": PRECISION, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
     if compressed:
-        config.update(INFERENCE_PRECISION_HINT=compressed_precision(core), DYNAMIC_QUANTIZATION_GROUP_SIZE=DYNAMIC_GROUP)
+        config.update(INFERENCE_PRECISION_HINT=compressed_precision(core),
+                      DYNAMIC_QUANTIZATION_GROUP_SIZE=DYNAMIC_GROUP)
     return core.compile_model(model, "CPU", config)
 
 
