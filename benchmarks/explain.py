@@ -218,7 +218,8 @@ def report(planted, replica, started, elapsed, default, sharper, code):
               f"(the best pointing game among the methods costing {MAX_COST:g} forward passes or fewer, on the "
               "replica where it ran: on the tiny model a forward pass is so short that the fixed costs of an "
               "explanation, encoding the image and mapping the tiles back, dominate). Sharper than the default "
-              "(a costlier method whose box AUC is above the default's, the interval excluding 0 after Holm's adjustment): "
+              "(a costlier method whose box AUC is above the default's, the interval excluding 0 after Holm's "
+              "adjustment): "
               f"**{sharpest(sharper) or 'none shown'}**."]
     if replica:
         lines += ["", f"SmolVLM-256M replica (random weights, a random head over six classes), one 640x480 image at "

@@ -86,7 +86,8 @@ def better(interval, adjusted_p=None, level=0.05):
 def verdict(interval, adjusted_p=None, level=0.05):
     """The difference, its 95% interval and what it shows; with a Holm-adjusted p-value, "better" only where that
     is below the level (the adjusted p beside it)."""
-    word = "**better**" if better(interval, adjusted_p, level) else "**worse**" if interval.high < 0 else "no difference shown"
+    word = "**better**" if better(interval, adjusted_p, level) else "**worse**" if interval.high < 0 \
+        else "no difference shown"
     holm_p = "" if adjusted_p is None else f" (Holm p {adjusted_p:.3f})"
     return f"{interval.observed:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]{holm_p} {word}"
 
