@@ -300,7 +300,7 @@ def report(results, exported, sizes, agreement, replica, started, elapsed):
                                f"{setting}: {runtime} at least {TARGET}x faster per image than PyTorch fp32"))
     size_lines = [f"- {name}: {size / 1e6:.0f} MB" for name, size in sizes.items()]
     agree_lines = []
-    for measured, title, where in [(replica, "replica, one tile", "of a seeded sample of elpv test images, for the replica"),
+    for measured, title, where in [(replica, "replica, one tile", "of sampled elpv test images, for the replica"),
                                    (agreement, "tiny elpv model", "of the elpv test images, for the tiny model")]:
         if not measured:
             continue
