@@ -3,8 +3,8 @@ memory, and top-1 agreement of the int8 graphs.
 
 Speed and memory: SmolVLM-256M-Instruct with random weights, built from its own config, tokenizer and processor
 files (benchmarks/common.py build_model), given a head by fine_tune.py (objective=head, the default, the backbone
-frozen) on REPLICA_TRAIN elpv training images, so that its margins are a trained classifier's, and exported by
-export_model.py with --quantize=int8. Each runtime classifies the same random-pixel 1024x512 images one at a time,
+frozen) on REPLICA_TRAIN elpv training images, as a user's head is trained, and exported by export_model.py
+with --quantize=int8. Each runtime classifies the same random-pixel 1024x512 images one at a time,
 as the scripts do (preparing the prompt and pixels included), at one tile (512 px, no splitting) and with splitting
 (1024 px: 2x1 tiles and the global view; SETTINGS chooses), THREADS threads: PyTorch fp32 and int8 (the scripts'
 --quantize=int8), ONNX Runtime fp32 and int8 (vlmcls.onnx_runtime: the export's int8 graph, per-channel with the
@@ -21,7 +21,7 @@ the top class of every timed image against PyTorch fp32's, the same model's on R
 seeded sample) in each int8 runtime (REPLICA_RUNTIMES), and a tiny SmolVLM fine-tuned by fine_tune.py on elpv
 (benchmarks/int8.py's), exported, its elpv test images predicted in every runtime.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/export.py                          # ~25 min on 2 idle CPU cores
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/export.py                          # ~35 min on 2 idle CPU cores
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/export.py --tiny=true --runs=1 --agreement=false  # smoke
 """
 import json
@@ -179,8 +179,8 @@ def worker(job, work, label):
 
 def trained_model(base, work):
     """`base` with a head trained by fine_tune.py (HEAD_FLAGS: objective=head, the backbone frozen) on REPLICA_TRAIN
-    elpv training images, a seeded sample: a classifier's margins, not a random head's, as a user's model has.
-    Returns (the model folder, its training JSON, the elpv test JSON)."""
+    elpv training images, a seeded sample, as a user trains a head (a random head's probabilities lie closer
+    together than a trained one's). Returns (the model folder, its training JSON, the elpv test JSON)."""
     from int8 import elpv_split, scripts
     test_json = elpv_split(work)
     train = json.loads((Path(work) / "train.json").read_text())
@@ -331,8 +331,8 @@ def report(results, exported, sizes, agreement, replica, started, elapsed):
   fp32 / this" are each run's own ratios (wall; CPU: the median of the CPU-time ratios). A speed target is met only
   when the slowest run meets it. Every run is listed below the table.
 - Model: {model_name(TINY)}, random weights; its head (objective=head) trained by fine_tune.py
-  {' '.join(HEAD_FLAGS)} on {REPLICA_TRAIN} elpv training images (REPLICA_TRAIN, a seeded sample), so that its
-  margins are a trained classifier's ({exported['classes']} classes); exported by export_model.py --quantize=int8
+  {' '.join(HEAD_FLAGS)} on {REPLICA_TRAIN} elpv training images (REPLICA_TRAIN, a seeded sample;
+  {exported['classes']} classes); exported by export_model.py --quantize=int8
   (model.onnx fp32; model.int8.onnx: onnxruntime's dynamic int8,
   per-channel, the head in float). "before": the int8 graph as export_model.py wrote it before (per-tensor, the head
   quantised too); "per-tensor": per-tensor with the head in float. PyTorch int8: the scripts' --quantize=int8
