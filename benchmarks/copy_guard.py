@@ -198,8 +198,8 @@ def rms(one, other):
 def nearest_copies(named, alarms):
     """For each false pair (a, b) left: the JPEG copy (Pillow, QUALITIES) of one of the two that is nearest the
     other, as (that other's distance from the copy, the copy's distance from its original, quality), by class. A
-    pair whose other image is nearer the copy than the copy is to its original differs from its partner by less
-    than a re-encoding the guard must catch does: no rule of distances tells it from a copy."""
+    pair whose other image is nearer the copy than the copy is to its original lies closer to a copy the guard must
+    catch than that copy lies to its own original."""
     image_of, colours = dict(named), structured_colours(COLOUR_PAIRS, SEED)
     found = {}
     for a, b in alarms:
@@ -256,8 +256,8 @@ def report(results, started, elapsed):
                    f"The false pairs left ({rules[1]}) against JPEG copies: for each pair, the JPEG copy (Pillow, "
                    f"quality {QUALITIES[0]}-{QUALITIES[-1]}) of one image that is nearest the other, relative to "
                    "that copy's distance from its original (RMS over R, G, B, in levels; min, median, max). A pair "
-                   "whose second image is nearer the copy than the copy is to its original differs from its "
-                   "partner by less than a re-encoding that the guard must catch:\n\n"
+                   "whose second image is nearer the copy than the copy is to its original lies closer to a copy "
+                   "that the guard must catch than that copy lies to its own original:\n\n"
                    "| class | pairs left | nearer the copy than the copy is to its original | distance from the copy "
                    "| the copy's distance from its original | qualities |\n|---|---|---|---|---|---|\n"
                    + nearest + "\n")
