@@ -104,7 +104,7 @@ def speed_job(job):
     import torch
     torch.set_num_threads(THREADS)
     edge, splitting = SETTING_VALUES[job["setting"]]
-    record = json.loads((Path(job["export"]) / "export.json").read_text())
+    saved = open_classifier(job["export"])
     predictors, loaded_gb = {}, {}
     for runtime in RUNTIMES:
         before = memory_gb("VmRSS")
@@ -119,8 +119,8 @@ def speed_job(job):
             with torch.inference_mode():
                 reference.model.get_image_features(pixel_values=encoder.encode_image(image)[1]["pixel_values"])
             return None
-        for _, results, _ in predictors[runtime].predict_batches([[image]], record["question"], record["classes"],
-                                                                  "score", 10**9):
+        for _, results, _ in predictors[runtime].predict_batches([[image]], saved.question, saved.classes, "score",
+                                                                  10**9):
             return results[0]["pred"]
     names = ["floor", *RUNTIMES]
     runs = []
