@@ -1,0 +1,46 @@
+"""Benchmark: has the original recipe levelled off at the accuracy protocol's longer budget? (development only)
+
+accuracy.py fixes its longer budget on development by a ladder written before the run (BUDGET_LADDER, at most
+96 s). This script trains the original recipe (BASELINE) at that budget and at longer ones, on the development
+pool's seeds, at each cell's short-budget rate from accuracy-choices.json, and prints each cell's mean validation
+macro-F1: the evidence for or against "levelled off" beyond the ladder. It reads no confirmation seed. Stand-ins
+trained from scratch: the numbers compare budgets, nothing absolute.
+
+    HF_HUB_OFFLINE=1 python benchmarks/accuracy_ladder.py --work_dir=WORK_DIR --jobs=2
+"""
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import accuracy  # noqa: E402
+from vlmcls.cli import configure, run_main  # noqa: E402
+
+SECONDS = [96, 192]  # training budgets to compare (the first: the protocol's longer budget)
+WORK_DIR = ""  # accuracy.py's development work folder (runs of the same code and settings are reused); "": temporary
+JOBS = 2  # runs at a time
+
+
+def main():
+    accuracy.JOBS = JOBS
+    choices = json.loads(Path(accuracy.CHOICES).read_text())["learning_rates"]["short"]
+    cells = [(a, t) for a, tasks in accuracy.ARCHITECTURES.items() for t in tasks]
+    rate = {(a, t): choices[a][t][accuracy.BASELINE]["chosen"] for a, t in cells}
+    units = {(c, s): [accuracy.Unit(c[0], s, c[1], accuracy.BASELINE, rate[c], seed)
+                      for seed in accuracy.DEVELOPMENT_SPLITS] for c in cells for s in SECONDS}
+    with tempfile.TemporaryDirectory(prefix="accuracy-ladder-") as temporary:
+        work = Path(WORK_DIR or temporary).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        done = accuracy.Runner(work)([u for us in units.values() for u in us])
+    print("| stand-in | task | rate | " + " | ".join(f"{s} s" for s in SECONDS) + " |")
+    print("|---|---|---|" + "---|" * len(SECONDS))
+    for c in cells:
+        scores = [accuracy.mean_macro_f1([done[u] for u in units[c, s]]) for s in SECONDS]
+        print(f"| {c[0]} | {c[1]} | {rate[c]:g} | " + " | ".join(f"{v:.3f}" for v in scores) + " |")
+
+
+if __name__ == "__main__":
+    configure(globals())
+    run_main(main)
