@@ -297,6 +297,14 @@ def long_budget(score_at):
     return BUDGET_LADDER[-1], False, scores
 
 
+def original_at(runner, rates, seconds):
+    """{"stand-in task": mean validation macro-F1} of BASELINE trained `seconds` on the development seeds, each
+    (stand-in, task) at its rate in `rates`."""
+    units = {c: [Unit(c[0], seconds, c[1], BASELINE, lr, s) for s in DEVELOPMENT_SPLITS] for c, lr in rates.items()}
+    done = runner([u for us in units.values() for u in us])
+    return {f"{a} {t}": mean_macro_f1([done[u] for u in us]) for (a, t), us in units.items()}
+
+
 def develop(runner):
     """The development choices: every grid row's learning rate at the short budget, the longer budget, then the
     rates of the longer budget's rows; written to CHOICES with their validation numbers."""
@@ -319,12 +327,7 @@ def develop(runner):
     grid("short", SHORT_SECONDS)
     original = {(a, t): rates["short"][a][t][BASELINE]["chosen"] for a, b, t in cells() if b == "short"}
 
-    def score_at(seconds):
-        units = {c: [Unit(c[0], seconds, c[1], BASELINE, lr, s) for s in DEVELOPMENT_SPLITS]
-                 for c, lr in original.items()}
-        done = runner([u for us in units.values() for u in us])
-        return {f"{a} {t}": mean_macro_f1([done[u] for u in us]) for (a, t), us in units.items()}
-    seconds, levelled, ladder = long_budget(score_at)
+    seconds, levelled, ladder = long_budget(lambda seconds: original_at(runner, original, seconds))
     grid("long", seconds)
     choices = {"long_seconds": seconds, "levelled": levelled,
                "ladder": {f"{k:g}": v for k, v in ladder.items()}, "learning_rates": rates,

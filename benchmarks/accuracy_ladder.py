@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import accuracy  # noqa: E402
 from vlmcls.cli import configure, run_main  # noqa: E402
 
@@ -26,20 +25,16 @@ JOBS = 2  # runs at a time
 def main():
     accuracy.JOBS = JOBS
     choices = json.loads(Path(accuracy.CHOICES).read_text())["learning_rates"]["short"]
-    cells = [(a, t) for a, tasks in accuracy.ARCHITECTURES.items() for t in tasks]
-    rate = {(a, t): choices[a][t][accuracy.BASELINE]["chosen"] for a, t in cells}
-    units = {(c, s): [accuracy.Unit(c[0], s, c[1], accuracy.BASELINE, rate[c], seed)
-                      for seed in accuracy.DEVELOPMENT_SPLITS] for c in cells for s in SECONDS}
+    rates = {(a, t): choices[a][t][accuracy.BASELINE]["chosen"] for a, b, t in accuracy.cells() if b == "short"}
     with tempfile.TemporaryDirectory(prefix="accuracy-ladder-") as temporary:
         work = Path(WORK_DIR or temporary).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        done = accuracy.Runner(work)([u for us in units.values() for u in us])
+        runner = accuracy.Runner(work)
+        scores = {s: accuracy.original_at(runner, rates, s) for s in SECONDS}
     print("| stand-in | task | rate | " + " | ".join(f"{s} s" for s in SECONDS) + " |")
     print("|---|---|---|" + "---|" * len(SECONDS))
-    for c in cells:
-        scores = [accuracy.mean_macro_f1([done[u] for u in units[c, s]]) for s in SECONDS]
-        print(f"| {c[0]} | {c[1]} | {rate[c]:g} | " + " | ".join(f"{v:.3f}" for v in scores) + " |")
-
+    for (a, t), rate in rates.items():
+        print(f"| {a} | {t} | {rate:g} | " + " | ".join(f"{scores[s][f'{a} {t}']:.3f}" for s in SECONDS) + " |")
 
 if __name__ == "__main__":
     configure(globals())
