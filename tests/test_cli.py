@@ -1,5 +1,6 @@
 """vlmcls.cli: every constant on the command line, checked choices, one-sentence errors, imports without effects,
 and the constants reference built from the same comments."""
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +21,16 @@ def test_help_lists_every_constant_with_its_comment():
                  "--image_longest_edge", "--resume"):
         assert name in out
     assert "peak learning rate (default: 0.0003)" in " ".join(out.split())
+
+
+def test_help_prints_a_percent_sign_in_a_comment_or_a_default(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("from vlmcls.cli import configure\nLEVEL = 0.95  # a 95% interval\nFMT = '%d'\n"
+                      "configure(globals())\n")
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert "a 95% interval (default: 0.95)" in out.stdout and "(default: '%d')" in out.stdout
 
 
 def test_configure_parses_types_and_both_spellings(tmp_path):

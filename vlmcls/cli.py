@@ -134,7 +134,8 @@ def configure(namespace, argv=None, choices=None):
     for name in constant_names(namespace):
         default = namespace[name]
         parser.add_argument(f"--{name.lower()}", dest=name, type=_parser_for(default, choices.get(name)),
-                            default=default, metavar="VALUE", help=f"{comments.get(name, '')} (default: {default!r})")
+                            default=default, metavar="VALUE",  # argparse %-formats help: a literal % is %%
+                            help=f"{comments.get(name, '')} (default: {default!r})".replace("%", "%%"))
     namespace.update(vars(parser.parse_args(argv)))
 
 
