@@ -7,23 +7,23 @@ fine_tune.py, vlm_benchmark_test_dataset.py). The tiny models (a SmolVLM and a L
 real tokenizer) stand in for pretrained ones, which no machine here can load: the numbers compare recipes, they
 say nothing absolute.
 
-The protocol (PROTOCOL, version 3), enforced by this script and benchmarks/ledger.py:
+The protocol (PROTOCOL, version 4), enforced by this script and benchmarks/ledger.py:
 1. Two pools. Each image set is split once, by file name (tasks.POOL_SALT), into a development pool and a
    confirmation pool. Development runs read only the first, confirmations only the second. Each split seed s
    scores fold s % folds of its pool's disjoint folds (tasks.FOLDS): the splits of a run are whole blocks of
    folds, so no image is scored twice in a run.
 2. Choose on development. A development run (the default, DEVELOPMENT_SPLITS, seeds below 100 only) chooses each
    row's learning rate from LEARNING_RATES (one grid for every row, the CNN's included), per architecture, budget
-   and task, by the mean macro-F1 on its scored (validation) images, and fixes the longer budget by the rule of
-   long_budget. It records both, with the validation numbers, in CHOICES.
+   and task, by the mean macro-F1 on its scored (validation) images, and fixes each image set's longer budget by the
+   rule of long_budget. It records both, with the validation numbers, in CHOICES.
 3. Claim on confirmation, planned first. --plan=true records the confirmation in LEDGER (its seeds are spent from
    then on) with the fingerprint that binds it: the hash of every tracked file that can change a number, the
    effective settings (the choices included) and the package versions. --confirm=true then runs it once, on an
    empty work folder, only if that entry is in HEAD's ledger (committed) with the same fingerprint, for committed
    code with the committed settings. It records the rule's output and a hash of its table in the entry.
-4. Equal realized time: every row of a budget trains for its seconds (fine_tune.py's --max_train_seconds, no
-   step limit, so the learning rate is constant after warm-up); the table marks a row with a run more than
-   EQUAL_TIME_TOLERANCE away.
+4. Equal realized time: every row of a budget trains for its seconds (the longer budget: its image set's;
+   fine_tune.py's --max_train_seconds, no step limit, so the learning rate is constant after warm-up); the table
+   marks a row with a run more than EQUAL_TIME_TOLERANCE away.
 5. Paired comparisons: each row against the row named by its "compare_with" (BASELINE unless given) on the same
    splits and scored images: the mean difference with a 95% bootstrap interval and p-value (splits, then the images
    of each). The family the rule reads (every candidate recipe against BASELINE in every cell) is Holm-adjusted:
@@ -65,7 +65,7 @@ import fine_tune  # noqa: E402
 import ledger  # noqa: E402
 from common import ROOT, command, flag, write_report  # noqa: E402
 from paired import aa_rate, better, excludes_zero, holm, mean_spread, paired_interval, verdict  # noqa: E402
-from tasks import DATA_SET, FOLDS, TASK_DATA, build_model, prepare_split, run  # noqa: E402
+from tasks import DATA_SET, FOLDS, IMAGE_SET, TASK_DATA, build_model, prepare_split, run  # noqa: E402
 from vlmcls.cli import configure, run_main, settings_of  # noqa: E402
 from vlmcls.files import write_json  # noqa: E402
 
@@ -102,9 +102,9 @@ LONG_SPLITS = 3  # the longer budget runs the first this many split seeds of a r
 CONFIRM = False  # run the planned confirmation (committed in HEAD's ledger) and record its decision
 PLAN = False  # record the confirmation in LEDGER and stop: commit the ledger, then run --confirm=true
 SHORT_SECONDS = 12  # the short budget: every row's training seconds (fine_tune.py's --max_train_seconds)
-# the longer budget's candidates: development fixes the first one after which the next adds at most
-# LEVEL_TOLERANCE to the original's validation macro-F1 on every task and architecture (the last if none)
-BUDGET_LADDER = [24, 48, 96]
+# the longer budget's candidates: development fixes, for each image set, the first one after which the next adds at
+# most LEVEL_TOLERANCE to the original's validation macro-F1 on every task and stand-in of it (the last if none)
+BUDGET_LADDER = [24, 48, 96, 192, 384, 768]
 LEVEL_TOLERANCE = 0.02  # macro-F1: "levelled off"
 LEARNING_RATES = [3e-4, 1e-3, 3e-3]  # the one grid every row's peak learning rate is chosen from, the CNN's too
 EQUAL_TIME_TOLERANCE = 0.1  # a run whose realized training seconds are further from its budget is marked
@@ -124,9 +124,9 @@ DEVICE = "cpu"  # every script's --device; the scripts see no accelerator (tasks
 WORK_DIR = ""  # data, models and runs; "": a temporary folder, removed (a confirmation: empty, "" or its own)
 OUTPUT = ""  # where the table is also written; "": benchmarks/results-accuracy-{development,confirmation}.md
 
-PROTOCOL = 3  # version of the protocol above; the ledger records it
+PROTOCOL = 4  # version of the protocol above; the ledger records it
 LEDGER = ROOT / ledger.LEDGER_PATH  # every confirmation: commit, fingerprint, split seeds, decision
-CHOICES = ROOT / "benchmarks" / "accuracy-choices.json"  # the development run's learning rates and longer budget
+CHOICES = ROOT / "benchmarks" / "accuracy-choices.json"  # the development run's learning rates and longer budgets
 OWN = ("validate", "compare_with", "cnn", "seed_offset")  # row keys that are not fine_tune.py's
 
 
@@ -154,6 +154,11 @@ def row_specs(architecture, budget):
 def cells():
     """Every (architecture, budget, task) of this run."""
     return [(a, b, t) for b in ("short", "long") for a, tasks in ARCHITECTURES.items() for t in tasks]
+
+
+def seconds_of(long_seconds, budget, task):
+    """A budget's training seconds for a task: SHORT_SECONDS, or the longer budget fixed for its image set."""
+    return SHORT_SECONDS if budget == "short" else long_seconds[IMAGE_SET[task]]
 
 
 def rate_of(choices, architecture, budget, task, row):
@@ -285,10 +290,10 @@ def choose_rate(scores):
 
 
 def long_budget(score_at):
-    """The longer budget, by the rule fixed before the development run: the first rung of BUDGET_LADDER after
-    which the next rung adds at most LEVEL_TOLERANCE to the original's mean validation macro-F1 in every (stand-in,
-    task) cell; the last rung if none does. `score_at(seconds)` gives {cell: score}. Returns (seconds, levelled,
-    {seconds: {cell: score}} of the rungs read)."""
+    """One image set's longer budget, by the rule fixed before the development run: the first rung of BUDGET_LADDER
+    after which the next rung adds at most LEVEL_TOLERANCE to the original's mean validation macro-F1 in every
+    (stand-in, task) cell of that image set; the last rung if none does. `score_at(seconds)` gives {cell: score}.
+    Returns (seconds, levelled, {seconds: {cell: score}} of the rungs read)."""
     scores = {}
     for rung, following in zip(BUDGET_LADDER, BUDGET_LADDER[1:]):
         scores[rung], scores[following] = scores.get(rung) or score_at(rung), score_at(following)
@@ -306,12 +311,13 @@ def original_at(runner, rates, seconds):
 
 
 def develop(runner):
-    """The development choices: every grid row's learning rate at the short budget, the longer budget, then the
-    rates of the longer budget's rows; written to CHOICES with their validation numbers."""
-    rates = {}
+    """The development choices: every grid row's learning rate at the short budget, each image set's longer budget,
+    then the rates of the longer budget's rows; written to CHOICES with their validation numbers."""
+    rates, long = {}, {}
 
-    def grid(budget, seconds):
-        units = {(a, t, r, lr, s): Unit(a, seconds, t, r, lr, s) for a, b, t in cells() if b == budget
+    def grid(budget):
+        units = {(a, t, r, lr, s): Unit(a, seconds_of({d: b[0] for d, b in long.items()}, budget, t), t, r, lr, s)
+                 for a, b, t in cells() if b == budget
                  for r in row_specs(a, budget) if r in ROWS for lr in LEARNING_RATES
                  for s in splits_of(budget, DEVELOPMENT_SPLITS, grid=True)}
         done = runner(list(units.values()))
@@ -324,22 +330,23 @@ def develop(runner):
                     rates[budget].setdefault(a, {}).setdefault(t, {})[r] = {"chosen": choose_rate(scores),
                                                                            "validation": scores}
 
-    grid("short", SHORT_SECONDS)
+    grid("short")
     original = {(a, t): rates["short"][a][t][BASELINE]["chosen"] for a, b, t in cells() if b == "short"}
-
-    seconds, levelled, ladder = long_budget(lambda seconds: original_at(runner, original, seconds))
-    grid("long", seconds)
-    choices = {"long_seconds": seconds, "levelled": levelled,
-               "ladder": {f"{k:g}": v for k, v in ladder.items()}, "learning_rates": rates,
-               "splits": DEVELOPMENT_SPLITS, "code": ledger.code_hash()}
+    for image_set in sorted({IMAGE_SET[t] for _, _, t in cells()}):
+        mine = {(a, t): lr for (a, t), lr in original.items() if IMAGE_SET[t] == image_set}
+        long[image_set] = long_budget(lambda seconds, mine=mine: original_at(runner, mine, seconds))
+    grid("long")
+    choices = {"long_seconds": {d: b[0] for d, b in long.items()}, "levelled": {d: b[1] for d, b in long.items()},
+               "ladder": {d: {f"{k:g}": v for k, v in b[2].items()} for d, b in long.items()},
+               "learning_rates": rates, "splits": DEVELOPMENT_SPLITS, "code": ledger.code_hash(), "protocol": PROTOCOL}
     write_json(Path(CHOICES), choices)
     return choices
 
 
 def table_results(runner, choices, splits):
     """{(architecture, budget, task): {row: [results over the splits]}} of every row at its chosen rate."""
-    seconds = {"short": SHORT_SECONDS, "long": choices["long_seconds"]}
-    units = {(a, b, t, r): [Unit(a, seconds[b], t, r, rate_of(choices, a, b, t, r), s) for s in splits_of(b, splits)]
+    units = {(a, b, t, r): [Unit(a, seconds_of(choices["long_seconds"], b, t), t, r, rate_of(choices, a, b, t, r), s)
+                            for s in splits_of(b, splits)]
              for a, b, t in cells() for r in row_specs(a, b)}
     done = runner([u for us in units.values() for u in us])
     results = {}
@@ -402,22 +409,22 @@ def table(results, compared, choices):
     """The results table: every cell's rows, their chosen rates, numbers and comparisons (the rule's family with
     its Holm-adjusted p-values)."""
     adjusted = holm({key: i.p for key, i in family(compared).items()})
-    seconds = {"short": SHORT_SECONDS, "long": choices["long_seconds"]}
     lines = ["| stand-in | budget | task | row | rate | accuracy | macro-F1 | compared with | macro-F1 difference "
              "[95% CI] | accuracy difference [95% CI] | steps | train s | equal time | process s | s per image |",
              "|---" * 15 + "|"]
     for cell, rows in results.items():
         a, b, t = cell
+        seconds = seconds_of(choices["long_seconds"], b, t)
         for row, runs in rows.items():
             f1, acc = compared[cell].get(row, (None, None))
             per_image = statistics.mean((r["process_s"] + r["score_s"]) / max(1, r["images"]) for r in runs)
             lines.append(
-                f"| {a} | {seconds[b]:g} s | {t} | {row} | {rate_of(choices, a, b, t, row):g} | "
+                f"| {a} | {seconds:g} s | {t} | {row} | {rate_of(choices, a, b, t, row):g} | "
                 f"{mean_spread([r['accuracy'] for r in runs])} | {mean_spread([r['macro_f1'] for r in runs])} | "
                 f"{row_specs(a, b)[row].get('compare_with', BASELINE) if f1 else '-'} | "
                 f"{verdict(f1, adjusted.get((cell, row))) if f1 else '-'} | {verdict(acc) if acc else '-'} | "
                 f"{statistics.mean(r['steps'] for r in runs):.0f} | {mean_spread([r['train_s'] for r in runs], 1)} | "
-                f"{equal_time(runs, seconds[b])} | {mean_spread([r['process_s'] for r in runs], 0)} | "
+                f"{equal_time(runs, seconds)} | {mean_spread([r['process_s'] for r in runs], 0)} | "
                 f"{per_image:.3f} |")
     return "\n".join(lines)
 
@@ -452,8 +459,12 @@ def report(results, compared, choices, splits, started, elapsed, bound, rule, ma
     kind = "confirmation" if CONFIRM else "development"
     scored = ("the confirmation pool's folds (test images)" if CONFIRM else
               "the development pool's folds (validation images: the choices were made on these numbers)")
-    ladder = "; ".join(f"{k} s: " + ", ".join(f"{c} {v:.3f}" for c, v in cellv.items())
-                       for k, cellv in choices["ladder"].items())
+    budgets = "; ".join(
+        f"{d} {choices['long_seconds'][d]:g} s ("
+        + ("levelled off" if choices["levelled"][d] else "the last rung, not levelled off")
+        + "; the original's validation macro-F1 by rung: "
+        + ", ".join(f"{k} s: " + " ".join(f"{c} {v:.3f}" for c, v in by_cell.items()) for k, by_cell in ladder.items())
+        + ")" for d, ladder in choices["ladder"].items())
     aa = "\n".join(f"- {' '.join(cell)} {row}: {verdict(pair[0])}" for cell, rows in compared.items()
                    for row, pair in rows.items() if row.startswith("aa_"))
     described = "\n".join(f"- {name}: " + (" ".join(flag(k, v) for k, v in spec.items()) or "fine_tune.py's defaults")
@@ -475,9 +486,8 @@ def report(results, compared, choices, splits, started, elapsed, bound, rule, ma
   with SmolVLM-256M-Instruct's real tokenizer (49,280 tokens; tests/fixtures/smolvlm-256m-instruct), each its
   family's chat template, {IMAGE_SIZE} px images, {(IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR ** 2} image
   tokens; split s initialises them from seed s and trains with --seed=s (A/A rows: s + {AA_SEED_OFFSET}).
-- Budgets: {SHORT_SECONDS:g} s and {choices['long_seconds']:g} s of training per run (the longer fixed by the
-  development run's rule: {'levelled off' if choices['levelled'] else 'the last rung, not levelled off'}; the
-  original's validation macro-F1 by rung: {ladder}). Batch {BATCH}, {WARMUP_STEPS} warm-up steps, then constant;
+- Budgets: {SHORT_SECONDS:g} s of training per run, and a longer one for each image set, fixed by the development
+  run's rule: {budgets}. Batch {BATCH}, {WARMUP_STEPS} warm-up steps, then constant;
   each row's learning rate chosen on development validation from {LEARNING_RATES} (below).
 - Scored on {scored}. Accuracy and macro-F1 are mean ± standard deviation over the splits; differences are paired
   (same split and images), with a 95% bootstrap interval over splits and images ({BOOTSTRAP} resamples). The rule's
@@ -518,8 +528,14 @@ def check(overrides):
                  f"{DEFAULT_ROW!r} not among the rows, the default row's settings {differs} are not fine_tune.py's "
                  f"defaults, or split seeds {splits} are not whole blocks of {folds} folds (seeds b*{folds} to "
                  f"b*{folds}+{folds - 1}: each image scored once)")
+    if min(BUDGET_LADDER) <= SHORT_SECONDS:
+        sys.exit(f"error: every rung of --budget_ladder {BUDGET_LADDER} must be longer than --short_seconds="
+                 f"{SHORT_SECONDS:g}: a run's budget is told by its seconds")
     ledger.check_run(confirm=CONFIRM, plan=PLAN, splits=CONFIRMATION_SPLITS, development=DEVELOPMENT_SPLITS,
                      overrides=overrides, path=LEDGER, folder=WORK_DIR, choices=CHOICES)
+    if (CONFIRM or PLAN) and json.loads(Path(CHOICES).read_text()).get("protocol") != PROTOCOL:
+        sys.exit(f"error: {CHOICES} holds no development choices of protocol {PROTOCOL}: a development run of this "
+                 f"protocol makes them")
 
 
 def machine():

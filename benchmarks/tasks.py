@@ -23,8 +23,10 @@ TASK_DATA = {
     "digits": {"digits": True, "train": None, "val": 0.15},
     "digits_small": {"digits": True, "train": 0.28, "val": 0.05},
 }
-# the data set each task's images come from: the rule counts tasks of one data set once
+# the data set of each task: the rule counts tasks of one data set once (elpv's two label sets are two tasks)
 DATA_SET = {"elpv2": "elpv2", "elpv4": "elpv4", "digits": "digits", "digits_small": "digits"}
+# the image set each task's images come from: the accuracy protocol fixes its longer budget per image set
+IMAGE_SET = {"elpv2": "elpv", "elpv4": "elpv", "digits": "digits", "digits_small": "digits"}
 POOL_SALT = "accuracy-pool-1"  # fixes the pool of every image (by its file name): changing it mixes the pools
 CONFIRMATION_SHARE = 0.5  # share of each image set in the confirmation pool
 FOLDS = {"development": 3, "confirmation": 5}  # disjoint folds of each pool: split seed s scores fold s % folds

@@ -179,6 +179,42 @@ def test_the_longer_budget_is_where_the_original_levels_off(monkeypatch):
     assert accuracy.long_budget(score_at)[:2] == (96, False)  # never levels off: the last rung, said so
 
 
+def test_each_data_set_gets_its_own_longer_budget_and_its_rows_train_for_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(accuracy, "ARCHITECTURES", {"smolvlm": ["elpv2", "digits"], "llava": ["digits"]})
+    monkeypatch.setattr(accuracy, "BUDGET_LADDER", [24, 48, 96])
+    monkeypatch.setattr(accuracy, "CHOICES", tmp_path / "choices.json")
+    curves = {"elpv2": {12: 0.50, 24: 0.60, 48: 0.61, 96: 0.58}, "digits": {12: 0.10, 24: 0.20, 48: 0.50, 96: 0.51}}
+    asked = []
+
+    def runner(units):  # the original levels off at 24 s on elpv and at 48 s on digits; 1e-3 is the best rate
+        asked.extend(units)
+        return {u: {"macro_f1": curves[u.task][u.seconds] + 0.01 * (u.rate == 1e-3)} for u in units}
+    choices = accuracy.develop(runner)
+    assert choices["long_seconds"] == {"digits": 48, "elpv": 24}  # one ladder for both would give elpv 48
+    assert choices["levelled"] == {"digits": True, "elpv": True} and choices["protocol"] == accuracy.PROTOCOL
+    assert set(choices["ladder"]["elpv"]) == {"24", "48"} and set(choices["ladder"]["digits"]) == {"24", "48", "96"}
+    assert set(choices["ladder"]["digits"]["96"]) == {"smolvlm digits", "llava digits"}
+    assert json.loads((tmp_path / "choices.json").read_text())["long_seconds"] == {"digits": 48, "elpv": 24}
+    assert {(u.task, u.seconds) for u in asked if u.row == "head"} == {("elpv2", 12), ("elpv2", 24), ("digits", 12),
+                                                                        ("digits", 48)}
+    assert choices["learning_rates"]["long"]["llava"]["digits"]["head"]["chosen"] == 1e-3
+    asked.clear()
+
+    def scored(units):  # whole runs, each scored as train_and_score records it
+        asked.extend(units)
+        return {u: {**run(list("abcabc"), list("abcab" + "abc"[u.split])), "steps": 10, "train_s": u.seconds,
+                    "process_s": 2.0, "score_s": 1.0, "images": 6} for u in units}
+    results = accuracy.table_results(scored, choices, [0, 1, 2])
+    assert {(u.task, u.seconds) for u in asked if u.row == "aa_original"} == {("elpv2", 12), ("elpv2", 24),
+                                                                               ("digits", 12), ("digits", 48)}
+    monkeypatch.setattr(accuracy, "BOOTSTRAP", 50)
+    compared = accuracy.comparisons(results)
+    text = accuracy.report(results, compared, choices, [0, 1, 2], "now", 60.0, {"digest": "d", "code": "c",
+                           "versions": {}}, accuracy.decision(compared), "cpu")
+    assert "digits 48 s (levelled off; the original's validation macro-F1 by rung: 24 s: smolvlm digits 0.210" in text
+    assert "| llava | 48 s | digits | head |" in text and "| smolvlm | 24 s | elpv2 | cnn |" in text
+
+
 def test_the_learning_rate_is_the_best_on_validation_first_in_the_grid_on_ties():
     assert accuracy.choose_rate({3e-4: 0.5, 1e-3: 0.7, 3e-3: 0.6}) == 1e-3
     assert accuracy.choose_rate({3e-4: 0.7, 1e-3: 0.7, 3e-3: 0.6}) == 3e-4
@@ -243,13 +279,16 @@ def test_a_confirmation_refuses_uncommitted_code_overrides_development_and_spent
     assert refusal(ledger=[{"commit": "abc1234", "splits": [300, 301], "status": "planned"}]) is None  # its own plan
 
 
+CHOICES = {"protocol": accuracy.PROTOCOL, "long_seconds": {"elpv": 48, "digits": 96}}  # a development's, in brief
+
+
 @pytest.fixture()
 def confirming(tmp_path, monkeypatch):
     """accuracy.main set up to confirm seeds 700-704 with a ledger and choices in tmp_path, the code committed."""
     book = tmp_path / "confirmations.json"
     book.write_text(json.dumps([{"commit": "abc1234", "splits": [100, 101]}]))
     choices = tmp_path / "choices.json"
-    choices.write_text(json.dumps({"long_seconds": 48}))
+    choices.write_text(json.dumps(CHOICES))
     for name, value in (("LEDGER", book), ("CHOICES", choices), ("CONFIRMATION_SPLITS", [700, 701, 702, 703, 704]),
                         ("WORK_DIR", str(tmp_path / "work"))):
         monkeypatch.setattr(accuracy, name, value)
@@ -273,7 +312,7 @@ def test_a_confirmation_runs_only_what_head_has_planned_and_spends_its_seeds_fir
     accuracy.main()
     planned = json.loads(confirming.read_text())[-1]
     assert planned["status"] == "planned" and planned["splits"] == [700, 701, 702, 703, 704]
-    assert planned["fingerprint"]["settings"]["choices"] == {"long_seconds": 48}
+    assert planned["fingerprint"]["settings"]["choices"] == CHOICES
     monkeypatch.setattr(accuracy, "PLAN", False)
     monkeypatch.setattr(accuracy, "CONFIRM", True)
     head = json.loads(confirming.read_text())
@@ -282,6 +321,11 @@ def test_a_confirmation_runs_only_what_head_has_planned_and_spends_its_seeds_fir
     with pytest.raises(SystemExit, match="fingerprint"):  # a setting changed since the plan
         accuracy.main()
     monkeypatch.setattr(accuracy, "SHORT_SECONDS", 12)
+    older = Path(accuracy.CHOICES).read_text()
+    Path(accuracy.CHOICES).write_text(json.dumps({**CHOICES, "protocol": accuracy.PROTOCOL - 1}))
+    with pytest.raises(SystemExit, match="choices of protocol"):  # another protocol's choices: not these rules
+        accuracy.main()
+    Path(accuracy.CHOICES).write_text(older)
     with pytest.raises(KeyboardInterrupt):
         accuracy.main()
     assert json.loads(confirming.read_text())[-1]["status"] == "started"
