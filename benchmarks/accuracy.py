@@ -316,7 +316,8 @@ def develop(runner):
     rates, long = {}, {}
 
     def grid(budget):
-        units = {(a, t, r, lr, s): Unit(a, seconds_of({d: b[0] for d, b in long.items()}, budget, t), t, r, lr, s)
+        long_seconds = {d: b[0] for d, b in long.items()}
+        units = {(a, t, r, lr, s): Unit(a, seconds_of(long_seconds, budget, t), t, r, lr, s)
                  for a, b, t in cells() if b == budget
                  for r in row_specs(a, budget) if r in ROWS for lr in LEARNING_RATES
                  for s in splits_of(budget, DEVELOPMENT_SPLITS, grid=True)}
